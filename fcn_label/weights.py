@@ -255,3 +255,52 @@ def vgg16_backbone_state(path: str | os.PathLike, config: FCNConfig) -> dict[str
     out["fc7.weight"] = sd["classifier.3.weight"].view(4096, 4096, 1, 1)
     out["fc7.bias"] = sd["classifier.3.bias"]
     return out
+
+
+# ---------------------------------------------------------------------------
+# Shipped weights: described here, measured figures read from the file itself.
+
+
+@dataclass(frozen=True)
+class WeightsInfo:
+    name: str
+    file: str  # relative to pretrained/
+    description: str
+    license: str
+
+    @property
+    def path(self) -> Path:
+        return PRETRAINED_DIR / self.file
+
+
+SHIPPED: dict[str, WeightsInfo] = {
+    "fcn8s-compact-camvid": WeightsInfo(
+        name="fcn8s-compact-camvid",
+        file="fcn8s-compact-camvid.pt",
+        description="Compact FCN-8s (VGG16 widths x0.25, BatchNorm) trained from scratch on CamVid, 11 road-scene classes",
+        license="CC BY-NC 4.0 (inherited from the CamVid training data): non-commercial use only",
+    ),
+}
+DEFAULT_WEIGHTS = "fcn8s-compact-camvid"
+
+
+def resolve_weights(name_or_path: str | os.PathLike | None) -> Path:
+    """A shipped model's name or a file path -> an existing file; errors list the choices."""
+    if name_or_path is None:
+        info = SHIPPED[DEFAULT_WEIGHTS]
+        if not info.path.is_file():
+            raise WeightsError(
+                f"the default model {info.file} is not in {PRETRAINED_DIR}; pass --weights FILE "
+                "(an fcn-label checkpoint or a pytorch-fcn .pth)"
+            )
+        return info.path
+    s = str(name_or_path)
+    if s in SHIPPED:
+        return SHIPPED[s].path
+    p = Path(s)
+    if p.exists():
+        return p
+    raise WeightsError(
+        f"{s}: no such weights file or shipped model; shipped models: {', '.join(SHIPPED)}; "
+        "or give the path of an fcn-label checkpoint / pytorch-fcn .pth"
+    )

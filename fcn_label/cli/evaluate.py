@@ -1,0 +1,1 @@
+"""`fcn-label evaluate` (in progress)."""

@@ -1,0 +1,1 @@
+"""`fcn-label finetune` (in progress)."""

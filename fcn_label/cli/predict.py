@@ -1,0 +1,138 @@
+"""`fcn-label predict`: label folders of images with an FCN."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from ..io import DEFAULT_MAX_PIXELS
+from ..job import PredictJob, PredictOptions, discover, shard_from_env
+from ..predict import Predictor
+from ..weights import DEFAULT_WEIGHTS, load_checkpoint, resolve_weights
+from ._common import app, console, fail
+
+
+def _parse_shard(s: str | None) -> tuple[int, int]:
+    if not s:
+        return shard_from_env()
+    try:
+        i, n = (int(v) for v in s.split("/"))
+    except ValueError:
+        raise fail(f"--shard {s!r}: expected I/N, e.g. 0/4 for the first of four parts") from None
+    if n < 1 or not 0 <= i < n:
+        raise fail(f"--shard {s}: I must be in 0..N-1")
+    return i, n
+
+
+def _read_classes(path: Path | None) -> list[str] | None:
+    if path is None:
+        return None
+    if not path.is_file():
+        raise fail(f"{path}: classes file not found; give a text file with one class name per line")
+    return [line.split()[0] for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+@app.command("predict")
+def predict(
+    inputs: List[str] = typer.Argument(..., help="Image folders (searched recursively), image files, quoted globs "
+                                       "('photos/**/*.jpg') or .txt files listing one image path per line."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder; masks mirror the inputs' relative paths. "
+                             "Nothing is written anywhere else."),
+    weights: Optional[str] = typer.Option(None, "--weights", "-w", help=f"Checkpoint file or shipped model name "
+                                          f"(default: {DEFAULT_WEIGHTS}; see `fcn-label models`). Also takes "
+                                          "pytorch-fcn .pth state dicts."),
+    arch: Optional[str] = typer.Option(None, help="For bare state dicts: fcn32s, fcn16s or fcn8s (checked against the file)."),
+    num_classes: Optional[int] = typer.Option(None, help="For bare state dicts: expected class count (checked)."),
+    classes: Optional[Path] = typer.Option(None, help="Text file of class names, one per line (for bare state dicts)."),
+    batch_size: int = typer.Option(8, "--batch-size", "-b", min=1, help="Images per forward pass; only "
+                                   "same-size images share a batch, so results equal one-at-a-time inference."),
+    workers: int = typer.Option(2, min=0, help="Background processes decoding images (0 = decode in the main process)."),
+    device: str = typer.Option("auto", help="auto (CUDA when available, else CPU), cpu, cuda or cuda:N."),
+    amp: bool = typer.Option(False, "--amp", help="Mixed precision (float16 autocast) on CUDA; ignored on CPU."),
+    tile: int = typer.Option(0, min=0, help="Tile size in pixels for sliding-window inference; 0 = only tile "
+                             "images above --tile-threshold pixels (with 1024-pixel tiles)."),
+    tile_overlap: float = typer.Option(0.25, min=0.0, max=0.9, help="Fraction of a tile shared with its neighbour; "
+                                       "overlapping probabilities are averaged."),
+    tile_threshold: int = typer.Option(2_000_000, help="Images with more pixels than this are tiled automatically."),
+    palette: str = typer.Option("model", help="Mask colours: model (the model's palette), voc (VOC colour map) or "
+                                "none (plain greyscale index PNG)."),
+    coco: bool = typer.Option(True, "--coco/--no-coco", help="Write predictions.json: COCO results with compressed RLE per class."),
+    overlay: bool = typer.Option(False, "--overlay", help="Also write colour overlays under OUT/overlays/ for eyeballing."),
+    probs: bool = typer.Option(False, "--probs", help="Also write per-pixel confidence (8-bit, 255 = certain) under OUT/confidence/."),
+    gt: Optional[Path] = typer.Option(None, help="Ground-truth mask folder with the same relative names: adds "
+                                      "pixel accuracy and per-class IoU to predictions.csv."),
+    ignore_index: Optional[int] = typer.Option(None, help="Ground-truth label to ignore (default: the model's, "
+                                               "e.g. 11 for CamVid, 255 for VOC)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Redo images already done (default: skip them, so a "
+                                   "killed job resumes)."),
+    shard: Optional[str] = typer.Option(None, help="I/N: process only part I of N (0-based) so N processes or machines "
+                                        "split one job; defaults to torchrun's RANK/WORLD_SIZE."),
+    max_pixels: int = typer.Option(DEFAULT_MAX_PIXELS, help="Refuse images larger than this (decompression-bomb guard)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+) -> None:
+    """Predict segmentation masks for images of any size.
+
+    Writes OUT/<name>.png (palette PNG, pixel value = class index), predictions.csv
+    (one row per image: classes present, confidence, review hints), predictions.json
+    (COCO RLE) and failures.csv. Unreadable images are reported and skipped; the
+    exit status is 1 when any image failed.
+
+    Example: fcn-label predict examples/ --out masks/
+    """
+    if palette not in ("model", "voc", "none"):
+        raise fail(f"--palette {palette!r}: choose model, voc or none")
+    shard_i, shard_n = _parse_shard(shard)
+    names = _read_classes(classes)
+    ck = load_checkpoint(resolve_weights(weights), arch=arch, num_classes=num_classes, classes=names)
+    if names:
+        ck.classes = names
+    if gt is not None and not gt.is_dir():
+        raise fail(f"--gt {gt}: folder not found; give the folder of ground-truth masks")
+    predictor = Predictor(ck, device=device, amp=amp, tile=tile or None, tile_overlap=tile_overlap,
+                          tile_threshold=tile_threshold)
+    if amp and predictor.device.type != "cuda":
+        console.print("[yellow]note:[/] --amp only applies on CUDA; running in float32 on the CPU")
+    items, problems = discover(inputs, out)
+    if not items and problems:
+        for path, reason in problems:
+            console.print(f"[bold red]error:[/] {reason if reason.startswith(path) else f'{path}: {reason}'}")
+        raise typer.Exit(2)
+    opts = PredictOptions(out=out, batch_size=batch_size, workers=workers, palette=palette, coco=coco,
+                          overlay=overlay, probs=probs, gt=gt, ignore_index=ignore_index, overwrite=overwrite,
+                          shard=(shard_i, shard_n), max_pixels=max_pixels)
+    src = ck.metadata.get("name") or Path(str(resolve_weights(weights))).name
+    console.print(f"fcn-label: {len(items)} images, model {src} ({ck.config.arch}, {ck.config.num_classes} classes) "
+                  f"on {predictor.device}" + (f", shard {shard_i}/{shard_n}" if shard_n > 1 else ""))
+
+    progress = Progress(TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                        TextColumn("{task.fields[rate]}"), TimeRemainingColumn(), console=console, disable=quiet,
+                        transient=False)
+    task = progress.add_task("predict", total=None, rate="")
+    import time as _t
+
+    t0 = _t.perf_counter()
+    start_done = [None]
+
+    def on_progress(done: int, total: int) -> None:
+        if start_done[0] is None:
+            start_done[0] = done
+        dt = _t.perf_counter() - t0
+        rate = (done - start_done[0]) / dt if dt > 0 else 0
+        progress.update(task, completed=done, total=total, rate=f"{rate:.1f} img/s")
+
+    def on_failure(path: str, msg: str) -> None:
+        progress.console.print(f"[red]failed:[/] {msg}", soft_wrap=True)
+
+    job = PredictJob(predictor, opts, on_progress, on_failure)
+    with progress:
+        res = job.run(items, problems)
+    console.print(
+        f"done {res.done}, skipped {res.skipped} (already done), failed {len(res.failed)} "
+        f"in {res.seconds:.1f}s ({res.images_per_second:.1f} img/s); outputs in {out}"
+        + (f"; failures listed in {out / 'failures.csv'}" if res.failed else "")
+    )
+    if res.failed:
+        raise typer.Exit(1)

@@ -1,0 +1,460 @@
+"""A predict job over many files: discovery, resume, background decoding, outputs, reports.
+
+Each finished image leaves a small JSON record under ``OUT/.fcn-label/records``
+written after its mask. A re-run skips images whose record exists, and the
+reports (predictions.csv, predictions.json) are always assembled from the
+records, so a killed and resumed job ends with the same files as one that ran
+through.
+"""
+
+from __future__ import annotations
+
+import csv
+import glob
+import io as _io
+import json
+import os
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Callable, Iterable, Sequence
+
+import numpy as np
+import torch
+
+from .io import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, InputError, read_image, read_mask, write_text_atomic
+from .metrics import confusion_matrix, scores
+from .outputs import coco_annotations, write_confidence, write_mask, write_overlay
+from .predict import Prediction, Predictor
+
+STATE_DIR = ".fcn-label"
+LIST_SUFFIXES = (".txt", ".lst", ".list")
+
+
+@dataclass(frozen=True)
+class Item:
+    path: Path
+    rel: str  # output path relative to --out, without suffix, POSIX separators
+
+
+@dataclass
+class PredictOptions:
+    out: Path
+    batch_size: int = 8
+    workers: int = 2
+    palette: str = "model"  # model | voc | none
+    coco: bool = True
+    overlay: bool = False
+    probs: bool = False
+    gt: Path | None = None
+    ignore_index: int | None = None
+    overwrite: bool = False
+    shard: tuple[int, int] = (0, 1)
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    low_confidence: float = 0.5
+
+
+@dataclass
+class JobResult:
+    total: int = 0
+    done: int = 0
+    skipped: int = 0
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def images_per_second(self) -> float:
+        return self.done / self.seconds if self.seconds > 0 else 0.0
+
+
+# ---------------------------------------------------------------------------
+# Discovery
+
+
+def _safe_rel(path: Path, base: Path | None) -> str:
+    """Output-relative name for ``path``: relative to ``base`` when inside it, never with '..'."""
+    p = Path(os.path.normpath(os.path.abspath(path)))
+    if base is not None:
+        b = Path(os.path.normpath(os.path.abspath(base)))
+        try:
+            rel = p.relative_to(b)
+            return rel.with_suffix("").as_posix()
+        except ValueError:
+            pass
+    parts = [x for x in p.parts[1:] if x not in ("..", ".", "")]  # drop the anchor: never absolute
+    return PurePosixPath(*parts).with_suffix("").as_posix() if parts else p.stem
+
+
+def _walk(root: Path, skip: Path | None) -> list[Path]:
+    found = []
+    skip_abs = os.path.normpath(os.path.abspath(skip)) if skip else None
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+        if skip_abs and os.path.normpath(os.path.abspath(dirpath)) == skip_abs:
+            dirnames[:] = []
+            continue
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and
+                             (not skip_abs or os.path.normpath(os.path.abspath(os.path.join(dirpath, d))) != skip_abs))
+        for f in sorted(filenames):
+            if f.startswith(".") or not f.lower().endswith(IMAGE_EXTENSIONS):
+                continue
+            found.append(Path(dirpath) / f)
+    return found
+
+
+def discover(inputs: Sequence[str | os.PathLike], out: Path | None = None) -> tuple[list[Item], list[tuple[str, str]]]:
+    """Items to predict from folders, files, globs and list files, in a stable order.
+
+    Returns the items and ``(path, reason)`` for every input that cannot be used;
+    the output folder itself is never read back as input.
+    """
+    items: list[Item] = []
+    problems: list[tuple[str, str]] = []
+    for raw in inputs:
+        raw = str(raw)
+        p = Path(raw)
+        if any(ch in raw for ch in "*?[") and not p.exists():
+            matches = sorted(glob.glob(raw, recursive=True))
+            base = Path(raw.split("*")[0].split("?")[0].split("[")[0])
+            base = base if raw.endswith(os.sep) or base.is_dir() else base.parent
+            files = [Path(m) for m in matches if Path(m).is_file() and not _inside(Path(m), out)]
+            if not files:
+                problems.append((raw, "glob matched no files; check the pattern and quote it"))
+            items += [Item(f, _safe_rel(f, base)) for f in files]
+        elif p.is_dir():
+            files = _walk(p, out)
+            if not files:
+                problems.append((raw, f"folder holds no images ({', '.join(IMAGE_EXTENSIONS)})"))
+            items += [Item(f, _safe_rel(f, p)) for f in files]
+        elif p.is_file() and p.suffix.lower() in LIST_SUFFIXES:
+            for n, line in enumerate(p.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+                entry = line.strip()
+                if not entry or entry.startswith("#"):
+                    continue
+                entry = entry.split()[0] if not Path(p.parent / entry).exists() and len(entry.split()) == 2 else entry
+                f = Path(entry) if Path(entry).is_absolute() else p.parent / entry
+                if not f.is_file():
+                    problems.append((str(f), f"listed in {p}:{n} but not found; fix the list or the path"))
+                    continue
+                items.append(Item(f, _safe_rel(f, p.parent)))
+        elif p.is_file():
+            items.append(Item(p, p.stem))
+        elif p.is_symlink():
+            problems.append((raw, "broken symbolic link; fix or remove it"))
+        else:
+            problems.append((raw, "not found; check the path (folders, files, globs and .txt lists are accepted)"))
+    return _dedupe(items), problems
+
+
+def _inside(path: Path, folder: Path | None) -> bool:
+    if folder is None:
+        return False
+    a, b = os.path.abspath(path), os.path.abspath(folder)
+    return a == b or a.startswith(b.rstrip(os.sep) + os.sep)
+
+
+def _dedupe(items: list[Item]) -> list[Item]:
+    """Drop repeats of the same file; give colliding output names (a.jpg, a.png) their extension."""
+    seen, unique = set(), []
+    for it in items:
+        key = os.path.abspath(it.path)
+        if key not in seen:
+            seen.add(key)
+            unique.append(it)
+    by_rel: dict[str, list[Item]] = {}
+    for it in unique:
+        by_rel.setdefault(it.rel.lower(), []).append(it)
+    out = []
+    for it in unique:
+        if len(by_rel[it.rel.lower()]) > 1:
+            it = Item(it.path, f"{it.rel}{it.path.suffix.lower().replace('.', '_')}")
+        out.append(it)
+    return out
+
+
+def shard_from_env() -> tuple[int, int]:
+    """torchrun's RANK / WORLD_SIZE, so N launched processes split one job."""
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+# ---------------------------------------------------------------------------
+# Decoding in background workers
+
+
+class _Decode(torch.utils.data.Dataset):
+    def __init__(self, items: Sequence[Item], max_pixels: int):
+        self.items, self.max_pixels = list(items), max_pixels
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int):
+        try:
+            return i, read_image(self.items[i].path, self.max_pixels), None
+        except InputError as e:
+            return i, None, str(e)
+        except Exception as e:  # a decoder bug must not kill the batch
+            return i, None, f"{self.items[i].path}: cannot decode ({type(e).__name__}: {e}); re-export or remove it"
+
+
+def _collate(batch):
+    return batch[0]
+
+
+# ---------------------------------------------------------------------------
+
+
+class PredictJob:
+    """Predict every item, writing outputs under ``options.out`` and never elsewhere."""
+
+    def __init__(self, predictor: Predictor, options: PredictOptions,
+                 on_progress: Callable[[int, int], None] | None = None,
+                 on_failure: Callable[[str, str], None] | None = None):
+        self.p = predictor
+        self.o = options
+        self.out = Path(options.out)
+        self.on_progress = on_progress or (lambda done, total: None)
+        self.on_failure = on_failure or (lambda path, reason: None)
+        ck = predictor.checkpoint
+        self.classes = list(ck.classes)
+        self.palette = None if options.palette == "none" else (
+            ck.palette if options.palette == "model" else None)
+        if options.palette == "voc":
+            from .weights import voc_palette
+            self.palette = voc_palette()
+        if options.palette not in ("model", "voc", "none"):
+            raise ValueError(f"unknown palette {options.palette!r}; choose model, voc or none")
+        self.ignore_index = ck.ignore_index if options.ignore_index is None else options.ignore_index
+        self._lock = threading.Lock()
+
+    # -- paths -----------------------------------------------------------------
+    def mask_path(self, it: Item) -> Path:
+        return self.out / f"{it.rel}.png"
+
+    def record_path(self, it: Item) -> Path:
+        return self.out / STATE_DIR / "records" / f"{it.rel}.json"
+
+    def _checked(self, path: Path) -> Path:
+        """Refuse a destination that resolves outside --out (e.g. through a symlinked folder)."""
+        root = self.out.resolve()
+        parent = path.parent
+        parent.mkdir(parents=True, exist_ok=True)
+        real = parent.resolve()
+        if real != root and root not in real.parents:
+            raise InputError(f"{path}: would be written outside --out {self.out} (through a symbolic link); remove the link")
+        return path
+
+    def is_done(self, it: Item) -> bool:
+        return self.record_path(it).is_file() and self.mask_path(it).is_file()
+
+    # -- per image -------------------------------------------------------------
+    def _finish(self, it: Item, image: np.ndarray, pred: Prediction, seconds: float) -> None:
+        mask_path = self._checked(self.mask_path(it))
+        write_mask(mask_path, pred.labels, self.palette)
+        if self.o.overlay:
+            write_overlay(self._checked(self.out / "overlays" / f"{it.rel}.jpg"), image, pred.labels,
+                          self.palette or self.p.checkpoint.palette)
+        if self.o.probs:
+            write_confidence(self._checked(self.out / "confidence" / f"{it.rel}.png"), pred.confidence)
+        n = len(self.classes)
+        h, w = pred.labels.shape
+        counts = np.bincount(pred.labels.ravel(), minlength=n)
+        rec = {
+            "path": str(it.path),
+            "file_name": f"{it.rel}.png",
+            "width": int(w),
+            "height": int(h),
+            "seconds": round(seconds, 4),
+            "classes": {self.classes[c]: round(float(counts[c]) / (h * w), 6) for c in np.nonzero(counts)[0]},
+            "mean_confidence": round(float(pred.confidence.mean()), 6),
+            "low_confidence_fraction": round(float((pred.confidence < self.o.low_confidence).mean()), 6),
+        }
+        if self.o.coco:
+            rec["annotations"] = coco_annotations(pred.labels, pred.confidence, n)
+        if self.o.gt is not None:
+            rec["gt"] = self._gt_metrics(it, pred.labels)
+        self._checked(self.record_path(it))
+        write_text_atomic(self.record_path(it), json.dumps(rec))
+
+    def _gt_metrics(self, it: Item, labels: np.ndarray) -> dict:
+        gt_path = None
+        for ext in (".png", ".bmp", ".tif", ".tiff"):
+            cand = Path(self.o.gt) / f"{it.rel}{ext}"
+            if cand.is_file():
+                gt_path = cand
+                break
+        if gt_path is None:
+            return {"error": f"no ground truth {Path(self.o.gt) / (it.rel + '.png')}"}
+        try:
+            gt = read_mask(gt_path)
+        except InputError as e:
+            return {"error": str(e)}
+        if gt.shape != labels.shape:
+            return {"error": f"{gt_path}: ground truth is {gt.shape[1]}x{gt.shape[0]}, image {labels.shape[1]}x{labels.shape[0]}"}
+        s = scores(confusion_matrix(gt, labels, len(self.classes), self.ignore_index))
+        return {
+            "pixel_accuracy": s.pixel_accuracy,
+            "mean_iou": s.mean_iou,
+            "iou": [None if np.isnan(v) else float(v) for v in s.iou],
+        }
+
+    # -- the run ---------------------------------------------------------------
+    def run(self, items: Sequence[Item], problems: Sequence[tuple[str, str]] = ()) -> JobResult:
+        t0 = time.perf_counter()
+        self.out.mkdir(parents=True, exist_ok=True)
+        rank, world = self.o.shard
+        if not 0 <= rank < world:
+            raise ValueError(f"--shard {rank}/{world}: index must be in 0..{world - 1}")
+        all_items = list(items)
+        mine = [it for i, it in enumerate(all_items) if i % world == rank]
+        res = JobResult(total=len(mine))
+        for path, reason in problems:
+            self._fail(res, path, reason)
+        todo = []
+        for it in mine:
+            if not self.o.overwrite and self.is_done(it):
+                res.skipped += 1
+            else:
+                todo.append(it)
+        self.on_progress(res.skipped, res.total)
+        if todo:
+            self._predict(todo, res)
+        res.seconds = time.perf_counter() - t0
+        self.write_reports(all_items, res)
+        return res
+
+    def _fail(self, res: JobResult, path: str, reason: str) -> None:
+        msg = reason if reason.startswith(str(path)) else f"{path}: {reason}"
+        with self._lock:
+            res.failed.append((str(path), msg))
+        self.on_failure(str(path), msg)
+
+    def _predict(self, todo: list[Item], res: JobResult) -> None:
+        workers = max(0, self.o.workers)
+        loader = torch.utils.data.DataLoader(
+            _Decode(todo, self.o.max_pixels), batch_size=1, collate_fn=_collate, num_workers=workers,
+            prefetch_factor=max(2, self.o.batch_size) if workers else None, shuffle=False,
+        )
+        writer = ThreadPoolExecutor(max_workers=2, thread_name_prefix="fcn-label-writer")
+        inflight: list[Future] = []
+        images: dict[int, np.ndarray] = {}
+        window: dict[tuple, list[int]] = {}
+        buffered = 0
+        bs = max(1, self.o.batch_size)
+        done_count = [res.skipped]
+
+        def run_group(idxs: list[int]) -> None:
+            t = time.perf_counter()
+            try:
+                preds = list(self.p.predict_groups([(i, images[i]) for i in idxs], bs))
+            except (RuntimeError, MemoryError) as e:
+                # out of memory on one size: report the images, keep going
+                for i in idxs:
+                    self._fail(res, str(todo[i].path), f"inference failed ({str(e).splitlines()[0]}); try --tile 512 or a smaller --batch-size")
+                    images.pop(i, None)
+                return
+            per = (time.perf_counter() - t) / max(1, len(idxs))
+            for i, pred in preds:
+                img = images.pop(i)
+                inflight.append(writer.submit(self._write_one, todo[i], img, pred, per, res, done_count))
+            while len(inflight) > 2 * bs:
+                inflight.pop(0).result()
+
+        try:
+            for i, arr, err in loader:
+                if err is not None:
+                    self._fail(res, str(todo[i].path), err)
+                    continue
+                if self.p.needs_tiling(arr.shape):
+                    images[i] = arr
+                    run_group([i])
+                    continue
+                images[i] = arr
+                key = arr.shape
+                window.setdefault(key, []).append(i)
+                buffered += 1
+                if len(window[key]) >= bs:
+                    buffered -= len(window[key])
+                    run_group(window.pop(key))
+                elif buffered >= 4 * bs:
+                    # many sizes in flight: run the fullest group to bound memory
+                    key = max(window, key=lambda k: len(window[k]))
+                    buffered -= len(window[key])
+                    run_group(window.pop(key))
+            for key in list(window):
+                run_group(window.pop(key))
+            for f in inflight:
+                f.result()
+        finally:
+            writer.shutdown(wait=True)
+
+    def _write_one(self, it: Item, image: np.ndarray, pred: Prediction, seconds: float, res: JobResult,
+                   done_count: list[int]) -> None:
+        try:
+            self._finish(it, image, pred, seconds)
+        except InputError as e:
+            self._fail(res, str(it.path), str(e))
+            return
+        except OSError as e:
+            self._fail(res, str(it.path), f"cannot write output ({e.strerror or e}); check free space and permissions of --out")
+            return
+        with self._lock:
+            res.done += 1
+            done_count[0] += 1
+            n = done_count[0]
+        self.on_progress(n, res.total)
+
+    # -- reports ---------------------------------------------------------------
+    def load_records(self, items: Sequence[Item]) -> list[tuple[Item, dict]]:
+        recs = []
+        for it in items:
+            p = self.record_path(it)
+            if p.is_file() and self.mask_path(it).is_file():
+                try:
+                    recs.append((it, json.loads(p.read_text(encoding="utf-8"))))
+                except (OSError, json.JSONDecodeError):
+                    continue  # a damaged record: the image is simply predicted again next time
+        return recs
+
+    def write_reports(self, items: Sequence[Item], res: JobResult) -> None:
+        """predictions.csv, predictions.json and failures.csv from all finished records."""
+        recs = self.load_records(items)
+        gt_cols = self.o.gt is not None or any("gt" in r for _, r in recs)
+        buf = _io.StringIO()
+        w = csv.writer(buf, lineterminator="\n")
+        header = ["path", "mask", "width", "height", "seconds", "classes", "mean_confidence", "low_confidence_fraction"]
+        if gt_cols:
+            header += ["pixel_accuracy", "mean_iou"] + [f"iou_{c}" for c in self.classes] + ["gt_error"]
+        w.writerow(header)
+        for it, r in recs:
+            row = [r["path"], r["file_name"], r["width"], r["height"], r["seconds"],
+                   ";".join(f"{k}:{v:.4f}" for k, v in sorted(r["classes"].items(), key=lambda kv: -kv[1])),
+                   r["mean_confidence"], r["low_confidence_fraction"]]
+            if gt_cols:
+                g = r.get("gt", {})
+                if "error" in g or not g:
+                    row += [""] * (2 + len(self.classes)) + [g.get("error", "no ground truth")]
+                else:
+                    row += [round(g["pixel_accuracy"], 6), round(g["mean_iou"], 6)]
+                    row += ["" if v is None else round(v, 6) for v in g["iou"]] + [""]
+            w.writerow(row)
+        write_text_atomic(self.out / "predictions.csv", buf.getvalue())
+        if self.o.coco:
+            images, anns = [], []
+            for image_id, (it, r) in enumerate(recs, 1):
+                images.append({"id": image_id, "file_name": r["file_name"], "width": r["width"], "height": r["height"]})
+                for a in r.get("annotations", []):
+                    anns.append({"id": len(anns) + 1, "image_id": image_id, **a})
+            coco = {
+                "info": {"description": "fcn-label predictions", "model": self.p.checkpoint.metadata.get("name", "")},
+                "images": images,
+                "categories": [{"id": i + 1, "name": n, "supercategory": ""} for i, n in enumerate(self.classes)],
+                "annotations": anns,
+            }
+            write_text_atomic(self.out / "predictions.json", json.dumps(coco))
+        buf = _io.StringIO()
+        w = csv.writer(buf, lineterminator="\n")
+        w.writerow(["path", "reason"])
+        w.writerows(res.failed)
+        write_text_atomic(self.out / "failures.csv", buf.getvalue())

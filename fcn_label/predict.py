@@ -1,0 +1,169 @@
+"""Inference: preprocess -> forward -> postprocess, batched by size, tiled when large.
+
+Images are only batched with others of exactly the same size: padding a
+smaller image up to a batch's size would change the network's view of its
+border and so its labels. Batched and one-at-a-time results therefore agree.
+
+Large images run as overlapping tiles whose class probabilities are averaged
+(as in mmsegmentation's slide inference). Probabilities are accumulated one
+band of tile rows at a time, so memory grows with the image's width, not its
+area.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Iterable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .model import FCN
+from .weights import Checkpoint
+
+DEFAULT_TILE = 1024
+DEFAULT_TILE_THRESHOLD = 2_000_000  # pixels; above this an image is tiled
+
+
+@dataclass
+class Prediction:
+    labels: np.ndarray  # (H, W) uint8 class indices
+    confidence: np.ndarray  # (H, W) float32, probability of the chosen class
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    """``auto`` means the first CUDA device when one is usable, else the CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {name}: CUDA is not available on this machine; use --device cpu")
+    return dev
+
+
+class Predictor:
+    """Runs one checkpoint on RGB uint8 arrays of any size."""
+
+    def __init__(self, checkpoint: Checkpoint, device: str | torch.device = "auto", amp: bool = False,
+                 tile: int | None = None, tile_overlap: float = 0.25,
+                 tile_threshold: int = DEFAULT_TILE_THRESHOLD, channels_last: bool = False):
+        self.checkpoint = checkpoint
+        self.device = device if isinstance(device, torch.device) else pick_device(device)
+        self.model: FCN = checkpoint.build(self.device)
+        self.amp = amp and self.device.type == "cuda"
+        self.tile = tile
+        if not 0 <= tile_overlap < 1:
+            raise ValueError(f"tile overlap must be in [0, 1), got {tile_overlap}")
+        self.tile_overlap = tile_overlap
+        self.tile_threshold = tile_threshold
+        self.norm = checkpoint.normalization
+        self.num_classes = checkpoint.config.num_classes
+        self.channels_last = channels_last
+        if channels_last:
+            self.model.to(memory_format=torch.channels_last)
+
+    # -- the three stages -----------------------------------------------------
+    def preprocess(self, images: Sequence[np.ndarray]) -> torch.Tensor:
+        """Same-size RGB uint8 arrays -> normalised (N, 3, H, W) float on the device."""
+        x = torch.from_numpy(np.stack(images)).to(self.device, non_blocking=True).permute(0, 3, 1, 2)
+        x = self.norm.apply(x)
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+    @torch.inference_mode()
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Class probabilities (N, C, H, W), float32."""
+        with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):
+            logits = self.model(x)
+        return torch.softmax(logits.float(), dim=1)
+
+    @staticmethod
+    def postprocess(probs: torch.Tensor) -> list[Prediction]:
+        conf, labels = probs.max(dim=1)
+        labels = labels.to(torch.uint8) if probs.shape[1] <= 256 else labels.to(torch.int32)
+        return [Prediction(l.cpu().numpy(), c.cpu().numpy()) for l, c in zip(labels, conf)]
+
+    # -- entry points ----------------------------------------------------------
+    def needs_tiling(self, shape: tuple[int, ...]) -> bool:
+        h, w = shape[:2]
+        if self.tile:
+            return h > self.tile or w > self.tile
+        return h * w > self.tile_threshold
+
+    def predict_arrays(self, images: Sequence[np.ndarray], batch_size: int = 8) -> list[Prediction]:
+        """Predict a list of images; same-size ones share a batch, large ones are tiled."""
+        out: list[Prediction | None] = [None] * len(images)
+        for idx, preds in self.predict_groups(list(enumerate(images)), batch_size):
+            out[idx] = preds
+        return out  # type: ignore[return-value]
+
+    def predict_groups(self, items: Iterable[tuple[object, np.ndarray]], batch_size: int = 8):
+        """Yield ``(key, Prediction)``, batching consecutive same-size items up to ``batch_size``."""
+        pending: list[tuple[object, np.ndarray]] = []
+
+        def flush():
+            if pending:
+                preds = self.postprocess(self.forward(self.preprocess([a for _, a in pending])))
+                yield from zip((k for k, _ in pending), preds)
+                pending.clear()
+
+        for key, arr in items:
+            if self.needs_tiling(arr.shape):
+                yield from flush()
+                yield key, self.predict_tiled(arr)
+                continue
+            if pending and (pending[0][1].shape != arr.shape or len(pending) >= batch_size):
+                yield from flush()
+            pending.append((key, arr))
+        yield from flush()
+
+    def tile_grid(self, h: int, w: int) -> tuple[int, list[int], list[int]]:
+        t = self.tile or DEFAULT_TILE
+        stride = max(1, int(t * (1 - self.tile_overlap)))
+
+        def starts(n: int) -> list[int]:
+            if n <= t:
+                return [0]
+            k = math.ceil((n - t) / stride) + 1
+            return sorted({min(i * stride, n - t) for i in range(k)})
+
+        return t, starts(h), starts(w)
+
+    @torch.inference_mode()
+    def predict_tiled(self, image: np.ndarray) -> Prediction:
+        """Slide overlapping windows; average probabilities; finish rows band by band."""
+        H, W = image.shape[:2]
+        t, ys, xs = self.tile_grid(H, W)
+        C = self.num_classes
+        labels = np.empty((H, W), dtype=np.uint8 if C <= 256 else np.int32)
+        conf = np.empty((H, W), dtype=np.float32)
+        band_top = 0  # first image row held in the accumulator
+        acc = torch.zeros((C, 0, W), dtype=torch.float32)
+        cnt = torch.zeros((0, W), dtype=torch.float32)
+        for k, y in enumerate(ys):
+            th = min(t, H - y)
+            need = y + th - band_top
+            if acc.shape[1] < need:
+                grow = need - acc.shape[1]
+                acc = torch.cat([acc, torch.zeros((C, grow, W))], dim=1)
+                cnt = torch.cat([cnt, torch.zeros((grow, W))], dim=0)
+            for x in xs:
+                tw = min(t, W - x)
+                tile = np.ascontiguousarray(image[y : y + th, x : x + tw])
+                p = self.forward(self.preprocess([tile]))[0].cpu()
+                acc[:, y - band_top : y - band_top + th, x : x + tw] += p
+                cnt[y - band_top : y - band_top + th, x : x + tw] += 1
+            # rows above the next tile row are final
+            done_to = ys[k + 1] if k + 1 < len(ys) else H
+            n = done_to - band_top
+            probs = acc[:, :n] / cnt[:n].clamp_min(1)
+            c, l = probs.max(dim=0)
+            labels[band_top:done_to] = l.numpy().astype(labels.dtype)
+            conf[band_top:done_to] = c.numpy()
+            acc, cnt = acc[:, n:].clone(), cnt[n:].clone()
+            band_top = done_to
+        return Prediction(labels, conf)
