@@ -245,29 +245,59 @@ class CocoRasteriser:
         return pairs, problems
 
     def mask(self, key: str, shape: tuple[int, int]) -> np.ndarray:
-        from pycocotools import mask as mask_utils
-
         im = self.images[key]
         h, w = int(im["height"]), int(im["width"])
         if (h, w) != tuple(shape):
             raise InputError(f"{self.path}: image {im['file_name']} is {shape[1]}x{shape[0]} but the JSON says {w}x{h}")
         out = np.zeros((h, w), dtype=np.uint8)
         for a in self.anns.get(im["id"], []):
-            seg = a.get("segmentation")
-            if isinstance(seg, list):
-                polys = [p for p in seg if len(p) >= 6]
-                if not polys:
-                    continue
-                rle = mask_utils.merge(mask_utils.frPyObjects(polys, h, w))
-            elif isinstance(seg, dict) and "counts" in seg:
-                if list(seg.get("size", [])) != [h, w]:
-                    raise InputError(f"{self.path}: annotation {a.get('id')} RLE size {seg.get('size')} != image {[h, w]}")
-                rle = mask_utils.frPyObjects(seg, h, w) if isinstance(seg["counts"], list) else seg
-            else:
+            try:
+                m = decode_segmentation(a.get("segmentation"), h, w)
+            except ValueError as e:
+                raise InputError(f"{self.path}: annotation {a.get('id')} {e}") from None
+            if m is None:
                 continue
-            m = mask_utils.decode(rle).astype(bool)
             out[m] = self.ignore_index if a.get("iscrowd") else self.cat_to_class.get(a["category_id"], 0)
         return out
+
+
+def decode_segmentation(seg, h: int, w: int) -> "np.ndarray | None":
+    """A COCO ``segmentation`` (polygons, compressed or uncompressed RLE) as a bool (h, w) mask.
+
+    None when there is nothing to paint (no polygon with 3+ points, or no
+    segmentation); ValueError for an RLE of another size or an undecodable one.
+    """
+    from pycocotools import mask as mask_utils
+
+    if isinstance(seg, list):
+        polys = [p for p in seg if isinstance(p, list) and len(p) >= 6]
+        if not polys:
+            return None
+        try:
+            rle = mask_utils.merge(mask_utils.frPyObjects(polys, h, w))
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"unreadable polygon ({e})") from None
+    elif isinstance(seg, dict) and "counts" in seg:
+        if list(seg.get("size", [])) != [h, w]:
+            raise ValueError(f"RLE size {seg.get('size')} != image {[h, w]}")
+        counts = seg["counts"]
+        if isinstance(counts, list):
+            if all(isinstance(c, int) for c in counts) and sum(counts) != h * w:
+                raise ValueError(f"uncompressed RLE counts sum to {sum(counts)}, not {h}x{w} = {h * w} pixels")
+            try:
+                rle = mask_utils.frPyObjects({"size": [h, w], "counts": counts}, h, w)
+            except (TypeError, ValueError, OverflowError) as e:
+                raise ValueError(f"unreadable uncompressed RLE ({e})") from None
+        elif isinstance(counts, (str, bytes)):
+            rle = {"size": [h, w], "counts": counts.encode("ascii") if isinstance(counts, str) else counts}
+        else:
+            raise ValueError(f"RLE counts of type {type(counts).__name__}; expected a string or a list of ints")
+    else:
+        return None
+    try:
+        return mask_utils.decode(rle).astype(bool)
+    except Exception as e:  # pycocotools raises bare Exceptions from C for corrupt RLE strings
+        raise ValueError(f"undecodable RLE ({e})") from None
 
 
 def load_pairs(source: Path, images: Path | None = None, split: str | None = None,
