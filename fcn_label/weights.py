@@ -160,7 +160,7 @@ def _torch_load(path: Path) -> Any:
                 "re-save it as a plain state dict (torch.save(model.state_dict(), ...))"
             ) from None
         raise WeightsError(f"{path}: not a PyTorch weights file or truncated ({_first_line(e)}); re-download or re-save it") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as e:
+    except Exception as e:  # a damaged file can fail anywhere inside the unpickler
         raise WeightsError(f"{path}: not a PyTorch weights file or truncated ({_first_line(e)}); re-download or re-save it") from None
 
 
@@ -208,7 +208,10 @@ def load_checkpoint(path: str | os.PathLike, arch: str | None = None, num_classe
             file_arch, n = _infer_pytorch_fcn(sd)
         except WeightsError as e:
             raise WeightsError(f"{path}: {e}") from None
-        cfg = FCNConfig(arch=arch or file_arch, num_classes=n)
+        fc6 = sd.get("fc6.weight")
+        width = sd["conv5_3.weight"].shape[0] / 512 if "conv5_3.weight" in sd else 1.0
+        cfg = FCNConfig(arch=file_arch, num_classes=n, width=width,
+                        fc_channels=fc6.shape[0] if fc6 is not None else 4096)
         names = list(classes) if classes else (list(VOC_CLASSES) if n == 21 else [f"class_{i}" for i in range(n)])
         ck = Checkpoint(cfg, sd, names, voc_palette(max(n, 1))[:n] if n <= 256 else voc_palette(), CAFFE_BGR,
                         metadata={"source": f"pytorch-fcn state dict {path.name}"})
@@ -223,7 +226,11 @@ def load_checkpoint(path: str | os.PathLike, arch: str | None = None, num_classe
         raise WeightsError(f"{path}: has {ck.config.num_classes} classes but {len(classes)} class names were given")
     if len(ck.classes) != ck.config.num_classes:
         raise WeightsError(f"{path}: lists {len(ck.classes)} class names for {ck.config.num_classes} classes")
-    ck.build()  # validates tensor names and shapes now, with a clear message
+    try:  # names and shapes checked now, on the meta device: no memory, no init cost
+        with torch.device("meta"):
+            FCN(ck.config).load_state_dict(ck.state_dict, strict=True, assign=True)
+    except RuntimeError as e:
+        raise WeightsError(f"{path}: weights do not fit {ck.config.arch} (width {ck.config.width}): {_first_line(e)}") from None
     return ck
 
 
@@ -240,8 +247,8 @@ def vgg16_backbone_state(path: str | os.PathLike, config: FCNConfig) -> dict[str
         sd = sd["state_dict"]
     if not isinstance(sd, dict) or "features.0.weight" not in sd:
         raise WeightsError(f"{path}: not a torchvision VGG16 state dict (no features.0.weight)")
-    if config.width != 1.0 or config.batch_norm or config.fc_channels != 4096:
-        raise WeightsError("VGG16 ImageNet weights fit only the full model (width 1.0, no BatchNorm, fc 4096)")
+    if config.batch_norm:
+        raise WeightsError("VGG16 ImageNet weights have no BatchNorm; use a model without --batch-norm")
     names = [f"conv{b}_{i}" for b, (n, _) in enumerate(((2, 0), (2, 0), (3, 0), (3, 0), (3, 0)), 1) for i in range(1, n + 1)]
     conv_idx = sorted({int(k.split(".")[1]) for k in sd if k.startswith("features.") and k.endswith(".weight")})
     if len(conv_idx) != 13:
@@ -250,10 +257,18 @@ def vgg16_backbone_state(path: str | os.PathLike, config: FCNConfig) -> dict[str
     for name, i in zip(names, conv_idx):
         out[f"{name}.weight"] = sd[f"features.{i}.weight"]
         out[f"{name}.bias"] = sd[f"features.{i}.bias"]
-    out["fc6.weight"] = sd["classifier.0.weight"].view(4096, 512, 7, 7)
+    fc6, fc7 = sd["classifier.0.weight"], sd["classifier.3.weight"]
+    # torchvision flattens pool5 (C, 7, 7) channel-major, which is exactly a 7x7 conv's weight layout
+    out["fc6.weight"] = fc6.reshape(fc6.shape[0], -1, 7, 7)
     out["fc6.bias"] = sd["classifier.0.bias"]
-    out["fc7.weight"] = sd["classifier.3.weight"].view(4096, 4096, 1, 1)
+    out["fc7.weight"] = fc7.reshape(fc7.shape[0], fc7.shape[1], 1, 1)
     out["fc7.bias"] = sd["classifier.3.bias"]
+    with torch.device("meta"):  # shapes only: no memory, no init cost
+        expected = {k: v.shape for k, v in FCN(config).state_dict().items()}
+    wrong = [f"{k} {tuple(v.shape)} vs {tuple(expected[k])}" for k, v in out.items() if expected.get(k) != v.shape]
+    if wrong:
+        raise WeightsError(f"{path}: VGG16 weights do not fit this model ({'; '.join(wrong[:3])}); "
+                           "use --width 1 --fc-channels 4096 for ImageNet VGG16")
     return out
 
 
