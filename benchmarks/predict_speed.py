@@ -1,0 +1,148 @@
+"""End-to-end `predict` throughput vs the model alone vs a naive one-image loop.
+
+    python benchmarks/predict_speed.py [--model compact|vgg16|both] [--images N] [--device cpu|cuda] [--amp]
+
+Builds a folder of mixed-size images (CamVid val frames resized to several sizes
+when ../shared is present, else synthetic), then times:
+
+* model only: the forward pass on pre-decoded, pre-normalised tensors, batched by size;
+* naive loop: open, convert, normalise, forward, argmax, save PNG, one image at a time;
+* end to end: the real `PredictJob` (background decoding, batching, PNG + COCO + CSV outputs).
+
+Prints a Markdown table; numbers depend on the machine, so say which one ran it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from fcn_label.job import PredictJob, PredictOptions, discover  # noqa: E402
+from fcn_label.model import FCN, FCNConfig  # noqa: E402
+from fcn_label.predict import Predictor  # noqa: E402
+from fcn_label.weights import SHIPPED, Checkpoint, load_checkpoint, voc_palette  # noqa: E402
+
+SIZES = [(360, 480), (375, 500), (480, 640), (257, 333), (360, 480), (375, 500)]
+
+
+def make_folder(root: Path, n: int, sizes) -> Path:
+    src = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "camvid" / "val"
+    frames = sorted(src.glob("*.png"))[:n] if src.is_dir() else []
+    d = root / "images"
+    d.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        h, w = sizes[i % len(sizes)]
+        if frames:
+            im = Image.open(frames[i % len(frames)]).convert("RGB").resize((w, h), Image.BILINEAR)
+        else:
+            im = Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8))
+        im.save(d / f"{i:04d}.jpg" if i % 2 else d / f"{i:04d}.png", quality=92)
+    return d
+
+
+def model_checkpoint(kind: str) -> Checkpoint:
+    if kind == "compact" and SHIPPED["fcn8s-compact-camvid"].path.is_file():
+        return load_checkpoint(SHIPPED["fcn8s-compact-camvid"].path)
+    cfg = (FCNConfig(arch="fcn8s", num_classes=11, width=0.25, fc_channels=512, batch_norm=True, padding="same")
+           if kind == "compact" else FCNConfig(arch="fcn8s", num_classes=21))
+    m = FCN(cfg)
+    return Checkpoint(cfg, m.state_dict(), [f"c{i}" for i in range(cfg.num_classes)], voc_palette()[: cfg.num_classes])
+
+
+def bench(kind: str, n: int, device: str, amp: bool, batch: int, workers: int) -> dict:
+    ck = model_checkpoint(kind)
+    pred = Predictor(ck, device=device, amp=amp)
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        folder = make_folder(tmp, n, SIZES if kind == "compact" or device != "cpu" else SIZES[:2])
+        files = sorted(folder.iterdir())
+        arrays = [np.asarray(Image.open(f).convert("RGB")) for f in files]
+        pixels = sum(a.shape[0] * a.shape[1] for a in arrays)
+
+        # warm-up (allocator, cuDNN autotune)
+        pred.predict_arrays(arrays[:2], batch)
+        # model only: forward pass on pre-normalised tensors, grouped by size
+        groups: dict[tuple, list[np.ndarray]] = {}
+        for a in arrays:
+            groups.setdefault(a.shape, []).append(a)
+        tensors = [pred.preprocess(g[i:i + batch]) for g in groups.values() for i in range(0, len(g), batch)]
+        _sync(device)
+        t = time.perf_counter()
+        for x in tensors:
+            pred.forward(x)
+        _sync(device)
+        model_only = n / (time.perf_counter() - t)
+
+        # naive loop
+        out = tmp / "naive"
+        out.mkdir()
+        t = time.perf_counter()
+        for f in files:
+            a = np.asarray(Image.open(f).convert("RGB"))
+            p = pred.postprocess(pred.forward(pred.preprocess([a])))[0]
+            Image.fromarray(p.labels, mode="L").save(out / f"{f.stem}.png")
+        _sync(device)
+        naive = n / (time.perf_counter() - t)
+
+        # end to end
+        items, _ = discover([folder], tmp / "out")
+        job = PredictJob(pred, PredictOptions(out=tmp / "out", batch_size=batch, workers=workers))
+        t = time.perf_counter()
+        res = job.run(items)
+        e2e = res.done / (time.perf_counter() - t)
+        assert res.done == n and not res.failed
+    return {"model": kind, "images": n, "mpx_per_image": pixels / n / 1e6, "device": str(pred.device),
+            "amp": pred.amp, "batch": batch, "workers": workers, "model_only_img_s": model_only,
+            "naive_img_s": naive, "end_to_end_img_s": e2e, "e2e_vs_model": e2e / model_only}
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="both", choices=["compact", "vgg16", "both"])
+    ap.add_argument("--images", type=int, default=48)
+    ap.add_argument("--vgg-images", type=int, default=8)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--amp", action="store_true")
+    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--json", type=Path)
+    a = ap.parse_args()
+    rows = []
+    for kind in (["compact", "vgg16"] if a.model == "both" else [a.model]):
+        n = a.images if kind == "compact" else a.vgg_images
+        rows.append(bench(kind, n, a.device, a.amp, a.batch_size, a.workers))
+    hw = (torch.cuda.get_device_name() if a.device.startswith("cuda") else
+          f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads")
+    print(f"hardware: {hw}")
+    print("| model | device | images | Mpx/img | batch | model only (img/s) | naive loop (img/s) | end to end (img/s) | e2e / model |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['model']} | {r['device']}{' AMP' if r['amp'] else ''} | {r['images']} | {r['mpx_per_image']:.2f} | "
+              f"{r['batch']} | {r['model_only_img_s']:.2f} | {r['naive_img_s']:.2f} | {r['end_to_end_img_s']:.2f} | "
+              f"{100 * r['e2e_vs_model']:.0f}% |")
+    if a.json:
+        a.json.write_text(json.dumps({"hardware": hw, "rows": rows}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
