@@ -50,3 +50,6 @@ def models(
 
 def _pct(v) -> str:
     return f"{100 * v:.1f}" if isinstance(v, (int, float)) else "-"
+
+
+app.command("info", hidden=True, help="Same as `models`.")(models)

@@ -75,10 +75,9 @@ def predict(
 ) -> None:
     """Predict segmentation masks for images of any size.
 
-    Writes OUT/<name>.png (palette PNG, pixel value = class index), predictions.csv
-    (one row per image: classes present, confidence, review hints), predictions.json
-    (COCO RLE) and failures.csv. Unreadable images are reported and skipped; the
-    exit status is 1 when any image failed.
+    Writes OUT/<name>.png (palette PNG, pixel value = class index), predictions.csv (one row per image: classes present, confidence, review hints), predictions.json (COCO results, compressed RLE) and failures.csv.
+
+    Unreadable images are reported on one line each and skipped; the exit status is 1 when any image failed. Re-running the same command resumes: finished images are skipped.
 
     Example: fcn-label predict examples/ --out masks/
     """
