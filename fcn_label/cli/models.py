@@ -34,7 +34,7 @@ def models(
         ck = load_checkpoint(info.path)
         m = ck.metadata.get("metrics", {})
         t.add_row(info.name, ck.config.arch, str(ck.config.num_classes), _pct(m.get("val_mean_iou")),
-                  _pct(m.get("val_pixel_accuracy")), info.file, info.license)
+                  _pct(m.get("val_pixel_accuracy")), info.file, info.license.split(" (")[0])
     out.print(t)
     if weights:
         ck = load_checkpoint(weights)
