@@ -1,1 +1,160 @@
-"""`fcn-label evaluate` (in progress)."""
+"""`fcn-label evaluate`: score masks against ground truth (logic in :mod:`fcn_label.evaluate`)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from .. import evaluate as ev
+from ._common import app, console, fail
+
+stdout = Console(highlight=False)
+
+
+def _f(v: float, pct: bool = True) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "—"
+    return f"{100 * v:.2f}" if pct else f"{v:.4f}"
+
+
+def _show(res: ev.EvalResult) -> None:
+    t = Table(title="per class (%)", title_justify="left", show_edge=False, pad_edge=False)
+    for col, just in (("#", "right"), ("class", "left"), ("IoU", "right"), ("accuracy", "right"),
+                      ("precision", "right"), ("GT pixels", "right"), ("predicted", "right")):
+        t.add_column(col, justify=just)
+    s = res.scores
+    for i, name in enumerate(res.class_names):
+        absent = math.isnan(s.iou[i])
+        t.add_row(str(i), name + (" [dim](absent)[/]" if absent else ""), _f(s.iou[i]), _f(s.accuracy[i]),
+                  _f(s.precision[i]), f"{s.support[i]:,}", f"{s.predicted[i]:,}")
+    stdout.print(t)
+    summ = Table(title="dataset (pooled confusion matrix, %)", title_justify="left", show_edge=False, pad_edge=False)
+    for col in ("pixel acc", "mean acc", "mean IoU", "f.w. IoU", "images", "pixels scored"):
+        summ.add_column(col, justify="right")
+    summ.add_row(_f(s.pixel_accuracy), _f(s.mean_accuracy), _f(s.mean_iou), _f(s.fw_iou),
+                 f"{res.n_evaluated:,}", f"{int(res.conf.sum()):,}")
+    stdout.print(summ)
+    if res.absent_classes:
+        stdout.print(f"absent from ground truth and prediction (NaN, left out of the means): "
+                     f"{', '.join(res.absent_classes)}")
+
+
+@app.command("evaluate")
+def evaluate(
+    gt: Path = typer.Option(..., "--gt", "-g", help="Ground truth: a folder of index masks (PNG, 'P' or 'L'), a VOC "
+                            "root (SegmentationClass/), a folder with images/ + masks/, a list file of 'image mask' "
+                            "lines (e.g. CamVid val.txt) or a COCO instances JSON (rasterised: background 0, "
+                            "categories by ascending id 1..K, iscrowd = ignore, later annotations on top)."),
+    pred: Optional[Path] = typer.Option(None, "--pred", "-p", help="Predictions: a folder of index masks (e.g. what "
+                                        "`fcn-label predict` wrote) or a COCO JSON (predict's predictions.json, or "
+                                        "another tool's results list with RLE/polygons). Matched to --gt by relative "
+                                        "path without suffix."),
+    weights: Optional[str] = typer.Option(None, "--weights", "-w", help="Instead of --pred: predict with this "
+                                          "checkpoint (file or shipped model name) and evaluate in one go."),
+    images: Optional[Path] = typer.Option(None, "--images", "-i", help="Image folder, matched to the ground truth "
+                                          "by name: the input for --weights, and the left column of worst_images.png. "
+                                          "Default: the images of a VOC / images+masks / list / COCO ground truth."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Report folder for summary.csv, per_class.csv, "
+                                       "per_image.csv, confusion_matrix.csv/.png, worst_images.png and failures.csv. "
+                                       "Nothing is written anywhere else; without it only the terminal report."),
+    num_classes: Optional[int] = typer.Option(None, "--num-classes", "-n", min=1, max=256, help="Number of classes. "
+                                              "Default: from --classes, the --weights model, or the COCO JSON's "
+                                              "categories."),
+    classes: Optional[Path] = typer.Option(None, "--classes", help="Text file of class names, one per line in index "
+                                           "order (e.g. camvid/classes.txt); also sets --num-classes."),
+    ignore_index: Optional[int] = typer.Option(None, "--ignore-index", min=0, max=255, help="Ground-truth label "
+                                               "left out of all figures: 255 for VOC (default), 11 for CamVid; "
+                                               "with --weights the model's. Ground-truth values >= --num-classes "
+                                               "are left out too (and counted in the summary)."),
+    split: Optional[str] = typer.Option(None, "--split", help="VOC root only: the ImageSets/Segmentation/<split>.txt "
+                                        "list to evaluate (default: every mask in SegmentationClass/)."),
+    workers: int = typer.Option(2, "--workers", "-j", min=1, max=64, help="Threads decoding and scoring mask pairs "
+                                "in parallel."),
+    worst: int = typer.Option(8, "--worst", min=0, max=100, help="How many lowest-mean-IoU images to show in "
+                              "worst_images.png (0: none)."),
+    fmt: str = typer.Option("table", "--format", "-f", help="Terminal output: table (rich tables) or json (one JSON "
+                            "document on stdout: summary, per-class figures, absent classes, failures)."),
+    device: str = typer.Option("auto", help="With --weights: auto (CUDA when available, else CPU), cpu or cuda:N."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+) -> None:
+    """Score predicted masks against ground truth with the FCN paper's metrics.
+
+    Pixel accuracy, mean accuracy, mean IU and frequency-weighted IU come from one
+    confusion matrix pooled over all pixels of all images (as published tables do),
+    not from averaging per-image numbers. Ground-truth pixels equal to --ignore-index
+    or outside 0..N-1 are left out. A class absent from both ground truth and
+    prediction has no IoU (NaN) and is left out of the means; the report names it.
+
+    Unreadable masks, size mismatches and class indices >= N are reported per file
+    (failures.csv) and the rest is evaluated; the exit status is 1 when any
+    ground-truth image was not scored, 2 for unusable arguments.
+
+    Examples:
+
+      fcn-label evaluate --pred masks/ --gt camvid/val.txt --classes camvid/classes.txt --ignore-index 11 --out report/
+
+      fcn-label evaluate --weights fcn8s-compact-camvid --gt camvid/val.txt --out report/
+    """
+    if fmt not in ("table", "json"):
+        raise fail(f"--format {fmt!r}: choose table or json")
+    if (pred is None) == (weights is None):
+        raise fail("give exactly one of --pred (masks or COCO JSON to score) and --weights (predict, then score)")
+    names = ev.read_class_names(classes) if classes else None
+    ck = None
+    if weights is not None:
+        from ..weights import load_checkpoint, resolve_weights
+
+        ck = load_checkpoint(resolve_weights(weights))
+    ignore = ignore_index if ignore_index is not None else (ck.ignore_index if ck is not None else 255)
+    truth = ev.GroundTruth(gt, images=images, split=split, ignore_index=ignore)
+    n, names = ev.resolve_classes(num_classes, names, ck, truth, pred)
+    if ck is not None:
+        from ..predict import Predictor
+
+        predictor = Predictor(ck, device=device)
+        source = ev.ModelPredictions(predictor, {k: it.image for k, it in truth.items.items() if it.image is not None})
+        if not source.images:
+            raise fail(f"--gt {gt}: no images to predict on; give the image folder with --images")
+    else:
+        source = ev.open_predictions(pred, truth, n, names)
+
+    if fmt == "table":
+        console.print(f"evaluate: {len(truth.items)} ground-truth masks ({truth.layout}), "
+                      f"{len(source.keys())} predictions, {n} classes, ignore label {ignore}")
+    progress = Progress(TextColumn("evaluate"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                        console=console, disable=quiet, transient=True)
+    task = progress.add_task("evaluate", total=None)
+    with progress:
+        res = ev.evaluate(truth, source, n, names, ignore, workers=workers, worst_k=worst if out else 0,
+                          progress=lambda i, total: progress.update(task, completed=i, total=total))
+    if out is not None:
+        ev.write_report(res, out, palette=ck.palette if ck is not None else None)
+
+    if fmt == "json":
+        d = res.to_dict()
+        d["report_dir"] = str(out) if out else None
+        stdout.print_json(json.dumps(d, allow_nan=False))
+    else:
+        _show(res)
+    for f in res.failures[:10]:
+        console.print(f"[yellow]{f.kind}:[/] {escape(f.message)}", soft_wrap=True)
+    if len(res.failures) > 10:
+        console.print(f"... and {len(res.failures) - 10} more" + (f" in {out / 'failures.csv'}" if out else ""))
+    if res.pixels_gt_out_of_range:
+        console.print(f"[yellow]note:[/] {res.pixels_gt_out_of_range:,} ground-truth pixels have labels >= {n} "
+                      f"(not the ignore label {ignore}) and were left out; if that is your ignore label, pass "
+                      "--ignore-index, or check --num-classes")
+    if res.n_evaluated == 0:
+        raise fail("no image could be evaluated; see the messages above")
+    console.print(f"{res.n_evaluated} images scored in {res.seconds:.1f}s"
+                  + (f"; report in {out}" if out else "; add --out DIR for CSV reports and pictures"))
+    if not res.complete:
+        raise typer.Exit(1)
