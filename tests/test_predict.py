@@ -13,42 +13,9 @@ from pycocotools import mask as mask_utils
 
 from fcn_label.cli import run_cli
 from fcn_label.job import PredictJob, PredictOptions, discover
-from fcn_label.model import FCN, FCNConfig
 from fcn_label.predict import Predictor
-from fcn_label.weights import Checkpoint, save_checkpoint, voc_palette
-
-PALETTE = [(10, 20, 30), (200, 0, 0), (0, 200, 0), (0, 0, 200), (90, 90, 90)]
-
-
-def make_checkpoint(padding="caffe", bn=False, n=5, seed=0):
-    torch.manual_seed(seed)
-    cfg = FCNConfig(arch="fcn8s", num_classes=n, width=0.0625, fc_channels=16, padding=padding, batch_norm=bn)
-    m = FCN(cfg)
-    for name, p in m.named_parameters():
-        if not name.startswith("upscore"):
-            p.data.normal_(0, 0.3)
-    if bn:
-        for mod in m.modules():
-            if isinstance(mod, torch.nn.BatchNorm2d):
-                mod.running_mean.normal_(0, 0.1)
-                mod.running_var.uniform_(0.5, 2)
-    return Checkpoint(cfg, m.state_dict(), [f"class{i}" for i in range(n)], PALETTE[:n], ignore_index=255)
-
-
-def rand_image(h, w, seed):
-    rng = np.random.default_rng(seed)
-    base = rng.integers(0, 255, (max(1, h // 8) + 1, max(1, w // 8) + 1, 3), dtype=np.uint8)
-    return np.asarray(Image.fromarray(base).resize((w, h), Image.BILINEAR))
-
-
-def one_at_a_time(ck, img):
-    """The plain reference: normalise by hand, run the model alone, argmax."""
-    m = ck.build()
-    x = torch.from_numpy(img.copy()).permute(2, 0, 1).float()[None] / 255.0
-    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
-    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
-    with torch.no_grad():
-        return m((x - mean) / std).argmax(1)[0].numpy()
+from fcn_label.weights import save_checkpoint
+from helpers import PALETTE, make_checkpoint, one_at_a_time, rand_image
 
 
 @pytest.mark.parametrize("padding,bn", [("caffe", False), ("same", True)])

@@ -1,0 +1,42 @@
+"""Test helpers shared by several test modules: a tiny random FCN checkpoint, smooth random
+images, and the plain one-image reference prediction every fast path is compared against."""
+
+import numpy as np
+import torch
+from PIL import Image
+
+from fcn_label.model import FCN, FCNConfig
+from fcn_label.weights import Checkpoint
+
+PALETTE = [(10, 20, 30), (200, 0, 0), (0, 200, 0), (0, 0, 200), (90, 90, 90)]
+
+
+def make_checkpoint(padding="caffe", bn=False, n=5, seed=0):
+    torch.manual_seed(seed)
+    cfg = FCNConfig(arch="fcn8s", num_classes=n, width=0.0625, fc_channels=16, padding=padding, batch_norm=bn)
+    m = FCN(cfg)
+    for name, p in m.named_parameters():
+        if not name.startswith("upscore"):
+            p.data.normal_(0, 0.3)
+    if bn:
+        for mod in m.modules():
+            if isinstance(mod, torch.nn.BatchNorm2d):
+                mod.running_mean.normal_(0, 0.1)
+                mod.running_var.uniform_(0.5, 2)
+    return Checkpoint(cfg, m.state_dict(), [f"class{i}" for i in range(n)], PALETTE[:n], ignore_index=255)
+
+
+def rand_image(h, w, seed):
+    rng = np.random.default_rng(seed)
+    base = rng.integers(0, 255, (max(1, h // 8) + 1, max(1, w // 8) + 1, 3), dtype=np.uint8)
+    return np.asarray(Image.fromarray(base).resize((w, h), Image.BILINEAR))
+
+
+def one_at_a_time(ck, img, model=None):
+    """The plain reference: normalise by hand, run the model alone, argmax."""
+    m = model if model is not None else ck.build()
+    x = torch.from_numpy(img.copy()).permute(2, 0, 1).float()[None] / 255.0
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    with torch.no_grad():
+        return m((x - mean) / std).argmax(1)[0].numpy()
