@@ -334,3 +334,63 @@ def median_frequency_weights(counts: np.ndarray) -> np.ndarray:
     f = counts / max(1, counts.sum())
     med = np.median(f[f > 0]) if (f > 0).any() else 1.0
     return np.where(f > 0, med / np.maximum(f, 1e-12), 0.0)
+
+
+# ---------------------------------------------------------------------------
+# Class names and palette: from a file, or found beside the dataset.
+
+CLASS_FILE_NAME = "classes.txt"
+
+
+def read_class_file(path: str | Path) -> tuple[list[str], list[tuple[int, int, int]] | None]:
+    """Class names, one per line in index order; ``name r g b`` lines also give the palette.
+
+    A name may contain spaces; three trailing integers are read as its colour.
+    Either every line has a colour or none does, so a half-coloured file is an
+    error rather than a palette with holes. ``#`` starts a comment line.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: classes file not found; give a text file with one class name per line")
+    names, colours = [], []
+    for n, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+        parts = line.split()
+        if not parts or parts[0].startswith("#"):
+            continue
+        rgb = tuple(int(v) for v in parts[-3:]) if len(parts) >= 4 and all(v.isdigit() for v in parts[-3:]) else None
+        if rgb is None:
+            names.append(line.strip())
+            continue
+        if not all(0 <= v <= 255 for v in rgb):
+            raise InputError(f"{path}:{n}: colour {rgb} out of range; expected 'name r g b' with 0-255 values")
+        names.append(" ".join(parts[:-3]))
+        colours.append(rgb)
+    if not names:
+        raise InputError(f"{path}: no class names; write one name per line, in class index order")
+    if colours and len(colours) != len(names):
+        raise InputError(f"{path}: {len(colours)} of {len(names)} classes have a colour; give 'name r g b' on every line or on none")
+    return names, colours or None
+
+
+def find_class_file(source: str | Path) -> Path | None:
+    """A ``classes.txt`` shipped with the dataset: inside a dataset folder, or beside a list file."""
+    source = Path(source)
+    p = (source if source.is_dir() else source.parent) / CLASS_FILE_NAME
+    return p if p.is_file() else None
+
+
+def mask_palette(path: str | Path | None) -> list[tuple[int, int, int]] | None:
+    """The colour table embedded in a palette ('P') mask PNG (as VOC ships), else None."""
+    if path is None:
+        return None
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            pal = im.getpalette() if im.mode == "P" else None
+    except OSError:
+        return None
+    if not pal:
+        return None
+    pal = pal + [0] * (768 - len(pal))
+    return [tuple(pal[i : i + 3]) for i in range(0, 768, 3)]
