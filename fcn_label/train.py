@@ -2,9 +2,15 @@
 
 Launch under ``torchrun`` and it runs DistributedDataParallel (gloo on CPU,
 NCCL on CUDA); rank 0 logs and writes checkpoints, metrics are reduced across
-ranks. Every checkpoint is written atomically and carries the optimiser,
-scheduler, EMA and RNG state, so ``--resume`` continues where a killed run
-stopped.
+ranks. Every checkpoint is written atomically and carries the optimiser, EMA,
+schedule position (the schedule is a pure function of the step) and the
+position inside the current epoch, so ``--resume`` continues where a killed
+run stopped, mid-epoch included.
+
+Exact resume rests on three rules: the sample order is a pure function of
+(seed, epoch), augmentation of (seed, epoch, index), and the global torch RNG
+(dropout) is re-seeded from (seed, rank, step) before every optimiser step. No
+random state therefore depends on how many times the process was restarted.
 """
 
 from __future__ import annotations
@@ -16,7 +22,8 @@ import math
 import os
 import random
 import time
-from dataclasses import asdict, dataclass, field
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -25,26 +32,50 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from .data import Augment, SegmentationDataset, class_frequencies, load_pairs, median_frequency_weights
+from .data import (
+    Augment, SegmentationDataset, find_class_file, load_pairs, mask_palette, median_frequency_weights,
+    read_class_file,
+)
 from .io import InputError, atomic_path
 from .metrics import confusion_matrix, scores
-from .model import FCN, FCNConfig
+from .model import ARCHS, FCN, FCNConfig
 from .weights import (
     CAMVID_CLASSES, CAMVID_PALETTE, IMAGENET, Checkpoint, Normalization, WeightsError, load_checkpoint,
-    save_checkpoint, vgg16_backbone_state, voc_palette,
+    resolve_weights, save_checkpoint, vgg16_backbone_state, voc_palette,
 )
 
 PRESETS = {
-    # The paper's recipe (sec. 4.3): SGD momentum 0.9, weight decay 5e-4, fixed lr 1e-4
-    # for VGG16 with 2x lr for biases, score layers zero-initialised, upsampling
-    # fixed bilinear except the final one; batch of 20 whole images in the paper.
+    # The paper's recipe (sec. 4.3): full VGG16 with Caffe padding, SGD momentum 0.9,
+    # weight decay 5e-4 (none on biases), fixed lr 1e-4 for VGG16 with 2x lr for
+    # biases, score layers zero-initialised, the final upsampling fixed bilinear
+    # (intermediate ones bilinear-initialised and learned), no class balancing.
     "paper": dict(optimizer="sgd", lr=1e-4, momentum=0.9, weight_decay=5e-4, schedule="constant", bias_lr_mult=2.0,
-                  freeze_upsampling=True, class_weights="none", ema=0.0, warmup_epochs=0),
+                  freeze_upsampling=True, class_weights="none", ema=0.0, warmup_epochs=0,
+                  width=1.0, fc_channels=4096, batch_norm=False, padding="caffe", dropout=0.5),
     # What trains a compact BN model from scratch in a few CPU hours: AdamW, poly decay
     # with warm-up, softened median-frequency class weights, weight averaging (EMA).
     "modern": dict(optimizer="adamw", lr=2e-3, momentum=0.9, weight_decay=1e-4, schedule="poly", bias_lr_mult=1.0,
-                   freeze_upsampling=False, class_weights="sqrt-median", ema=0.998, warmup_epochs=2),
+                   freeze_upsampling=False, class_weights="sqrt-median", ema=0.998, warmup_epochs=2,
+                   width=0.25, fc_channels=512, batch_norm=True, padding="same", dropout=0.1),
 }
+# The paper's unnormalised loss (summed over pixels) is ~pixels-per-batch times larger,
+# so the recipe pairs it with high momentum and a tiny lr (pytorch-fcn, FCN-32s).
+PAPER_SUM_LOSS = dict(momentum=0.99, lr=1e-10)
+# ImageNet VGG16 weights fit only the full-width, BN-free net.
+VGG16_MODEL = dict(width=1.0, fc_channels=4096, batch_norm=False)
+
+CHOICES = {
+    "preset": tuple(PRESETS),
+    "arch": ARCHS,
+    "padding": ("same", "caffe"),
+    "optimizer": ("sgd", "adamw"),
+    "schedule": ("constant", "poly", "cosine"),
+    "class_weights": ("none", "median", "sqrt-median"),
+    "loss": ("mean", "sum"),
+}
+# Options that may change between a run and its --resume without a warning.
+RESUME_FREE = {"out", "workers", "threads", "device", "cache", "max_steps", "val_every", "val_every_steps",
+               "checkpoint_every_steps", "epochs"}
 
 
 @dataclass
@@ -59,7 +90,7 @@ class TrainConfig:
     palette: list[tuple[int, int, int]] | None = None
     num_classes: int | None = None
     ignore_index: int = 255
-    arch: str = "fcn8s"
+    arch: str | None = None  # None: fcn8s, or the --init checkpoint's arch; a finer arch than --init's = staged training
     width: float = 0.25
     fc_channels: int = 512
     batch_norm: bool = True
@@ -74,7 +105,7 @@ class TrainConfig:
     weight_decay: float = 1e-4
     schedule: str = "poly"
     bias_lr_mult: float = 1.0
-    freeze_upsampling: bool = False
+    freeze_upsampling: bool = False  # keep the final upsampling fixed bilinear (paper)
     class_weights: str = "sqrt-median"
     ema: float = 0.998
     warmup_epochs: int = 2
@@ -94,14 +125,54 @@ class TrainConfig:
     cache: bool = True
     max_steps: int = 0  # stop early after this many optimiser steps (tests, smoke runs)
     threads: int = 0
+    loss: str = "mean"  # "mean" per valid pixel, or the paper's unnormalised "sum"
+    val_every_steps: int = 0
 
     def apply_preset(self, explicit: set[str]) -> None:
         """Fill preset values for every option the user did not set explicitly."""
         if self.preset not in PRESETS:
             raise ValueError(f"unknown preset {self.preset!r}; choose one of {', '.join(PRESETS)}")
-        for k, v in PRESETS[self.preset].items():
+        values = dict(PRESETS[self.preset])
+        if self.preset == "paper" and self.loss == "sum":
+            values |= PAPER_SUM_LOSS
+        if self.init_backbone:
+            values |= VGG16_MODEL
+        for k, v in values.items():
             if k not in explicit:
                 setattr(self, k, v)
+
+    def validate(self) -> None:
+        """Reject impossible option values before any data is read; messages list the valid choices."""
+        for k, allowed in CHOICES.items():
+            v = getattr(self, k)
+            if v is not None and v not in allowed:
+                raise ValueError(f"unknown {k.replace('_', '-')} {v!r}; choose one of {', '.join(allowed)}")
+        for k in ("epochs", "batch_size", "accumulate", "val_every"):
+            if getattr(self, k) < 1:
+                raise ValueError(f"--{k.replace('_', '-')} must be at least 1, got {getattr(self, k)}")
+        for k in ("checkpoint_every_steps", "val_every_steps", "max_steps", "workers", "threads", "warmup_epochs"):
+            if getattr(self, k) < 0:
+                raise ValueError(f"--{k.replace('_', '-')} must be 0 or more, got {getattr(self, k)}")
+        if not 0 <= self.ignore_index <= 255:
+            raise ValueError(f"--ignore-index must be 0..255 (masks are 8-bit), got {self.ignore_index}")
+        if self.num_classes is not None and not 1 <= self.num_classes <= 255:
+            raise ValueError(f"--num-classes must be 1..255, got {self.num_classes}")
+        if len(self.crop) != 2 or min(self.crop) < 1:
+            raise ValueError(f"--crop must be two positive sizes HxW, got {self.crop}")
+        if len(self.scale) != 2 or not 0 < self.scale[0] <= self.scale[1]:
+            raise ValueError(f"--scale must be MIN,MAX with 0 < MIN <= MAX, got {self.scale}")
+        if not 0 <= self.ema < 1:
+            raise ValueError(f"--ema must be in [0, 1), got {self.ema}")
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"--dropout must be in [0, 1), got {self.dropout}")
+        if self.lr <= 0:
+            raise ValueError(f"--lr must be positive, got {self.lr}")
+        if self.init and self.init_backbone:
+            raise ValueError("give either --init (a whole FCN) or --init-backbone (VGG16 ImageNet), not both")
+
+
+class DivergedError(ValueError):
+    """The loss stopped being finite: a user-fixable setting (usually --lr), reported in one line."""
 
 
 def _dist_info() -> tuple[int, int, int]:
@@ -111,7 +182,13 @@ def _dist_info() -> tuple[int, int, int]:
 def _pick_device(name: str, local_rank: int) -> torch.device:
     if name == "auto":
         return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
-    return torch.device(name)
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {name}: CUDA is not available on this machine; use --device cpu")
+    return dev
 
 
 def poly_lr(step: int, total: int, warmup: int, power: float = 0.9) -> float:
@@ -156,14 +233,50 @@ def evaluate_model(model: torch.nn.Module, ds: SegmentationDataset, norm: Normal
     return conf
 
 
+_CLASS_LAYERS = ("score", "upscore")  # every layer whose shape depends on the class count
+
+
+def transfer_weights(model: FCN, init: Checkpoint, source: str) -> str:
+    """Load every tensor of ``init`` that fits ``model``; the rest keeps the paper's fresh init.
+
+    Covers a changed class count (score and upsampling layers re-initialised)
+    and staged training, e.g. FCN-32s -> FCN-16s: the backbone, fc6/fc7 and
+    score_fr carry over, the new skip scorer starts at zero and the new
+    upsampling layers at bilinear, so the finer net starts out computing
+    exactly what the coarser one did. Returns the one-line report.
+    """
+    src, dst = init.state_dict, model.state_dict()
+    same_classes = init.config.num_classes == model.config.num_classes
+    keep = {k: v for k, v in src.items() if k in dst and (same_classes or not k.startswith(_CLASS_LAYERS))}
+    for k, v in keep.items():
+        if v.shape != dst[k].shape:
+            raise WeightsError(f"{source}: {k} is {tuple(v.shape)} but this model needs {tuple(dst[k].shape)}; "
+                               "the checkpoint's width/fc size must match (drop --width/--fc-channels with --init)")
+    model.load_state_dict(keep, strict=False)
+    if len(keep) == len(src) == len(dst):
+        return f"init: all layers from {source}"
+
+    def layers(keys) -> list[str]:
+        return sorted({k.split(".")[0] for k in keys}, key=lambda n: list(dst).index(n + ".weight") if n + ".weight" in dst else 0)
+
+    fresh = [n + (" (zero)" if n.startswith("score") else " (bilinear)" if n.startswith("upscore") else "")
+             for n in layers(k for k in dst if k not in keep)]
+    dropped = layers(k for k in src if k not in dst)
+    what = []
+    if not same_classes:
+        what.append(f"{init.config.num_classes} -> {model.config.num_classes} classes")
+    if init.config.arch != model.config.arch:
+        what.append(f"{init.config.arch} -> {model.config.arch}")
+    msg = f"init: {source} ({', '.join(what)}): kept {len(layers(keep))} layers, re-initialised {', '.join(fresh)}"
+    return msg + (f"; not used: {', '.join(dropped)}" if dropped else "")
+
+
 def _param_groups(model: FCN, cfg: TrainConfig) -> list[dict]:
-    decay, no_decay, biases, frozen = [], [], [], []
+    frozen = {id(p) for p in model.final_upsample.parameters()} if cfg.freeze_upsampling else set()
+    decay, no_decay, biases = [], [], []
     for name, p in model.named_parameters():
-        if cfg.freeze_upsampling and name.startswith("upscore") and not name.startswith(
-            {"fcn8s": "upscore8", "fcn16s": "upscore16", "fcn32s": "upscore."}[model.config.arch]
-        ):
+        if id(p) in frozen:
             p.requires_grad_(False)
-            frozen.append(name)
             continue
         if name.endswith(".bias"):
             biases.append(p)
@@ -180,7 +293,8 @@ def _param_groups(model: FCN, cfg: TrainConfig) -> list[dict]:
 
 
 class Trainer:
-    """One training run. ``log`` receives one-line messages (rank 0 only)."""
+    """One training run. ``log`` receives one-line messages and ``progress(epoch, step, loss)``
+    is called after every optimiser step (both on rank 0 only)."""
 
     def __init__(self, cfg: TrainConfig, log: Callable[[str], None] = print, progress: Callable | None = None):
         self.cfg = cfg
@@ -195,33 +309,74 @@ class Trainer:
             self._log(msg)
 
     # -- setup ---------------------------------------------------------------
-    def _datasets(self) -> None:
+    def _load_split(self, source: str, split: str | None) -> tuple[list, object]:
         cfg = self.cfg
-        pairs, problems, coco = load_pairs(Path(cfg.data), Path(cfg.images) if cfg.images else None, cfg.split,
+        pairs, problems, coco = load_pairs(Path(source), Path(cfg.images) if cfg.images else None, split,
                                            cfg.ignore_index)
         for p in problems[:20]:
             self.log(f"warning: {p}")
         if len(problems) > 20:
             self.log(f"warning: ... and {len(problems) - 20} more unmatched entries")
         if not pairs:
-            raise InputError(f"{cfg.data}: no (image, mask) pairs found; check the layout (see `fcn-label finetune --help`)")
-        self.coco = coco
+            raise InputError(f"{source}: no (image, mask) pairs found; check the layout (see `fcn-label finetune --help`)")
+        return pairs, coco
+
+    def _datasets(self) -> None:
+        cfg = self.cfg
+        pairs, self.coco = self._load_split(cfg.data, cfg.split)
         aug = Augment(crop=tuple(cfg.crop), scale=tuple(cfg.scale), ignore_index=cfg.ignore_index)
-        self.train_ds = SegmentationDataset(pairs, aug, cache=cfg.cache, coco=coco, seed=cfg.seed)
+        self.train_ds = SegmentationDataset(pairs, aug, cache=cfg.cache, coco=self.coco, seed=cfg.seed)
         self.val_ds = None
         if cfg.val:
-            vpairs, vproblems, vcoco = load_pairs(Path(cfg.val), Path(cfg.images) if cfg.images else None,
-                                                   cfg.val_split, cfg.ignore_index)
-            for p in vproblems[:20]:
-                self.log(f"warning: {p}")
+            vpairs, vcoco = self._load_split(cfg.val, cfg.val_split)
             self.val_ds = SegmentationDataset(vpairs, None, cache=cfg.cache, coco=vcoco)
 
-    def _class_names(self, init: Checkpoint | None) -> list[str]:
+    @staticmethod
+    def _scan_masks(ds: SegmentationDataset) -> tuple[np.ndarray, list[np.ndarray]]:
+        """Label histogram (256 bins) and the labels present in each mask; unreadable or
+        mis-sized pairs are an error naming the file."""
+        counts = np.zeros(256, dtype=np.int64)
+        present, bad = [], []
+        for i in range(len(ds)):
+            try:
+                _, m = ds.load(i)
+            except InputError as e:
+                bad.append(str(e))
+                continue
+            c = np.bincount(m.ravel(), minlength=256)
+            counts += c
+            present.append((i, np.nonzero(c)[0]))
+        if bad:
+            raise InputError(bad[0] + (f" (and {len(bad) - 1} more files)" if len(bad) > 1 else ""))
+        return counts, present
+
+    def _check_labels(self, ds: SegmentationDataset, present: list, n: int) -> None:
+        bad = []
+        for i, labels in present:
+            out = [int(v) for v in labels if v >= n and v != self.cfg.ignore_index]
+            if out:
+                p = ds.pairs[i]
+                bad.append(f"{p.mask or p.image}: mask values {out[:5]} outside classes 0..{n - 1} and ignore "
+                           f"{self.cfg.ignore_index}; fix the mask or set --num-classes / --ignore-index / --classes")
+        if bad:
+            raise InputError(bad[0] + (f" (and {len(bad) - 1} more files)" if len(bad) > 1 else ""))
+
+    def _class_names(self, init: Checkpoint | None, counts: np.ndarray) -> list[str]:
         cfg = self.cfg
+        names, source = None, None
         if cfg.classes:
-            return list(cfg.classes)
-        if self.coco is not None:
-            return self.coco.class_names
+            names, source = list(cfg.classes), "--classes"
+        elif self.coco is not None:
+            names, source = self.coco.class_names, str(cfg.data)
+        elif (f := find_class_file(cfg.data)) is not None:
+            names, self.file_palette = read_class_file(f)
+            source = str(f)
+            self.log(f"classes: {len(names)} names from {f}")
+        if names is not None:
+            if cfg.num_classes and cfg.num_classes != len(names):
+                raise InputError(f"{source}: lists {len(names)} classes but --num-classes is {cfg.num_classes}; "
+                                 "make them agree")
+            return names
         if cfg.num_classes:
             if cfg.num_classes == len(CAMVID_CLASSES) and "camvid" in str(cfg.data).lower():
                 return list(CAMVID_CLASSES)
@@ -230,80 +385,90 @@ class Trainer:
             return [f"class_{i}" for i in range(cfg.num_classes)]
         if init is not None:
             return list(init.classes)
-        raise InputError("cannot tell the number of classes; pass --num-classes or --classes FILE")
+        labels = [v for v in np.nonzero(counts)[0] if v != cfg.ignore_index]
+        if not labels:
+            raise InputError(f"{cfg.data}: every mask pixel is the ignore label {cfg.ignore_index}; check --ignore-index")
+        n = int(labels[-1]) + 1
+        self.log(f"classes: {n} inferred from the masks (largest label {n - 1}); "
+                 "pass --classes FILE to name them or --num-classes if some never occur")
+        return [f"class_{i}" for i in range(n)]
 
-    def _validate_masks(self, num_classes: int) -> np.ndarray:
-        """Class histogram of the training masks; values outside the classes are an error."""
-        counts = np.zeros(256, dtype=np.int64)
-        bad = []
-        for i in range(len(self.train_ds)):
-            try:
-                _, m = self.train_ds.load(i)
-            except InputError as e:
-                bad.append(str(e))
-                continue
-            c = np.bincount(m.ravel(), minlength=256)
-            out = [v for v in np.nonzero(c)[0] if v >= num_classes and v != self.cfg.ignore_index]
-            if out:
-                bad.append(f"{self.train_ds.pairs[i].mask}: mask values {out[:5]} outside classes 0..{num_classes - 1} "
-                           f"and ignore {self.cfg.ignore_index}; fix the mask or set --num-classes / --ignore-index")
-            counts += c
-        if bad:
-            raise InputError(bad[0] + (f" (and {len(bad) - 1} more files)" if len(bad) > 1 else ""))
-        return counts[:num_classes]
+    def _palette(self, names: list[str], init: Checkpoint | None) -> list[tuple[int, int, int]]:
+        cfg, n = self.cfg, len(names)
+        if cfg.palette:
+            pal = [tuple(c) for c in cfg.palette]
+        elif self.file_palette:
+            pal = self.file_palette
+        elif names == list(CAMVID_CLASSES):
+            pal = list(CAMVID_PALETTE)
+        elif init is not None and list(init.classes) == names:
+            pal = list(init.palette)
+        else:
+            pal = mask_palette(self.train_ds.pairs[0].mask) or voc_palette()
+        if len(pal) < n:
+            raise InputError(f"the palette has {len(pal)} colours for {n} classes; give one 'name r g b' line per class")
+        return pal[:n]
 
     def setup(self) -> None:
         cfg = self.cfg
+        cfg.validate()
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         self.device = _pick_device(cfg.device, self.local_rank)
-        if self.world > 1 and not dist.is_initialized():
+        self._own_group = self.world > 1 and not dist.is_initialized()
+        if self._own_group:
             dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
         if cfg.deterministic:
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # read when cuBLAS starts
             torch.use_deterministic_algorithms(True, warn_only=True)
+            torch.backends.cudnn.benchmark = False
+            torch.backends.cudnn.deterministic = True
+        elif self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # fixed crop size: autotuning pays off
         torch.manual_seed(cfg.seed)
         random.seed(cfg.seed)
         self._datasets()
 
-        init = None
-        if cfg.init:
-            init = load_checkpoint(cfg.init)
-        names = self._class_names(init)
+        init = load_checkpoint(resolve_weights(cfg.init)) if cfg.init else None
+        counts, present = self._scan_masks(self.train_ds)
+        self.file_palette = None
+        names = self._class_names(init, counts)
         n = len(names)
+        self._check_labels(self.train_ds, present, n)
+        if self.val_ds is not None:
+            self._check_labels(self.val_ds, self._scan_masks(self.val_ds)[1], n)
         self.classes = names
-        self.palette = [tuple(c) for c in cfg.palette] if cfg.palette else (
-            list(CAMVID_PALETTE) if names == list(CAMVID_CLASSES) else
-            (list(init.palette) if init is not None and len(init.palette) >= n else voc_palette()[:n]))
-        counts = self._validate_masks(n)
+        self.palette = self._palette(names, init)
+        counts = counts[:n]
         self.class_counts = counts
-        self.log(f"train: {len(self.train_ds)} pairs, {n} classes; pixel share "
+        self.log(f"train: {len(self.train_ds)} pairs" + (f", val: {len(self.val_ds)} pairs" if self.val_ds else "")
+                 + f", {n} classes; pixel share "
                  + ", ".join(f"{names[i]} {100 * c / max(1, counts.sum()):.1f}%" for i, c in enumerate(counts)))
+        missing = [names[i] for i in range(n) if counts[i] == 0]
+        if missing:
+            self.log(f"warning: no training pixels of {', '.join(missing)}; the model cannot learn them")
 
         if init is not None:
-            mcfg = init.config
+            model_cfg = replace(init.config, arch=cfg.arch or init.config.arch, num_classes=n)
             self.norm = init.normalization
-            model_cfg = FCNConfig(**{**mcfg.to_dict(), "num_classes": n})
         else:
-            model_cfg = FCNConfig(arch=cfg.arch, num_classes=n, width=cfg.width, fc_channels=cfg.fc_channels,
-                                  batch_norm=cfg.batch_norm, padding=cfg.padding, dropout=cfg.dropout)
+            model_cfg = FCNConfig(arch=cfg.arch or "fcn8s", num_classes=n, width=cfg.width,
+                                  fc_channels=cfg.fc_channels, batch_norm=cfg.batch_norm, padding=cfg.padding,
+                                  dropout=cfg.dropout)
             self.norm = IMAGENET
         self.model = FCN(model_cfg)
+        for k in ("arch", "width", "fc_channels", "batch_norm", "padding", "dropout"):
+            setattr(cfg, k, getattr(model_cfg, k))  # record the model actually trained (--init fixes its shape)
         if init is not None:
-            sd = init.state_dict
-            if init.config.num_classes != n:
-                keep = {k: v for k, v in sd.items() if not k.startswith(("score", "upscore"))}
-                self.model.load_state_dict(keep, strict=False)
-                self.log(f"init: {cfg.init} has {init.config.num_classes} classes, this data {n}: "
-                         "score and upsampling layers re-initialised, all other layers kept")
-            else:
-                self.model.load_state_dict(sd, strict=True)
-                self.log(f"init: all layers from {cfg.init}")
+            self.log(transfer_weights(self.model, init, cfg.init))
         elif cfg.init_backbone:
             self.model.load_state_dict(vgg16_backbone_state(cfg.init_backbone, model_cfg), strict=False)
             self.log(f"init: VGG16 backbone and fc6/fc7 from {cfg.init_backbone}; score layers zero")
-            self.norm = IMAGENET
+        elif cfg.preset == "paper":
+            self.log("warning: the paper preset fine-tunes ImageNet VGG16; from scratch (no --init-backbone) "
+                     "it converges slowly")
         self.model.to(self.device)
         if cfg.channels_last:
             self.model.to(memory_format=torch.channels_last)
@@ -315,18 +480,19 @@ class Trainer:
             w = median_frequency_weights(counts)
             if cfg.class_weights == "sqrt-median":
                 w = np.sqrt(w)
-            elif cfg.class_weights != "median":
-                raise ValueError(f"unknown class weights {cfg.class_weights!r}; choose none, median, sqrt-median")
             self.log("class weights: " + ", ".join(f"{names[i]} {x:.2f}" for i, x in enumerate(w)))
         self.class_weight = torch.tensor(w, dtype=torch.float32, device=self.device) if w is not None else None
         self.ema = EMA(self.model, cfg.ema) if cfg.ema > 0 else None
         self.ddp = (torch.nn.parallel.DistributedDataParallel(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
                     if self.world > 1 else self.model)
-        self.steps_per_epoch = math.ceil(len(self.train_ds) / (cfg.batch_size * self.world)) // max(1, cfg.accumulate)
-        self.steps_per_epoch = max(1, self.steps_per_epoch)
+        per_rank = math.ceil(len(self.train_ds) / self.world)  # DistributedSampler pads to equal shares
+        self.batches_per_epoch = math.ceil(per_rank / cfg.batch_size)
+        self.steps_per_epoch = math.ceil(self.batches_per_epoch / max(1, cfg.accumulate))
         self.total_steps = self.steps_per_epoch * cfg.epochs
         self.scaler = torch.amp.GradScaler("cuda", enabled=cfg.amp and self.device.type == "cuda")
         self.epoch, self.step, self.best = 0, 0, -1.0
+        # position inside the current epoch, saved in mid-epoch checkpoints
+        self.batch_in_epoch, self.loss_sum, self.loss_count, self.epoch_seconds = 0, 0.0, 0, 0.0
         self.history: list[dict] = []
 
     def _optimizer(self) -> torch.optim.Optimizer:
@@ -336,9 +502,7 @@ class Trainer:
             g["lr"] = cfg.lr * g["lr_mult"]
         if cfg.optimizer == "sgd":
             return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
-        if cfg.optimizer == "adamw":
-            return torch.optim.AdamW(groups, lr=cfg.lr)
-        raise ValueError(f"unknown optimizer {cfg.optimizer!r}; choose sgd or adamw")
+        return torch.optim.AdamW(groups, lr=cfg.lr)
 
     def _lr_factor(self) -> float:
         cfg = self.cfg
@@ -347,15 +511,22 @@ class Trainer:
         warm = cfg.warmup_epochs * self.steps_per_epoch
         if cfg.schedule == "poly":
             return poly_lr(self.step, self.total_steps, warm)
-        if cfg.schedule == "cosine":
-            if warm and self.step < warm:
-                return (self.step + 1) / warm
-            t = (self.step - warm) / max(1, self.total_steps - warm)
-            return 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
-        raise ValueError(f"unknown schedule {cfg.schedule!r}; choose constant, poly, cosine")
+        if warm and self.step < warm:
+            return (self.step + 1) / warm
+        t = (self.step - warm) / max(1, self.total_steps - warm)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
 
     # -- checkpoints ---------------------------------------------------------
-    def checkpoint(self, model: torch.nn.Module, metrics: dict | None = None, train_state: bool = True) -> Checkpoint:
+    def _global_loss(self) -> tuple[float, int]:
+        """This epoch's (loss sum, batch count) over all ranks; a collective call under DDP."""
+        if self.world == 1:
+            return self.loss_sum, self.loss_count
+        t = torch.tensor([self.loss_sum, float(self.loss_count)], dtype=torch.float64, device=self.device)
+        dist.all_reduce(t)
+        return float(t[0]), int(t[1])
+
+    def checkpoint(self, model: torch.nn.Module, metrics: dict | None = None, train_state: bool = True,
+                   epoch_loss: tuple[float, int] = (0.0, 0)) -> Checkpoint:
         cfg = self.cfg
         meta = {
             "dataset": str(cfg.data),
@@ -379,41 +550,71 @@ class Trainer:
                 "history": self.history,
                 "torch_rng": torch.get_rng_state(),
                 "python_rng": list(random.getstate()[1]),
+                # mid-epoch position (all zero at an epoch boundary)
+                "batch_in_epoch": self.batch_in_epoch,
+                "epoch_loss": [float(epoch_loss[0]), int(epoch_loss[1])],
+                "epoch_seconds": self.epoch_seconds,
+                "world_size": self.world,
+                "batch_size": cfg.batch_size,
+                "accumulate": cfg.accumulate,
             }
         sd = {k: v.detach().cpu() for k, v in model.state_dict().items()}
         return Checkpoint(model.config, sd, self.classes, self.palette, self.norm, cfg.ignore_index, meta, ts)
 
     def resume(self, path: str | os.PathLike) -> None:
+        cfg = self.cfg
         ck = load_checkpoint(path)
         ts = ck.train_state
         if not ts:
             raise WeightsError(f"{path}: has no training state (a 'best' or exported model?); resume from last.pt")
-        self.model.load_state_dict(ts["model"])
-        self.optimizer.load_state_dict(ts["optimizer"])
-        self.scaler.load_state_dict(ts["scaler"])
-        if self.ema and ts.get("ema"):
-            self.ema.model.load_state_dict(ts["ema"])
+        try:
+            self.model.load_state_dict(ts["model"])
+            self.optimizer.load_state_dict(ts["optimizer"])
+            if self.ema and ts.get("ema"):
+                self.ema.model.load_state_dict(ts["ema"])
+        except (RuntimeError, ValueError, KeyError) as e:
+            raise WeightsError(f"{path}: does not fit this run's model or optimiser ({str(e).splitlines()[0][:200]}); "
+                               "resume with the options of the original run (see config.json beside it)") from None
+        if ts.get("scaler"):  # empty when saved without AMP
+            self.scaler.load_state_dict(ts["scaler"])
+        batch = int(ts.get("batch_in_epoch", 0))
+        saved = (int(ts.get("world_size", 1)), int(ts.get("batch_size", cfg.batch_size)), int(ts.get("accumulate", cfg.accumulate)))
+        if batch and saved != (self.world, cfg.batch_size, cfg.accumulate):
+            raise InputError(f"{path}: saved mid-epoch with {saved[0]} process(es), --batch-size {saved[1]}, "
+                             f"--accumulate {saved[2]}; resume with the same values to continue that epoch")
         self.epoch, self.step, self.best = int(ts["epoch"]), int(ts["step"]), float(ts["best"])
         self.history = list(ts.get("history", []))
+        self.batch_in_epoch = batch
+        loss_sum, loss_count = ts.get("epoch_loss", [0.0, 0])
+        # the saved sums are global; rank 0 carries them and the end-of-epoch reduction adds the rest
+        self.loss_sum, self.loss_count = (float(loss_sum), int(loss_count)) if self.is_main else (0.0, 0)
+        self.epoch_seconds = float(ts.get("epoch_seconds", 0.0))
         torch.set_rng_state(ts["torch_rng"])
         st = random.getstate()
         random.setstate((st[0], tuple(ts["python_rng"]), st[2]))
-        self.log(f"resumed from {path}: epoch {self.epoch}, step {self.step}, best val mean IU {self.best:.4f}")
+        old = ck.metadata.get("train_config", {})
+        now = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()}
+        changed = [f"{k} {old[k]!r} -> {now[k]!r}" for k in now if k in old and k not in RESUME_FREE and old[k] != now[k]]
+        if changed:
+            self.log("warning: resuming with changed options: " + "; ".join(changed))
+        where = f"epoch {self.epoch}" + (f" + {batch} batches" if batch else "")
+        self.log(f"resumed from {path}: {where}, step {self.step}, best val mean IU {self.best:.4f}")
 
     # -- loop ----------------------------------------------------------------
     def _loader(self) -> torch.utils.data.DataLoader:
+        """This rank's batches for the current epoch, minus those already trained on."""
         cfg = self.cfg
         self.train_ds.epoch = self.epoch
-        if self.world > 1:
-            sampler = torch.utils.data.DistributedSampler(self.train_ds, self.world, self.rank, shuffle=True,
-                                                          seed=cfg.seed, drop_last=False)
-            sampler.set_epoch(self.epoch)
-        else:
-            g = torch.Generator().manual_seed(cfg.seed * 1000 + self.epoch)
-            sampler = torch.randperm(len(self.train_ds), generator=g).tolist()
-        return torch.utils.data.DataLoader(self.train_ds, batch_size=cfg.batch_size, sampler=sampler,
-                                           num_workers=cfg.workers, drop_last=False,
-                                           persistent_workers=False, pin_memory=self.device.type == "cuda")
+        # seed*1000 + epoch: the same order a single process always used; every rank
+        # takes its interleaved share, so N ranks x batch B see what 1 rank x N*B sees.
+        sampler = torch.utils.data.DistributedSampler(self.train_ds, self.world, self.rank, shuffle=True,
+                                                      seed=cfg.seed * 1000, drop_last=False)
+        sampler.set_epoch(self.epoch)
+        indices = list(sampler)[self.batch_in_epoch * cfg.batch_size:]
+        return torch.utils.data.DataLoader(self.train_ds, batch_size=cfg.batch_size, sampler=indices,
+                                           num_workers=cfg.workers, drop_last=False, persistent_workers=False,
+                                           pin_memory=self.device.type == "cuda",
+                                           generator=torch.Generator().manual_seed(cfg.seed))
 
     def validate(self) -> dict:
         if self.val_ds is None:
@@ -429,47 +630,114 @@ class Trainer:
         s = scores(conf)
         return {"val_" + k: v for k, v in s.summary().items()} | {"val_iou": [None if np.isnan(x) else float(x) for x in s.iou]}
 
-    def train_epoch(self) -> float:
+    def _loss(self, out: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(loss to optimise, mean per-pixel loss to report).
+
+        The mean is over valid (weighted) pixels and is 0, not NaN, for a crop
+        that holds only ignored pixels. The summed loss is scaled by the world
+        size because DDP averages gradients across ranks.
+        """
+        cfg = self.cfg
+        total = F.cross_entropy(out.float(), y, weight=self.class_weight, ignore_index=cfg.ignore_index, reduction="sum")
+        valid = y != cfg.ignore_index
+        if self.class_weight is not None:
+            denom = self.class_weight[y[valid]].sum()
+        else:
+            denom = valid.sum().to(total.dtype)
+        mean = total / denom.clamp_min(1e-12)
+        return (total * self.world if cfg.loss == "sum" else mean), mean.detach()
+
+    def _seed_step(self) -> None:
+        """Dropout's randomness as a pure function of (seed, rank, step): exact under resume."""
+        s = np.random.SeedSequence([self.cfg.seed, self.rank, self.step]).generate_state(1)[0]
+        torch.manual_seed(int(s))
+
+    def train_epoch(self) -> bool:
+        """Train to the end of the epoch (True) or until ``max_steps`` (False, state saved)."""
         cfg = self.cfg
         self.ddp.train()
-        total, count = 0.0, 0
         loader = self._loader()
+        n = len(loader)
         acc = max(1, cfg.accumulate)
+        t0 = time.time() - self.epoch_seconds
         self.optimizer.zero_grad(set_to_none=True)
         for it, (x, y) in enumerate(loader):
-            x = x.to(self.device, non_blocking=True)
+            if it % acc == 0:
+                self._seed_step()
+                group = min(acc, n - it)
+            boundary = (it + 1) % acc == 0 or it + 1 == n
+            x = self.norm.apply(x.to(self.device, non_blocking=True).mul_(255.0))
             y = y.to(self.device, non_blocking=True)
-            mean = torch.tensor(self.norm.mean, device=self.device).view(1, 3, 1, 1)
-            std = torch.tensor(self.norm.std, device=self.device).view(1, 3, 1, 1)
-            x = x * (255.0 * self.norm.scale)
-            if self.norm.bgr:
-                x = x.flip(1)
-            x = (x - mean) / std
             if cfg.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            with torch.autocast(self.device.type, enabled=cfg.amp and self.device.type == "cuda"):
-                out = self.ddp(x)
-                loss = F.cross_entropy(out.float(), y, weight=self.class_weight, ignore_index=cfg.ignore_index)
-            if not torch.isfinite(loss):
-                raise RuntimeError(f"loss became {loss.item()} at step {self.step}; lower --lr")
-            self.scaler.scale(loss / acc).backward()
-            total += loss.item()
-            count += 1
-            if (it + 1) % acc == 0 or it + 1 == len(loader):
-                f = self._lr_factor()
-                for g in self.optimizer.param_groups:
-                    g["lr"] = cfg.lr * g["lr_mult"] * f
-                self.scaler.step(self.optimizer)
-                self.scaler.update()
-                self.optimizer.zero_grad(set_to_none=True)
-                self.step += 1
-                if self.ema:
-                    self.ema.update(self.model, self.step)
-                if self.progress:
-                    self.progress(self.epoch, self.step, total / count)
-                if cfg.max_steps and self.step >= cfg.max_steps:
-                    break
-        return total / max(1, count)
+            sync = self.ddp.no_sync() if self.world > 1 and not boundary else nullcontext()
+            with sync:
+                with torch.autocast(self.device.type, enabled=cfg.amp and self.device.type == "cuda"):
+                    out = self.ddp(x)
+                loss, shown = self._loss(out, y)
+                if not torch.isfinite(loss):
+                    raise DivergedError(f"loss became {loss.item()} at step {self.step}; lower --lr")
+                # a mean loss averages over the accumulated micro-batches, the paper's sum adds them up
+                self.scaler.scale(loss / group if cfg.loss == "mean" else loss).backward()
+            self.loss_sum += shown.item()
+            self.loss_count += 1
+            self.batch_in_epoch += 1
+            if not boundary:
+                continue
+            f = self._lr_factor()
+            for g in self.optimizer.param_groups:
+                g["lr"] = cfg.lr * g["lr_mult"] * f
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.optimizer.zero_grad(set_to_none=True)
+            self.step += 1
+            if self.ema:
+                self.ema.update(self.model, self.step)
+            self.epoch_seconds = time.time() - t0
+            if self.progress and self.is_main:
+                self.progress(self.epoch, self.step, self.loss_sum / max(1, self.loss_count))
+            if it + 1 == n:
+                break  # the epoch's end is saved by run()
+            stop = bool(cfg.max_steps and self.step >= cfg.max_steps)
+            val_now = bool(cfg.val_every_steps and self.val_ds is not None and self.step % cfg.val_every_steps == 0)
+            if val_now or stop or (cfg.checkpoint_every_steps and self.step % cfg.checkpoint_every_steps == 0):
+                self._save_partial(val_now)
+                self.ddp.train()
+                t0 = time.time() - self.epoch_seconds  # validation time is not training time
+            if stop:
+                return False
+        return True
+
+    def _save_partial(self, with_val: bool) -> None:
+        """Checkpoint (and optionally validate) mid-epoch; collective under DDP."""
+        loss_sum, count = self._global_loss()
+        row = None
+        if with_val:
+            row = {"epoch": round(self.epoch + self.batch_in_epoch / self.batches_per_epoch, 4), "step": self.step,
+                   "loss": loss_sum / max(1, count), "lr": self.optimizer.param_groups[0]["lr"],
+                   "train_seconds": self.epoch_seconds}
+            t1 = time.time()
+            row |= self.validate()
+            row["val_seconds"] = time.time() - t1
+            self.history.append(row)
+        self._save(row, (loss_sum, count))
+        if row:
+            self.log(self._format(row))
+
+    def _end_epoch(self) -> None:
+        cfg = self.cfg
+        loss_sum, count = self._global_loss()
+        self.epoch += 1
+        row = {"epoch": self.epoch, "step": self.step, "loss": loss_sum / max(1, count),
+               "lr": self.optimizer.param_groups[0]["lr"], "train_seconds": self.epoch_seconds}
+        self.batch_in_epoch, self.loss_sum, self.loss_count, self.epoch_seconds = 0, 0.0, 0, 0.0
+        if cfg.val and (self.epoch % cfg.val_every == 0 or self.epoch == cfg.epochs):
+            t1 = time.time()
+            row |= self.validate()
+            row["val_seconds"] = time.time() - t1
+        self.history.append(row)
+        self._save(row)
+        self.log(self._format(row))
 
     def run(self, resume: str | None = None) -> dict:
         cfg = self.cfg
@@ -477,39 +745,31 @@ class Trainer:
         if resume:
             self.resume(resume)
         if self.is_main:
-            self.out.mkdir(parents=True, exist_ok=True)
-            (self.out / "config.json").write_text(json.dumps(asdict(cfg), indent=2, default=list))
+            with atomic_path(self.out / "config.json") as tmp:
+                tmp.write_text(json.dumps(asdict(self.cfg), indent=2, default=list))
         while self.epoch < cfg.epochs and not (cfg.max_steps and self.step >= cfg.max_steps):
-            t0 = time.time()
-            loss = self.train_epoch()
-            self.epoch += 1
-            row = {"epoch": self.epoch, "step": self.step, "loss": loss,
-                   "lr": self.optimizer.param_groups[0]["lr"], "train_seconds": time.time() - t0}
-            if cfg.val and (self.epoch % cfg.val_every == 0 or self.epoch == cfg.epochs):
-                t1 = time.time()
-                row |= self.validate()
-                row["val_seconds"] = time.time() - t1
-            if self.world > 1:
-                t = torch.tensor([row["loss"]], device=self.device)
-                dist.all_reduce(t)
-                row["loss"] = float(t) / self.world
-            self.history.append(row)
-            self._save(row)
-            self.log(self._format(row))
+            if not self.train_epoch():
+                break
+            self._end_epoch()
         if self.world > 1 and dist.is_initialized():
             dist.barrier()
+            if self._own_group:
+                dist.destroy_process_group()
         return self.history[-1] if self.history else {}
 
-    def _save(self, row: dict) -> None:
+    def _save(self, row: dict | None, epoch_loss: tuple[float, int] = (0.0, 0)) -> None:
+        """best.pt when validation improved, always last.pt, and the logs; rank 0 only."""
         if not self.is_main:
             return
-        miou = row.get("val_mean_iou")
-        metrics = {k: v for k, v in row.items() if k.startswith("val_")}
+        metrics = {k: v for k, v in (row or {}).items() if k.startswith("val_")}
         best_model = self.ema.model if self.ema else self.model
+        miou = metrics.get("val_mean_iou")
         if miou is not None and miou > self.best:
             self.best = miou
             save_checkpoint(self.checkpoint(best_model, metrics, train_state=False), self.out / "best.pt")
-        save_checkpoint(self.checkpoint(best_model, metrics, train_state=True), self.out / "last.pt")
+        save_checkpoint(self.checkpoint(best_model, metrics, train_state=True, epoch_loss=epoch_loss), self.out / "last.pt")
+        if row is None:
+            return
         with atomic_path(self.out / "log.csv") as tmp:
             keys = []
             for r in self.history:
