@@ -43,7 +43,7 @@ class PixelCounts:
     conf: np.ndarray  # (n, n) int64, rows = ground truth
     ignored: int  # ground truth == ignore_index
     gt_out_of_range: int  # ground truth outside [0, n) and not the ignore label
-    bad_pred: np.ndarray  # (W,) counts of prediction values >= n (last bin: < 0 or > 255) at counted pixels
+    bad_pred: np.ndarray  # counts of prediction values n, n+1, ... at counted pixels (general path: last = other)
 
     def bad_values(self, limit: int = 5) -> list[int]:
         n = self.conf.shape[0]
@@ -51,56 +51,48 @@ class PixelCounts:
         return v[:limit]
 
 
-_LUTS: dict[tuple[int, int | None], np.ndarray] = {}
-
-
-def _row_lut(num_classes: int, ignore_index: int | None, width: int) -> np.ndarray:
-    key = (num_classes, ignore_index)
-    lut = _LUTS.get(key)
-    if lut is None:
-        rows = np.full(256, num_classes + 1, dtype=np.intp)
-        rows[: min(num_classes, 256)] = np.arange(min(num_classes, 256))
-        if ignore_index is not None and 0 <= ignore_index < 256:
-            rows[ignore_index] = num_classes
-        lut = _LUTS[key] = rows * width
-    return lut
-
-
 def count_pixels(gt: np.ndarray, pred: np.ndarray, num_classes: int, ignore_index: int | None = 255) -> PixelCounts:
-    """Confusion matrix, ignored / out-of-range ground truth and invalid predictions in one bincount.
+    """Confusion matrix, ignored / out-of-range ground truth and invalid predictions in one pass.
 
-    Each pixel becomes ``row * W + col``: rows 0..n-1 are counted classes, row n the
-    ignore label, row n+1 other out-of-range ground truth; columns are prediction
-    values 0..255 (W-1 = anything else). A single ``np.bincount`` then yields all
-    of it, several times faster than boolean masking, which matters because
-    evaluation is otherwise bound by PNG decoding.
+    For 8-bit masks each pixel becomes the 16-bit code ``gt << 8 | pred`` and a
+    single ``np.bincount`` over 65536 bins is the joint histogram of (gt, pred)
+    values, from which everything is sliced: about twice as fast as mapping
+    labels through a lookup table first, which matters because evaluation is
+    otherwise bound by PNG decoding. Other dtypes take a general path.
     """
     gt = np.asarray(gt)
     pred = np.asarray(pred)
     if gt.shape != pred.shape:
         raise ValueError(f"size mismatch: ground truth {gt.shape[::-1]} vs prediction {pred.shape[::-1]}")
     n = int(num_classes)
+    if pred.dtype != np.uint8 and pred.size and np.issubdtype(pred.dtype, np.integer) \
+            and pred.min() >= 0 and pred.max() <= 255:
+        pred = pred.astype(np.uint8)
+    if gt.dtype == np.uint8 and pred.dtype == np.uint8 and n <= 256:
+        code = gt.astype(np.uint16)
+        code <<= 8
+        code |= pred
+        h = np.bincount(code.reshape(-1), minlength=65536).reshape(256, 256)
+        rows = h.sum(axis=1)
+        ignored = int(rows[ignore_index]) if ignore_index is not None and 0 <= ignore_index < 256 else 0
+        out_of_range = int(rows[n:].sum()) - (ignored if ignore_index is not None and ignore_index >= n else 0)
+        conf = h[:n, :n].astype(np.int64)
+        bad = h[:n, n:]
+        if ignore_index is not None and 0 <= ignore_index < n:  # an ignore label inside the class range
+            conf[ignore_index] = 0
+            bad = bad.copy()
+            bad[ignore_index] = 0
+        return PixelCounts(conf, ignored, out_of_range, bad.sum(axis=0))
+    # general dtypes: rows 0..n-1 counted, n = ignore, n+1 = other; columns 0..width-2 values, width-1 = other
     width = max(257, n + 1)
-    if gt.dtype == np.uint8:
-        idx = _row_lut(n, ignore_index, width)[gt.reshape(-1)]
-    else:
-        g = gt.reshape(-1).astype(np.int64, copy=False)
-        rows = np.where((g >= 0) & (g < n), g, n + 1)
-        if ignore_index is not None:
-            rows[g == ignore_index] = n
-        idx = rows * width
-    if pred.dtype == np.uint8:
-        idx += pred.reshape(-1)
-    else:
-        p = pred.reshape(-1).astype(np.int64, copy=False)
-        idx += np.where((p >= 0) & (p < width - 1), p, width - 1)
+    g = gt.reshape(-1).astype(np.int64, copy=False)
+    rows = np.where((g >= 0) & (g < n), g, n + 1)
+    if ignore_index is not None:
+        rows[g == ignore_index] = n
+    p = pred.reshape(-1).astype(np.int64, copy=False)
+    idx = rows * width + np.where((p >= 0) & (p < width - 1), p, width - 1)
     h = np.bincount(idx, minlength=(n + 2) * width).reshape(n + 2, width)
-    return PixelCounts(
-        conf=np.ascontiguousarray(h[:n, :n]).astype(np.int64, copy=False),
-        ignored=int(h[n].sum()),
-        gt_out_of_range=int(h[n + 1].sum()),
-        bad_pred=h[:n, n:].sum(axis=0),
-    )
+    return PixelCounts(h[:n, :n].astype(np.int64), int(h[n].sum()), int(h[n + 1].sum()), h[:n, n:].sum(axis=0))
 
 
 @dataclass
