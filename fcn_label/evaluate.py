@@ -762,17 +762,6 @@ def render_worst(worst: Sequence[WorstImage], palette, ignore_index: int | None,
 # Setup helpers shared by the CLI and Python callers
 
 
-def read_class_names(path: str | Path) -> list[str]:
-    """One class name per line (blank lines skipped); the line's first word is the name."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"--classes {path}: file not found; give a text file with one class name per line")
-    names = [ln.strip() for ln in path.read_text(encoding="utf-8", errors="replace").splitlines() if ln.strip()]
-    if not names:
-        raise InputError(f"--classes {path}: no class names in the file; write one name per line")
-    return names
-
-
 def open_predictions(pred: str | Path, gt: GroundTruth, num_classes: int, class_names: Sequence[str] | None):
     pred = Path(pred)
     if pred.is_file() or pred.suffix.lower() == ".json":
@@ -780,40 +769,81 @@ def open_predictions(pred: str | Path, gt: GroundTruth, num_classes: int, class_
     return PngPredictions(pred)
 
 
-def resolve_classes(num_classes: int | None, class_names: list[str] | None, checkpoint=None,
-                    gt: GroundTruth | None = None, pred: str | Path | None = None) -> tuple[int, list[str]]:
-    """Class count and names from the first source that has them; an error lists the ways to give them."""
-    if class_names is not None and num_classes is not None and len(class_names) != num_classes:
-        raise InputError(f"--num-classes {num_classes} but --classes lists {len(class_names)} names; drop one or fix it")
+@dataclass
+class ClassSpec:
+    """Class names (their count is N), colours for pictures, and where they came from."""
+
+    names: list[str]
+    palette: list[tuple[int, int, int]] | None
+    source: str
+
+    @property
+    def num(self) -> int:
+        return len(self.names)
+
+
+def _json_categories(pred: str | Path | None) -> list[str] | None:
+    if pred is None or not Path(pred).is_file():
+        return None
+    try:
+        data = json.loads(Path(pred).read_text(encoding="utf-8"))
+        cats = sorted(data["categories"], key=lambda c: int(c["id"])) if isinstance(data, dict) else None
+        return [str(c.get("name", f"class_{i}")) for i, c in enumerate(cats)] if cats else None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None  # the predictions reader reports a broken file properly
+
+
+def resolve_classes(num_classes: int | None = None, classes_file: str | Path | None = None, checkpoint=None,
+                    gt: GroundTruth | None = None, pred: str | Path | None = None) -> ClassSpec:
+    """Class names from the first source that has them, so CamVid/VOC/COCO need no flags.
+
+    Order: --classes, the --weights model, a COCO ground truth's categories, a
+    ``classes.txt`` beside the ground truth, VOC's 21 names for a VOC root, a
+    prediction JSON's categories; --num-classes checks (or, alone, sets) the
+    count. Colours: the file's or model's, else a palette mask's, else CamVid's
+    for CamVid names, else the VOC colour map.
+    """
+    from .data import find_class_file, mask_palette, read_class_file
+    from .weights import VOC_CLASSES
+
+    spec = None
+    if classes_file is not None:
+        names, pal = read_class_file(classes_file)
+        spec = ClassSpec(names, pal, str(classes_file))
+        if num_classes is not None and num_classes != spec.num:
+            raise InputError(f"--num-classes {num_classes} but --classes {classes_file} lists {spec.num} names; "
+                             "drop one or fix the file")
     if checkpoint is not None:
         n = checkpoint.config.num_classes
         if num_classes is not None and num_classes != n:
             raise InputError(f"--num-classes {num_classes} but the model predicts {n} classes; drop --num-classes")
-        if class_names is not None and len(class_names) != n:
-            raise InputError(f"--classes lists {len(class_names)} names but the model predicts {n} classes")
-        return n, class_names or list(checkpoint.classes)
-    if class_names is not None:
-        return len(class_names), class_names
-    gt_names = gt.class_names() if gt is not None else None
-    if num_classes is not None:
-        if gt_names and len(gt_names) == num_classes:
-            return num_classes, gt_names
-        if gt is not None and gt.layout == "voc" and num_classes == 21:
-            from .weights import VOC_CLASSES
-
-            return 21, list(VOC_CLASSES)
-        return num_classes, [f"class_{i}" for i in range(num_classes)]
-    if gt_names:
-        return len(gt_names), gt_names
-    if pred is not None and Path(pred).is_file():
-        try:
-            cats = json.loads(Path(pred).read_text(encoding="utf-8")).get("categories")
-            if cats:
-                cats = sorted(cats, key=lambda c: int(c["id"]))
-                return len(cats), [str(c.get("name", f"class_{i}")) for i, c in enumerate(cats)]
-        except (OSError, ValueError, AttributeError, KeyError, TypeError):
-            pass  # the predictions reader reports a broken file properly
-    raise InputError(
-        "cannot tell the number of classes: give --num-classes N, or --classes FILE (one name per line), "
-        "or --weights (the model's classes); e.g. CamVid: --classes classes.txt --ignore-index 11, VOC: --num-classes 21"
-    )
+        if spec is not None and spec.num != n:
+            raise InputError(f"--classes lists {spec.num} names but the model predicts {n} classes")
+        spec = spec or ClassSpec(list(checkpoint.classes), None, "the model")
+        spec.palette = spec.palette or [tuple(c) for c in checkpoint.palette]
+    if spec is None:
+        found = find_class_file(gt.source) if gt is not None else None
+        candidates = [
+            (gt.class_names() if gt is not None else None, None, f"{gt.source if gt else ''} categories"),
+            (*(read_class_file(found) if found else (None, None)), str(found)),
+            (list(VOC_CLASSES) if gt is not None and gt.layout == "voc" else None, None, "VOC's class list"),
+            (_json_categories(pred), None, f"{pred} categories"),
+        ]
+        for names, pal, src in candidates:
+            if names and (num_classes is None or len(names) == num_classes):
+                spec = ClassSpec(list(names), pal, src)
+                break
+    if spec is None:
+        if num_classes is None:
+            raise InputError(
+                "cannot tell the number of classes: give --num-classes N, or --classes FILE (one name per line), "
+                "or --weights (the model's classes), or put a classes.txt beside the ground truth; "
+                "e.g. CamVid: --classes camvid/classes.txt --ignore-index 11, VOC: --num-classes 21"
+            )
+        spec = ClassSpec([f"class_{i}" for i in range(num_classes)], None, "--num-classes")
+    if spec.palette is None and gt is not None:
+        first = next((it.mask for it in gt.items.values() if it.mask is not None), None)
+        spec.palette = mask_palette(first)
+    if spec.palette is None:
+        spec.palette = default_palette(spec.names)
+    return spec

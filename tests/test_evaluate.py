@@ -288,7 +288,8 @@ def test_coco_ground_truth_with_results_list_polygons_and_crowd(tmp_path, fixtur
                 "score": 1.0} for a in data["annotations"]]
     (tmp_path / "results.json").write_text(json.dumps(results))
     truth = ev.GroundTruth(src)
-    n, names = ev.resolve_classes(None, None, None, truth)
+    spec = ev.resolve_classes(gt=truth)
+    n, names = spec.num, spec.names
     assert n == 81 and names[0] == "background" and names[1] == "person"
     res = ev.evaluate(truth, ev.open_predictions(tmp_path / "results.json", truth, n, names), n, names, 255)
     assert not res.failures and res.n_evaluated == 6
@@ -387,6 +388,33 @@ def test_invalid_prediction_only_where_ground_truth_is_ignored_is_fine(tmp_path)
     save(tmp_path / "pred" / "a.png", g)  # ground truth against itself: its 11s sit on ignored pixels
     res = lib_eval(tmp_path / "gt", tmp_path / "pred", 11, ignore=11)
     assert not res.failures and res.scores.mean_iou == 1.0 and res.pixels_ignored == 2
+
+
+def test_classes_txt_beside_a_list_file_names_classes_and_colours(tmp_path, capsys):
+    rng = np.random.default_rng(8)
+    lines = []
+    for k in range(2):
+        g = blobs(rng, 12, 16, 3)
+        Image.fromarray(rng.integers(0, 256, (12, 16, 3), dtype=np.uint8)).save(tmp_path / f"im{k}.jpg")
+        save(tmp_path / "lab" / f"im{k}.png", g)
+        save(tmp_path / "pred" / f"im{k}.png", g)
+        lines.append(f"im{k}.jpg lab/im{k}.png")
+    (tmp_path / "list.txt").write_text("\n".join(lines) + "\n")
+    (tmp_path / "classes.txt").write_text("road 128 64 128\ncar 64 0 128\nsky 128 128 128\n")
+    truth = ev.GroundTruth(tmp_path / "list.txt")
+    spec = ev.resolve_classes(gt=truth)
+    assert spec.names == ["road", "car", "sky"] and spec.palette[1] == (64, 0, 128)
+    code, out, err = run(["evaluate", "--gt", str(tmp_path / "list.txt"), "--pred", str(tmp_path / "pred"),
+                          "--format", "json", "--out", str(tmp_path / "r")], capsys)
+    assert code == 0, err
+    assert [c["class"] for c in json.loads(out)["per_class"]] == ["road", "car", "sky"]
+    with Image.open(tmp_path / "r" / "worst_images.png") as im:  # the image column came from the list file
+        assert im.size[0] > 3 * 200
+    code, _, err = run(["evaluate", "--gt", str(tmp_path / "list.txt"), "--pred", str(tmp_path / "pred"),
+                        "--classes", str(tmp_path / "classes.txt"), "-n", "4"], capsys)
+    assert code == 2 and "lists 3 names" in err
+    code, _, err = run(["evaluate", "--gt", str(tmp_path / "list.txt")], capsys)
+    assert code == 2 and "--pred" in err and "--weights" in err
 
 
 @pytest.mark.parametrize("case", ["empty_folder", "malformed_json", "no_classes", "bare_list_without_coco_gt"])

@@ -66,10 +66,11 @@ def evaluate(
                                        "per_image.csv, confusion_matrix.csv/.png, worst_images.png and failures.csv. "
                                        "Nothing is written anywhere else; without it only the terminal report."),
     num_classes: Optional[int] = typer.Option(None, "--num-classes", "-n", min=1, max=256, help="Number of classes. "
-                                              "Default: from --classes, the --weights model, or the COCO JSON's "
-                                              "categories."),
+                                              "Default: from --classes, the --weights model, a COCO ground truth's "
+                                              "categories, a classes.txt beside --gt, or a prediction JSON's categories."),
     classes: Optional[Path] = typer.Option(None, "--classes", help="Text file of class names, one per line in index "
-                                           "order (e.g. camvid/classes.txt); also sets --num-classes."),
+                                           "order ('name' or 'name r g b'; e.g. camvid/classes.txt); sets "
+                                           "--num-classes. Default: classes.txt beside --gt when there is one."),
     ignore_index: Optional[int] = typer.Option(None, "--ignore-index", min=0, max=255, help="Ground-truth label "
                                                "left out of all figures: 255 for VOC (default), 11 for CamVid; "
                                                "with --weights the model's. Ground-truth values >= --num-classes "
@@ -87,19 +88,15 @@ def evaluate(
 ) -> None:
     """Score predicted masks against ground truth with the FCN paper's metrics.
 
-    Pixel accuracy, mean accuracy, mean IU and frequency-weighted IU come from one
-    confusion matrix pooled over all pixels of all images (as published tables do),
-    not from averaging per-image numbers. Ground-truth pixels equal to --ignore-index
-    or outside 0..N-1 are left out. A class absent from both ground truth and
-    prediction has no IoU (NaN) and is left out of the means; the report names it.
+    Pixel accuracy, mean accuracy, mean IU and frequency-weighted IU come from one confusion matrix pooled over all pixels of all images (as published tables report them), not from averaging per-image numbers; per-image figures are in per_image.csv.
 
-    Unreadable masks, size mismatches and class indices >= N are reported per file
-    (failures.csv) and the rest is evaluated; the exit status is 1 when any
-    ground-truth image was not scored, 2 for unusable arguments.
+    Ground-truth pixels equal to --ignore-index or outside 0..N-1 are left out. A class absent from both ground truth and prediction has no IoU (NaN), is left out of the means, and is named in the report.
+
+    Unreadable masks, size mismatches and class indices >= N are reported per file (failures.csv) and the rest is evaluated. Exit status: 0 when every ground-truth image was scored, 1 when some were not, 2 for unusable arguments.
 
     Examples:
 
-      fcn-label evaluate --pred masks/ --gt camvid/val.txt --classes camvid/classes.txt --ignore-index 11 --out report/
+      fcn-label evaluate --pred masks/ --gt camvid/val.txt --ignore-index 11 --out report/
 
       fcn-label evaluate --weights fcn8s-compact-camvid --gt camvid/val.txt --out report/
     """
@@ -107,7 +104,6 @@ def evaluate(
         raise fail(f"--format {fmt!r}: choose table or json")
     if (pred is None) == (weights is None):
         raise fail("give exactly one of --pred (masks or COCO JSON to score) and --weights (predict, then score)")
-    names = ev.read_class_names(classes) if classes else None
     ck = None
     if weights is not None:
         from ..weights import load_checkpoint, resolve_weights
@@ -115,7 +111,8 @@ def evaluate(
         ck = load_checkpoint(resolve_weights(weights))
     ignore = ignore_index if ignore_index is not None else (ck.ignore_index if ck is not None else 255)
     truth = ev.GroundTruth(gt, images=images, split=split, ignore_index=ignore)
-    n, names = ev.resolve_classes(num_classes, names, ck, truth, pred)
+    spec = ev.resolve_classes(num_classes, classes, ck, truth, pred)
+    n, names = spec.num, spec.names
     if ck is not None:
         from ..predict import Predictor
 
@@ -128,7 +125,7 @@ def evaluate(
 
     if fmt == "table":
         console.print(f"evaluate: {len(truth.items)} ground-truth masks ({truth.layout}), "
-                      f"{len(source.keys())} predictions, {n} classes, ignore label {ignore}")
+                      f"{len(source.keys())} predictions, {n} classes (from {spec.source}), ignore label {ignore}")
     progress = Progress(TextColumn("evaluate"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                         console=console, disable=quiet, transient=True)
     task = progress.add_task("evaluate", total=None)
@@ -136,7 +133,7 @@ def evaluate(
         res = ev.evaluate(truth, source, n, names, ignore, workers=workers, worst_k=worst if out else 0,
                           progress=lambda i, total: progress.update(task, completed=i, total=total))
     if out is not None:
-        ev.write_report(res, out, palette=ck.palette if ck is not None else None)
+        ev.write_report(res, out, palette=spec.palette)
 
     if fmt == "json":
         d = res.to_dict()
