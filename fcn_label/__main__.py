@@ -1,4 +1,4 @@
-"""`python -m fcn_label ...` is the same as `fcn-label ...`."""
+"""``python -m fcn_label``: the CLI without relying on the console script being on PATH."""
 
 from .cli import main
 

@@ -6,7 +6,11 @@ file and what to do, so batch jobs can report it and go on.
 
 from __future__ import annotations
 
+import errno
 import os
+import re
+import socket
+import stat
 import tempfile
 import warnings
 from contextlib import contextmanager
@@ -32,19 +36,25 @@ class InputError(Exception):
 
 def _open(path: Path, max_pixels: int) -> Image.Image:
     path = Path(path)
-    if path.is_dir():
-        raise InputError(f"{path}: is a directory, not an image")
     try:
-        size = path.stat().st_size
+        st = path.stat()
     except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise InputError(f"{path}: symbolic link loop; fix or remove the link") from None
+        if e.errno == errno.ENOENT and path.is_symlink():
+            raise InputError(f"{path}: broken symbolic link (to {os.readlink(path)}); fix or remove it") from None
         raise InputError(f"{path}: cannot read ({e.strerror or e}); check the path and permissions") from None
-    if size == 0:
+    if stat.S_ISDIR(st.st_mode):
+        raise InputError(f"{path}: is a directory, not an image")
+    if not stat.S_ISREG(st.st_mode):  # a named pipe would block the whole job on open()
+        raise InputError(f"{path}: not a regular file (a pipe, socket or device); remove it from the inputs")
+    if st.st_size == 0:
         raise InputError(f"{path}: empty file (0 bytes); re-export or remove it")
     old = Image.MAX_IMAGE_PIXELS
     try:
         Image.MAX_IMAGE_PIXELS = None
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            warnings.simplefilter("ignore")  # e.g. "Corrupt EXIF data": noise on the console, not an error
             im = Image.open(path)
         w, h = im.size
         if w * h > max_pixels:
@@ -75,7 +85,8 @@ def read_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) ->
     path = Path(path)
     im = _open(path, max_pixels)
     try:
-        with im:
+        with im, warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Pillow warns about recoverable oddities (corrupt EXIF, ...)
             im.seek(0)
             im.load()
             im = ImageOps.exif_transpose(im)
@@ -111,7 +122,8 @@ def read_mask(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> 
     path = Path(path)
     im = _open(path, max_pixels)
     try:
-        with im:
+        with im, warnings.catch_warnings():
+            warnings.simplefilter("ignore")
             im.load()
             if im.mode in ("P", "L"):
                 arr = np.array(im, dtype=np.uint8)
@@ -134,16 +146,29 @@ def read_mask(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> 
     return np.ascontiguousarray(arr)
 
 
+# Temporary files are named ``.<name>.<random>.<host>~<pid>.tmp`` so that a later run can tell
+# the leftovers of a killed process (same host, pid gone) from the files of a live one.
+_HOST = re.sub(r"[^A-Za-z0-9-]", "", socket.gethostname())[:32] or "host"
+_TMP_RE = re.compile(r"^\..*\.(?P<host>[A-Za-z0-9-]*)~(?P<pid>\d+)\.tmp$")
+
+
+def _short(name: str, limit: int) -> str:
+    """``name`` cut to at most ``limit`` UTF-8 bytes without splitting a character."""
+    return name.encode("utf-8", "surrogateescape")[:limit].decode("utf-8", "ignore")
+
+
 @contextmanager
 def atomic_path(final: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``final``; rename it over ``final`` only on success.
 
-    A killed process leaves at most a hidden ``.tmp`` file, never a half-written
-    output under the final name.
+    A killed process leaves at most a hidden ``.tmp`` file (see :func:`remove_stale_temp`),
+    never a half-written output under the final name. The temporary name stays within
+    the 255-byte file-name limit whatever the length of ``final``'s name.
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{_short(final.name, 100)}.", suffix=f".{_HOST}~{os.getpid()}.tmp",
+                               dir=final.parent)
     os.close(fd)
     tmp = Path(tmp)
     try:
@@ -153,6 +178,35 @@ def atomic_path(final: str | os.PathLike) -> Iterator[Path]:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # EPERM: alive, someone else's
+        return True
+    return True
+
+
+def remove_stale_temp(folder: str | os.PathLike) -> int:
+    """Delete temporary files under ``folder`` left by killed processes of this host; return how many.
+
+    Files of live processes (a concurrent run on the same folder) and of other hosts
+    (a shared network folder) are left alone.
+    """
+    removed = 0
+    for dirpath, _, filenames in os.walk(folder):
+        for f in filenames:
+            m = _TMP_RE.match(f)
+            if m and m["host"] == _HOST and not _pid_alive(int(m["pid"])):
+                try:
+                    os.unlink(os.path.join(dirpath, f))
+                    removed += 1
+                except FileNotFoundError:
+                    pass
+    return removed
 
 
 def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:

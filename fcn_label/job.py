@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import csv
 import glob
+import hashlib
 import io as _io
 import json
 import os
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Callable, Iterable, Sequence
@@ -24,7 +26,8 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 import torch
 
-from .io import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, InputError, read_image, read_mask, write_text_atomic
+from .io import (DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, InputError, read_image, read_mask, remove_stale_temp,
+                 write_text_atomic)
 from .metrics import confusion_matrix, scores
 from .outputs import coco_annotations, write_confidence, write_mask, write_overlay
 from .predict import Prediction, Predictor
@@ -154,23 +157,58 @@ def _inside(path: Path, folder: Path | None) -> bool:
     return a == b or a.startswith(b.rstrip(os.sep) + os.sep)
 
 
+# Every output file of an item is ``<rel><suffix>`` with one of these suffixes, so a name must leave
+# room for the longest within the 255-byte file-name limit of common filesystems.
+OUTPUT_SUFFIXES = (".png", ".json", ".jpg")
+MAX_NAME_BYTES = 255 - max(len(s) for s in OUTPUT_SUFFIXES)
+
+
+def _fit(rel: str) -> str:
+    """Shorten the last part of ``rel`` to fit the file-name limit, keeping its start and a hash of the whole."""
+    head, _, name = rel.rpartition("/")
+    raw = name.encode("utf-8", "surrogateescape")
+    if len(raw) <= MAX_NAME_BYTES:
+        return rel
+    tag = "~" + hashlib.sha1(raw).hexdigest()[:10]
+    name = raw[: MAX_NAME_BYTES - 40].decode("utf-8", "ignore") + tag
+    return f"{head}/{name}" if head else name
+
+
 def _dedupe(items: list[Item]) -> list[Item]:
-    """Drop repeats of the same file; give colliding output names (a.jpg, a.png) their extension."""
+    """Drop repeats of the same file and give every item an output name no other output can collide with.
+
+    a.jpg and a.png become a_jpg and a_png; a name still taken (by another such name,
+    or by a folder of outputs: a file 'x.bmp' next to a folder 'x.png/') gets '~2', '~3'...
+    Names compare case-insensitively, as on macOS and Windows volumes. The result
+    depends only on the (sorted) inputs, so a re-run finds the same names.
+    """
     seen, unique = set(), []
     for it in items:
         key = os.path.abspath(it.path)
         if key not in seen:
             seen.add(key)
             unique.append(it)
-    by_rel: dict[str, list[Item]] = {}
-    for it in unique:
-        by_rel.setdefault(it.rel.lower(), []).append(it)
+    stems = Counter(it.rel.lower() for it in unique)
+    folders = {p.lower() for it in unique for p in _ancestors(it.rel)}
+    taken: set[str] = set()
     out = []
     for it in unique:
-        if len(by_rel[it.rel.lower()]) > 1:
-            it = Item(it.path, f"{it.rel}{it.path.suffix.lower().replace('.', '_')}")
-        out.append(it)
+        base = it.rel
+        if stems[base.lower()] > 1:
+            base = f"{base}{it.path.suffix.lower().replace('.', '_')}"
+        base = _fit(base)
+        rel, n = base, 1
+        while rel.lower() in taken or any(f"{rel}{s}".lower() in folders for s in OUTPUT_SUFFIXES):
+            n += 1
+            rel = _fit(f"{base}~{n}")
+        taken.add(rel.lower())
+        out.append(it if rel == it.rel else Item(it.path, rel))
     return out
+
+
+def _ancestors(rel: str) -> list[str]:
+    parts = rel.split("/")[:-1]
+    return ["/".join(parts[: i + 1]) for i in range(len(parts))]
 
 
 def shard_from_env() -> tuple[int, int]:
@@ -236,13 +274,16 @@ class PredictJob:
         return self.out / STATE_DIR / "records" / f"{it.rel}.json"
 
     def _checked(self, path: Path) -> Path:
-        """Refuse a destination that resolves outside --out (e.g. through a symlinked folder)."""
+        """Create ``path``'s folder, refusing one that resolves outside --out (e.g. through a symlinked folder).
+
+        The check runs before anything is created (resolve() follows the links of the
+        part that exists), so not even an empty folder appears outside --out.
+        """
         root = self.out.resolve()
-        parent = path.parent
-        parent.mkdir(parents=True, exist_ok=True)
-        real = parent.resolve()
+        real = path.parent.resolve()
         if real != root and root not in real.parents:
             raise InputError(f"{path}: would be written outside --out {self.out} (through a symbolic link); remove the link")
+        path.parent.mkdir(parents=True, exist_ok=True)
         return path
 
     def is_done(self, it: Item) -> bool:
@@ -309,6 +350,7 @@ class PredictJob:
         all_items = list(items)
         mine = [it for i, it in enumerate(all_items) if i % world == rank]
         res = JobResult(total=len(mine))
+        remove_stale_temp(self.out)  # what a killed run was writing; a live concurrent run's files are kept
         for path, reason in problems:
             self._fail(res, path, reason)
         todo = []

@@ -6,6 +6,7 @@ import sys
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from ..io import InputError
 from ..weights import WeightsError
@@ -25,7 +26,7 @@ USER_ERRORS = (InputError, WeightsError, FileNotFoundError, NotADirectoryError, 
 
 def fail(message: str, code: int = 2) -> "typer.Exit":
     """Print one red line on stderr and return an Exit to raise."""
-    console.print(f"[bold red]error:[/] {message}", soft_wrap=True)
+    console.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
     return typer.Exit(code)
 
 
@@ -34,7 +35,7 @@ def run_cli(argv: list[str] | None = None) -> None:
     try:
         app(args=argv, standalone_mode=True)
     except USER_ERRORS as e:
-        console.print(f"[bold red]error:[/] {e}", soft_wrap=True)
+        console.print(f"[bold red]error:[/] {escape(str(e))}", soft_wrap=True)
         sys.exit(2)
     except KeyboardInterrupt:
         console.print("[yellow]interrupted[/]: finished outputs are kept; re-run the same command to resume")

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import List, Optional
 
 import typer
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from ..io import DEFAULT_MAX_PIXELS
@@ -97,14 +98,16 @@ def predict(
     items, problems = discover(inputs, out)
     if not items and problems:
         for path, reason in problems:
-            console.print(f"[bold red]error:[/] {reason if reason.startswith(path) else f'{path}: {reason}'}")
+            msg = reason if reason.startswith(path) else f"{path}: {reason}"
+            console.print(f"[bold red]error:[/] {escape(msg)}", soft_wrap=True)
         raise typer.Exit(2)
     opts = PredictOptions(out=out, batch_size=batch_size, workers=workers, palette=palette, coco=coco,
                           overlay=overlay, probs=probs, gt=gt, ignore_index=ignore_index, overwrite=overwrite,
                           shard=(shard_i, shard_n), max_pixels=max_pixels)
     src = ck.metadata.get("name") or Path(str(resolve_weights(weights))).name
-    console.print(f"fcn-label: {len(items)} images, model {src} ({ck.config.arch}, {ck.config.num_classes} classes) "
-                  f"on {predictor.device}" + (f", shard {shard_i}/{shard_n}" if shard_n > 1 else ""))
+    console.print(escape(f"fcn-label: {len(items)} images, model {src} ({ck.config.arch}, {ck.config.num_classes} "
+                         f"classes) on {predictor.device}" + (f", shard {shard_i}/{shard_n}" if shard_n > 1 else "")),
+                  soft_wrap=True)
 
     progress = Progress(TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
                         TextColumn("{task.fields[rate]}"), TimeRemainingColumn(), console=console, disable=quiet,
@@ -123,15 +126,15 @@ def predict(
         progress.update(task, completed=done, total=total, rate=f"{rate:.1f} img/s")
 
     def on_failure(path: str, msg: str) -> None:
-        progress.console.print(f"[red]failed:[/] {msg}", soft_wrap=True)
+        progress.console.print(f"[red]failed:[/] {escape(msg)}", soft_wrap=True)
 
     job = PredictJob(predictor, opts, on_progress, on_failure)
     with progress:
         res = job.run(items, problems)
-    console.print(
+    console.print(escape(
         f"done {res.done}, skipped {res.skipped} (already done), failed {len(res.failed)} "
         f"in {res.seconds:.1f}s ({res.images_per_second:.1f} img/s); outputs in {out}"
         + (f"; failures listed in {out / 'failures.csv'}" if res.failed else "")
-    )
+    ), soft_wrap=True)
     if res.failed:
         raise typer.Exit(1)
