@@ -783,6 +783,9 @@ class ClassSpec:
 
 
 def _json_categories(pred: str | Path | None) -> list[str] | None:
+    """Category names of a prediction JSON, or of the predictions.json predict left beside its masks."""
+    if pred is not None and Path(pred).is_dir():
+        pred = Path(pred) / "predictions.json"
     if pred is None or not Path(pred).is_file():
         return None
     try:
@@ -798,8 +801,9 @@ def resolve_classes(num_classes: int | None = None, classes_file: str | Path | N
     """Class names from the first source that has them, so CamVid/VOC/COCO need no flags.
 
     Order: --classes, the --weights model, a COCO ground truth's categories, a
-    ``classes.txt`` beside the ground truth, VOC's 21 names for a VOC root, a
-    prediction JSON's categories; --num-classes checks (or, alone, sets) the
+    ``classes.txt`` beside the ground truth, VOC's 21 names for a VOC root, the
+    categories of the prediction JSON (or of predict's predictions.json in the
+    prediction folder); --num-classes checks (or, alone, sets) the
     count. Colours: the file's or model's, else a palette mask's, else CamVid's
     for CamVid names, else the VOC colour map.
     """
@@ -827,7 +831,7 @@ def resolve_classes(num_classes: int | None = None, classes_file: str | Path | N
             (gt.class_names() if gt is not None else None, None, f"{gt.source if gt else ''} categories"),
             (*(read_class_file(found) if found else (None, None)), str(found)),
             (list(VOC_CLASSES) if gt is not None and gt.layout == "voc" else None, None, "VOC's class list"),
-            (_json_categories(pred), None, f"{pred} categories"),
+            (_json_categories(pred), None, f"the categories of the predictions in {pred}"),
         ]
         for names, pal, src in candidates:
             if names and (num_classes is None or len(names) == num_classes):

@@ -458,6 +458,27 @@ def test_writes_only_inside_out_and_pictures_are_sane(tmp_path, capsys):
         assert im.height > 3 * 180
 
 
+def test_memory_does_not_grow_with_the_number_of_images(tmp_path):
+    """Masks are scored and dropped: 5x the images must not mean 5x the peak (each pair here is 154 KB)."""
+    import tracemalloc
+
+    rng = np.random.default_rng(9)
+    for k in range(150):
+        g = blobs(rng, 240, 320, 6)
+        for sub in ("small", "big") if k < 30 else ("big",):
+            save(tmp_path / sub / "gt" / f"{k:03d}.png", g)
+            save(tmp_path / sub / "pred" / f"{k:03d}.png", np.roll(g, 3, axis=1))
+    peaks = []
+    for sub in ("small", "big"):
+        truth, pred = ev.GroundTruth(tmp_path / sub / "gt"), ev.PngPredictions(tmp_path / sub / "pred")
+        tracemalloc.start()
+        res = ev.evaluate(truth, pred, 6, workers=2, worst_k=2)
+        peaks.append(tracemalloc.get_traced_memory()[1])
+        tracemalloc.stop()
+        assert res.n_evaluated == (30 if sub == "small" else 150)
+    assert peaks[1] < peaks[0] + 2_000_000, peaks  # holding the masks would add 120 x 154 KB = 18 MB
+
+
 # ---------------------------------------------------------------------------
 # real data (skipped without ../shared)
 
@@ -509,35 +530,32 @@ def test_voc_fixture_palette_masks(tmp_path, fixtures_dir, capsys):
 # --weights: predict and evaluate in one go
 
 
-def test_weights_mode_matches_predicting_then_evaluating(tmp_path, capsys):
-    import torch
+def _model_and_data(tmp_path, n=5, count=3):
+    """A tiny random checkpoint, images, ground truth, and the plain reference predictions."""
+    from helpers import make_checkpoint, one_at_a_time, rand_image
 
-    from fcn_label.model import FCN, FCNConfig
-    from fcn_label.predict import Predictor
-    from fcn_label.weights import Checkpoint, load_checkpoint, save_checkpoint
+    from fcn_label.weights import save_checkpoint
 
-    n = 3
-    torch.manual_seed(0)
-    cfg = FCNConfig(arch="fcn8s", num_classes=n, width=0.0625, fc_channels=16, padding="same")
-    model = FCN(cfg)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.3)
-    save_checkpoint(Checkpoint(cfg, model.state_dict(), ["a", "b", "c"], [(0, 0, 0), (255, 0, 0), (0, 255, 0)],
-                               ignore_index=255), tmp_path / "m.pt")
+    ck = make_checkpoint(n=n)
+    save_checkpoint(ck, tmp_path / "m.pt")
     rng = np.random.default_rng(7)
     gts, preds = [], []
-    predictor = Predictor(load_checkpoint(tmp_path / "m.pt"), device="cpu")
-    for k in range(3):
-        img = rng.integers(0, 256, (40, 56, 3), dtype=np.uint8)
-        (tmp_path / "imgs").mkdir(exist_ok=True)
+    (tmp_path / "imgs").mkdir()
+    for k in range(count):
+        img = rand_image(40, 56, k)
         Image.fromarray(img).save(tmp_path / "imgs" / f"{k}.png")
         g = blobs(rng, 40, 56, n)
         g[:3] = 255
         save(tmp_path / "gt" / f"{k}.png", g)
         gts.append(g)
-        preds.append(predictor.predict_arrays([img])[0].labels)
+        preds.append(one_at_a_time(ck, img))
     assert len(np.unique(np.concatenate([p.ravel() for p in preds]))) > 1  # a model that says something
+    return gts, preds
+
+
+def test_weights_mode_equals_the_reference_predictions(tmp_path, capsys):
+    n = 5
+    gts, preds = _model_and_data(tmp_path, n)
     code, out, err = run(["evaluate", "--weights", str(tmp_path / "m.pt"), "--images", str(tmp_path / "imgs"),
                           "--gt", str(tmp_path / "gt"), "--device", "cpu", "--format", "json", "-j", "1"], capsys)
     assert code == 0, err
@@ -545,7 +563,29 @@ def test_weights_mode_matches_predicting_then_evaluating(tmp_path, capsys):
     ref = ref_metrics(ref_counts(gts, preds, n))
     for k in ("pixel_accuracy", "mean_accuracy", "mean_iou", "fw_iou"):
         assert d["summary"][k] == pytest.approx(ref[k], rel=1e-9)
-    assert [c["class"] for c in d["per_class"]] == ["a", "b", "c"]  # names from the checkpoint
+    assert [c["class"] for c in d["per_class"]] == [f"class{i}" for i in range(n)]  # names from the checkpoint
+
+
+def test_predict_output_folder_and_its_json_give_identical_reports(tmp_path, capsys):
+    """What `fcn-label predict` writes (masks + confidence/ + overlays/ PNGs + predictions.json) reads back right."""
+    n = 5
+    gts, preds = _model_and_data(tmp_path, n)
+    code, _, err = run(["predict", str(tmp_path / "imgs"), "--out", str(tmp_path / "p"), "-w", str(tmp_path / "m.pt"),
+                        "--workers", "0", "--device", "cpu", "--probs", "--overlay", "-q"], capsys)
+    assert code == 0, err
+    assert list((tmp_path / "p" / "confidence").glob("*.png"))  # PNGs that must not be read as predictions
+    reports = []
+    for pred in ("p", "p/predictions.json"):
+        code, out, err = run(["evaluate", "--gt", str(tmp_path / "gt"), "--pred", str(tmp_path / pred), "-n", str(n),
+                              "--format", "json", "--out", str(tmp_path / f"r{len(reports)}")], capsys)
+        assert code == 0, err
+        reports.append(json.loads(out))
+    assert reports[0]["failures"] == [] and reports[0]["summary"] == reports[1]["summary"]
+    assert reports[0]["per_class"] == reports[1]["per_class"]
+    ref = ref_metrics(ref_counts(gts, preds, n))
+    assert reports[0]["summary"]["mean_iou"] == pytest.approx(ref["mean_iou"], rel=1e-9)
+    a, b = (pd.read_csv(tmp_path / f"r{i}" / "per_image.csv").drop(columns="pred") for i in (0, 1))
+    pd.testing.assert_frame_equal(a, b)
 
 
 def test_entry_point_subprocess_no_traceback(tmp_path):
