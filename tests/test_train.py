@@ -284,3 +284,18 @@ def test_ddp_two_gloo_processes_match_one_process_with_the_double_batch(tmp_path
     init = FCN(FCNConfig(num_classes=3, width=0.0625, fc_channels=16, batch_norm=False, dropout=0.0))
     assert not torch.allclose(init.state_dict()["score_fr.weight"], a["model"]["score_fr.weight"])
     assert a["history"][-1]["loss"] == pytest.approx(b["history"][-1]["loss"], rel=1e-4)  # reduced across ranks
+
+
+def test_loader_workers_and_channels_last_do_not_change_training(tmp_path):
+    """Augmentation is keyed by (seed, epoch, index), so worker processes give the identical run;
+    NHWC only reorders float sums."""
+    data = write_list_dataset(tmp_path / "d", n=8)
+    runs = {}
+    for name, kw in {"base": {}, "workers": dict(workers=2), "nhwc": dict(channels_last=True)}.items():
+        t = Trainer(tiny_config(data, tmp_path / name, epochs=2, optimizer="sgd", lr=0.01, dropout=0.0, **kw),
+                    log=lambda m: None)
+        t.run()
+        runs[name] = t.model.state_dict()
+    _assert_same_tensors(runs["workers"], runs["base"])
+    _assert_same_tensors(runs["nhwc"], runs["base"], atol=1e-4)
+    assert not torch.equal(runs["base"]["score_fr.weight"], torch.zeros_like(runs["base"]["score_fr.weight"]))
