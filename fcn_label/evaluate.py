@@ -197,12 +197,15 @@ class GroundTruth:
 class PngPredictions:
     """Index masks in a folder (searched recursively), keyed by relative path without suffix."""
 
-    def __init__(self, folder: str | Path):
+    def __init__(self, folder: str | Path, exclude: str | Path | None = None):
         folder = Path(folder)
         if not folder.is_dir():
             raise InputError(f"--pred {folder}: folder not found; give the folder of predicted masks or a COCO JSON")
         files = _files_by_stem(folder, MASK_EXTENSIONS)
         files = {k: p for k, p in files.items() if not any(part.startswith(".") for part in k.split("/"))}
+        if exclude is not None:  # a report folder inside the predictions: its PNGs are pictures, not masks
+            ex = Path(exclude).resolve()
+            files = {k: p for k, p in files.items() if ex not in p.resolve().parents}
         if (folder / ".fcn-label").is_dir() or (folder / "predictions.json").is_file():
             files = {k: p for k, p in files.items() if k.split("/")[0] not in PREDICT_AUX_DIRS}
         if not files:
@@ -762,11 +765,13 @@ def render_worst(worst: Sequence[WorstImage], palette, ignore_index: int | None,
 # Setup helpers shared by the CLI and Python callers
 
 
-def open_predictions(pred: str | Path, gt: GroundTruth, num_classes: int, class_names: Sequence[str] | None):
+def open_predictions(pred: str | Path, gt: GroundTruth, num_classes: int, class_names: Sequence[str] | None,
+                     report_dir: str | Path | None = None):
+    """A COCO JSON file or a mask folder (leaving out ``report_dir`` should it lie inside)."""
     pred = Path(pred)
     if pred.is_file() or pred.suffix.lower() == ".json":
         return CocoPredictions(pred, num_classes, class_names, gt)
-    return PngPredictions(pred)
+    return PngPredictions(pred, exclude=report_dir)
 
 
 @dataclass

@@ -104,6 +104,8 @@ def evaluate(
         raise fail(f"--format {fmt!r}: choose table or json")
     if (pred is None) == (weights is None):
         raise fail("give exactly one of --pred (masks or COCO JSON to score) and --weights (predict, then score)")
+    if out is not None and out.exists() and not out.is_dir():
+        raise fail(f"--out {out}: exists and is not a folder; give a folder for the report")
     ck = None
     if weights is not None:
         from ..weights import load_checkpoint, resolve_weights
@@ -121,7 +123,7 @@ def evaluate(
         if not source.images:
             raise fail(f"--gt {gt}: no images to predict on; give the image folder with --images")
     else:
-        source = ev.open_predictions(pred, truth, n, names)
+        source = ev.open_predictions(pred, truth, n, names, report_dir=out)
 
     if fmt == "table":
         console.print(f"evaluate: {len(truth.items)} ground-truth masks ({truth.layout}), "
