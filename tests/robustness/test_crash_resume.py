@@ -1,0 +1,119 @@
+"""kill -9 in the middle of predict, then the same command again: the end result is as if nothing happened.
+
+And two predict runs writing the same output folder at once leave only whole files.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from fcn_label.cli import run_cli
+from fcn_label.weights import save_checkpoint
+from helpers import make_checkpoint, rand_image
+
+N = 40
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "200"}
+
+
+@pytest.fixture(scope="module")
+def job(tmp_path_factory):
+    """An input folder, a model, and the outputs of one uninterrupted run to compare against."""
+    root = tmp_path_factory.mktemp("crash")
+    save_checkpoint(make_checkpoint(), root / "model.pt")
+    src = root / "in"
+    (src / "sub").mkdir(parents=True)
+    for i in range(N):
+        h, w = [(160, 200), (150, 210), (96, 128)][i % 3]
+        Image.fromarray(rand_image(h, w, i)).save(src / ("sub" if i % 4 == 0 else "") / f"im{i:02d}.png")
+    ref = root / "ref"
+    with pytest.raises(SystemExit) as e:
+        run_cli(args(root, ref) + ["--workers", "0"])
+    assert e.value.code == 0
+    return root, ref
+
+
+def args(root: Path, out: Path) -> list[str]:
+    return ["predict", str(root / "in"), "--out", str(out), "-w", str(root / "model.pt"), "-q", "--batch-size", "2"]
+
+
+def launch(root: Path, out: Path) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "fcn_label", *args(root, out), "--workers", "1"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV,
+                            start_new_session=True)
+
+
+def files(out: Path) -> dict[str, bytes]:
+    """Every output file except the per-image records (they hold timings)."""
+    return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*"))
+            if p.is_file() and ".fcn-label" not in p.parts}
+
+
+def without_seconds(csv_bytes: bytes) -> list[dict]:
+    rows = list(csv.DictReader(io.StringIO(csv_bytes.decode())))
+    for r in rows:
+        assert float(r.pop("seconds")) >= 0
+    return rows
+
+
+def assert_same_outputs(out: Path, ref: Path) -> None:
+    got, want = files(out), files(ref)
+    assert sorted(got) == sorted(want)
+    # predictions.csv has a per-image timing column; everything else must be byte-identical
+    assert without_seconds(got.pop("predictions.csv")) == without_seconds(want.pop("predictions.csv"))
+    assert got == want
+    assert not [p for p in out.rglob("*") if p.name.endswith(".tmp")]
+
+
+def test_kill_9_mid_run_then_rerun_equals_uninterrupted(job, capsys):
+    root, ref = job
+    out = root / "killed"
+    records = out / ".fcn-label" / "records"
+    proc = launch(root, out)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if records.is_dir() and sum(1 for _ in records.rglob("*.json")) >= 6:
+            break
+        time.sleep(0.005)
+    os.killpg(proc.pid, signal.SIGKILL)  # the job and its decoding worker, with no chance to clean up
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed; give it more work"
+    finished = sum(1 for _ in records.rglob("*.json"))
+    assert 6 <= finished < N
+    assert not (out / "predictions.json").exists()  # reports are written at the end only
+
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        run_cli(args(root, out) + ["--workers", "0"])
+    assert e.value.code == 0
+    # exactly the images without a record are predicted again (one whose mask was written but
+    # not yet its record is among them); a finished image never is
+    assert f"done {N - finished}, skipped {finished} (already done), failed 0" in capsys.readouterr().err
+    assert_same_outputs(out, ref)
+
+
+def test_two_runs_on_one_output_folder_at_once(job):
+    root, ref = job
+    out = root / "shared_out"
+    a, b = launch(root, out), launch(root, out)
+    for p in (a, b):
+        p.wait(timeout=300)
+    done = []
+    for p in (a, b):
+        err = p.stderr.read()
+        assert p.returncode == 0, err
+        n, skipped = map(int, re.search(r"done (\d+), skipped (\d+) \(already done\), failed 0", err).groups())
+        assert n + skipped == N
+        done.append(n)
+    assert min(done) > 0 and sum(done) >= N  # they did overlap: both wrote masks, some the same ones
+    assert_same_outputs(out, ref)
