@@ -80,6 +80,12 @@ RESUME_FREE = {"out", "workers", "threads", "device", "cache", "max_steps", "val
 
 @dataclass
 class TrainConfig:
+    """Every option of a run, saved in config.json and in each checkpoint's metadata.
+
+    A field's meaning is part of the checkpoint contract (``--resume`` compares
+    the saved values with the new ones), so fields are only ever added.
+    """
+
     data: str
     val: str | None = None
     out: str = "runs/fcn8s"
@@ -129,7 +135,11 @@ class TrainConfig:
     val_every_steps: int = 0
 
     def apply_preset(self, explicit: set[str]) -> None:
-        """Fill preset values for every option the user did not set explicitly."""
+        """Fill preset values for every option the user did not set explicitly.
+
+        The paper preset with ``loss="sum"`` takes momentum 0.99 and lr 1e-10, and
+        ``init_backbone`` implies the full VGG16 shape, since ImageNet weights fit nothing else.
+        """
         if self.preset not in PRESETS:
             raise ValueError(f"unknown preset {self.preset!r}; choose one of {', '.join(PRESETS)}")
         values = dict(PRESETS[self.preset])
