@@ -19,6 +19,7 @@ import pytest
 from PIL import Image
 
 from fcn_label.cli import run_cli
+from fcn_label.io import _HOST
 from fcn_label.weights import save_checkpoint
 from helpers import make_checkpoint, rand_image
 
@@ -91,6 +92,10 @@ def test_kill_9_mid_run_then_rerun_equals_uninterrupted(job, capsys):
     finished = sum(1 for _ in records.rglob("*.json"))
     assert 6 <= finished < N
     assert not (out / "predictions.json").exists()  # reports are written at the end only
+    # the kill rarely lands inside a write (microseconds per file); plant what it leaves when it does:
+    # the dead process's half-written temp file beside a mask, and one inside the records
+    for folder in (out, records):
+        (folder / f".im99.png.k1ll3d00.{_HOST}~{proc.pid}.tmp").write_bytes(b"\x89PNG\r\n\x1a\n partial")
 
     capsys.readouterr()
     with pytest.raises(SystemExit) as e:
