@@ -424,6 +424,7 @@ class EvalResult:
     n_predictions: int = 0
     worst: list[WorstImage] = field(default_factory=list)
     seconds: float = 0.0
+    gt_images: np.ndarray | None = None  # per class: images whose ground truth has it
 
     @property
     def n_evaluated(self) -> int:
@@ -472,6 +473,7 @@ class EvalResult:
             "gt_pixels": s.support,
             "predicted_pixels": s.predicted,
             "support_fraction": s.support / max(1, int(s.support.sum())),
+            "gt_images": self.gt_images if self.gt_images is not None else np.zeros(len(self.class_names), np.int64),
             "absent": np.isnan(s.iou),
         })
 
@@ -579,6 +581,7 @@ def evaluate(gt: GroundTruth, pred, num_classes: int, class_names: Sequence[str]
             return InputError(f"{pred.path(pkey)}: unexpected {type(e).__name__}: {e}")
 
     conf = np.zeros((n, n), dtype=np.int64)
+    gt_images = np.zeros(n, dtype=np.int64)
     rows, iou_rows = [], []
     ignored = out_of_range = 0
     heap: list = []  # the worst_k images so far, as a max-heap on mean IoU
@@ -588,6 +591,7 @@ def evaluate(gt: GroundTruth, pred, num_classes: int, class_names: Sequence[str]
         else:
             gkey, pkey, c, s, g, p = res
             conf += c.conf
+            gt_images += s.support > 0
             ignored += c.ignored
             out_of_range += c.gt_out_of_range
             rows.append((gkey, gt.path(gkey), pred.path(pkey), g.shape[1], g.shape[0], int(c.conf.sum()),
@@ -608,7 +612,7 @@ def evaluate(gt: GroundTruth, pred, num_classes: int, class_names: Sequence[str]
     per_image = pd.concat([per_image, pd.DataFrame(ious, columns=[f"iou_{c}" for c in names])], axis=1)
     worst = [h[-1] for h in sorted(heap, key=lambda h: (-h[0], -h[1], h[2]))]
     return EvalResult(names, ignore_index, conf, scores(conf), per_image, failures, ignored, out_of_range,
-                      len(gt.items), len(pred.keys()), worst, time.perf_counter() - t0)
+                      len(gt.items), len(pred.keys()), worst, time.perf_counter() - t0, gt_images)
 
 
 # ---------------------------------------------------------------------------

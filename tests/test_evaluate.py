@@ -215,6 +215,7 @@ def test_worked_example_by_hand(tmp_path, capsys):
     pc = pd.read_csv(tmp_path / "rep" / "per_class.csv").set_index("class")
     assert list(pc["gt_pixels"]) == [3, 5, 2, 0] and list(pc["predicted_pixels"]) == [2, 6, 2, 0]
     assert list(pc["true_positive_pixels"]) == [2, 4, 1, 0]
+    assert list(pc["gt_images"]) == [1, 2, 1, 0]  # bg and car only in a, road in both
     np.testing.assert_allclose(pc["iou"].iloc[:3], [2 / 3, 4 / 7, 1 / 3], atol=1e-6)
     np.testing.assert_allclose(pc["precision"].iloc[:3], [2 / 2, 4 / 6, 1 / 2], atol=1e-6)
     assert math.isnan(pc.loc["boat", "iou"]) and bool(pc.loc["boat", "absent"])
