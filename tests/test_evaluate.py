@@ -558,7 +558,7 @@ def test_weights_mode_equals_the_reference_predictions(tmp_path, capsys):
     n = 5
     gts, preds = _model_and_data(tmp_path, n)
     code, out, err = run(["evaluate", "--weights", str(tmp_path / "m.pt"), "--images", str(tmp_path / "imgs"),
-                          "--gt", str(tmp_path / "gt"), "--device", "cpu", "--format", "json", "-j", "1"], capsys)
+                          "--gt", str(tmp_path / "gt"), "--device", "cpu", "--format", "json", "-j", "2"], capsys)
     assert code == 0, err
     d = json.loads(out)
     ref = ref_metrics(ref_counts(gts, preds, n))
