@@ -76,6 +76,13 @@ def _open(path: Path, max_pixels: int) -> Image.Image:
         Image.MAX_IMAGE_PIXELS = old
 
 
+def image_size(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[int, int]:
+    """(width, height) from the header alone, with the same checks and messages as :func:`read_image`."""
+    path = Path(path)
+    with _open(path, max_pixels) as im:
+        return im.size
+
+
 def read_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """RGB uint8 (H, W, 3) as a viewer shows it: EXIF orientation applied, first frame only.
 
@@ -84,30 +91,41 @@ def read_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) ->
     """
     path = Path(path)
     im = _open(path, max_pixels)
+
+    def step(new: Image.Image) -> None:
+        """Move on to a converted image, freeing the previous one at once (huge photos: one copy at a time)."""
+        nonlocal im
+        if new is not im:
+            im.close()
+            im = new
+
     try:
-        with im, warnings.catch_warnings():
+        with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # Pillow warns about recoverable oddities (corrupt EXIF, ...)
             im.seek(0)
             im.load()
-            im = ImageOps.exif_transpose(im)
+            if im.getexif().get(0x0112, 1) in (2, 3, 4, 5, 6, 7, 8):  # exif_transpose copies even when upright
+                step(ImageOps.exif_transpose(im))
             if im.mode in ("I;16", "I;16B", "I;16L", "I"):
-                a = np.asarray(im, dtype=np.float64)
-                hi = a.max() if a.size else 0
-                a = (a / (65535.0 if hi > 255 else 255.0) * 255.0).clip(0, 255).astype(np.uint8)
-                im = Image.fromarray(a, mode="L")
+                a = np.asarray(im)
+                if a.size and a.max() > 255:  # 16-bit range: 65535 -> 255, exactly (v * 257 -> v)
+                    a = a.astype(np.uint32 if a.dtype == np.uint16 else np.int64) * 255 // 65535
+                step(Image.fromarray(a.clip(0, 255).astype(np.uint8), mode="L"))
             elif im.mode == "F":
-                a = np.asarray(im, dtype=np.float64)
+                a = np.asarray(im, dtype=np.float32)
                 a = a / a.max() * 255.0 if a.size and a.max() > 0 else a
-                im = Image.fromarray(a.clip(0, 255).astype(np.uint8), mode="L")
+                step(Image.fromarray(a.clip(0, 255).astype(np.uint8), mode="L"))
             if im.mode == "P" and "transparency" in im.info:
-                im = im.convert("RGBA")
+                step(im.convert("RGBA"))
             if im.mode != "RGB":
-                im = im.convert("RGB")
+                step(im.convert("RGB"))
             arr = np.array(im, dtype=np.uint8)
     except InputError:
         raise
     except (OSError, SyntaxError, ValueError) as e:
         raise InputError(f"{path}: corrupt or truncated image ({e}); re-export or remove it") from None
+    finally:
+        im.close()
     if arr.ndim != 3 or arr.shape[0] == 0 or arr.shape[1] == 0:
         raise InputError(f"{path}: decoded to an empty image; re-export or remove it")
     return np.ascontiguousarray(arr)

@@ -26,8 +26,8 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 import torch
 
-from .io import (DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, InputError, read_image, read_mask, remove_stale_temp,
-                 write_text_atomic)
+from .io import (DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, InputError, image_size, read_image, read_mask,
+                 remove_stale_temp, write_text_atomic)
 from .metrics import confusion_matrix, scores
 from .outputs import coco_annotations, write_confidence, write_mask, write_overlay
 from .predict import Prediction, Predictor
@@ -220,20 +220,38 @@ def shard_from_env() -> tuple[int, int]:
 # Decoding in background workers
 
 
+# Decoding workers hand over images up to this many pixels (48 MB as RGB); larger ones are only
+# looked at (header) and decoded by the main process when their turn comes. Up to 2 x workers x
+# batch-size decoded images wait between the workers and the model, so this bounds that queue
+# (about 0.8 GB at the defaults) whatever the size of the photos.
+WORKER_MAX_PIXELS = 16_000_000
+
+
 class _Decode(torch.utils.data.Dataset):
-    def __init__(self, items: Sequence[Item], max_pixels: int):
-        self.items, self.max_pixels = list(items), max_pixels
+    def __init__(self, items: Sequence[Item], max_pixels: int, worker_max_pixels: int = WORKER_MAX_PIXELS):
+        self.items, self.max_pixels, self.worker_max_pixels = list(items), max_pixels, worker_max_pixels
 
     def __len__(self) -> int:
         return len(self.items)
 
-    def __getitem__(self, i: int):
+    def decode(self, i: int):
+        """``(i, RGB array, None)`` or ``(i, None, one-line reason)``."""
         try:
             return i, read_image(self.items[i].path, self.max_pixels), None
         except InputError as e:
             return i, None, str(e)
         except Exception as e:  # a decoder bug must not kill the batch
             return i, None, f"{self.items[i].path}: cannot decode ({type(e).__name__}: {e}); re-export or remove it"
+
+    def __getitem__(self, i: int):
+        if torch.utils.data.get_worker_info() is not None:
+            try:
+                w, h = image_size(self.items[i].path, self.max_pixels)
+            except InputError as e:
+                return i, None, str(e)
+            if w * h > self.worker_max_pixels:
+                return i, None, None  # too big to queue: the main process decodes it
+        return self.decode(i)
 
 
 def _collate(batch):
@@ -374,8 +392,9 @@ class PredictJob:
 
     def _predict(self, todo: list[Item], res: JobResult) -> None:
         workers = max(0, self.o.workers)
+        dataset = _Decode(todo, self.o.max_pixels, WORKER_MAX_PIXELS)
         loader = torch.utils.data.DataLoader(
-            _Decode(todo, self.o.max_pixels), batch_size=1, collate_fn=_collate, num_workers=workers,
+            dataset, batch_size=1, collate_fn=_collate, num_workers=workers,
             prefetch_factor=max(2, self.o.batch_size) if workers else None, shuffle=False,
         )
         writer = ThreadPoolExecutor(max_workers=2, thread_name_prefix="fcn-label-writer")
@@ -405,6 +424,8 @@ class PredictJob:
 
         try:
             for i, arr, err in loader:
+                if arr is None and err is None:
+                    i, arr, err = dataset.decode(i)
                 if err is not None:
                     self._fail(res, str(todo[i].path), err)
                     continue
@@ -416,7 +437,7 @@ class PredictJob:
                 key = arr.shape
                 window.setdefault(key, []).append(i)
                 buffered += 1
-                if len(window[key]) >= bs:
+                if len(window[key]) >= self.p.batch_limit(key, bs):
                     buffered -= len(window[key])
                     run_group(window.pop(key))
                 elif buffered >= 4 * bs:

@@ -25,6 +25,10 @@ from .weights import Checkpoint
 
 DEFAULT_TILE = 1024
 DEFAULT_TILE_THRESHOLD = 2_000_000  # pixels; above this an image is tiled
+# A batch holds at most this many pixels (4 tiles' worth), whatever --batch-size says: eight
+# 2-megapixel images in one forward pass would need ~2 GB of activations even for the compact
+# model, and large images gain nothing from batching.
+MAX_BATCH_PIXELS = 4 * DEFAULT_TILE * DEFAULT_TILE
 
 
 @dataclass
@@ -88,6 +92,11 @@ class Predictor:
         return [Prediction(l.cpu().numpy(), c.cpu().numpy()) for l, c in zip(labels, conf)]
 
     # -- entry points ----------------------------------------------------------
+    @staticmethod
+    def batch_limit(shape: tuple[int, ...], batch_size: int) -> int:
+        """How many images of this size share one forward pass: ``batch_size``, fewer when they are large."""
+        return max(1, min(batch_size, MAX_BATCH_PIXELS // max(1, shape[0] * shape[1])))
+
     def needs_tiling(self, shape: tuple[int, ...]) -> bool:
         h, w = shape[:2]
         if self.tile:
@@ -102,7 +111,7 @@ class Predictor:
         return out  # type: ignore[return-value]
 
     def predict_groups(self, items: Iterable[tuple[object, np.ndarray]], batch_size: int = 8):
-        """Yield ``(key, Prediction)``, batching consecutive same-size items up to ``batch_size``."""
+        """Yield ``(key, Prediction)``, batching consecutive same-size items up to :meth:`batch_limit`."""
         pending: list[tuple[object, np.ndarray]] = []
 
         def flush():
@@ -116,7 +125,7 @@ class Predictor:
                 yield from flush()
                 yield key, self.predict_tiled(arr)
                 continue
-            if pending and (pending[0][1].shape != arr.shape or len(pending) >= batch_size):
+            if pending and (pending[0][1].shape != arr.shape or len(pending) >= self.batch_limit(arr.shape, batch_size)):
                 yield from flush()
             pending.append((key, arr))
         yield from flush()
@@ -135,35 +144,40 @@ class Predictor:
 
     @torch.inference_mode()
     def predict_tiled(self, image: np.ndarray) -> Prediction:
-        """Slide overlapping windows; average probabilities; finish rows band by band."""
+        """Slide overlapping windows; average probabilities; finish rows band by band.
+
+        One preallocated accumulator holds a single band of tile rows (classes x tile x
+        width); rows no later tile touches are finished in column chunks and the overlap
+        moved up, so no band-sized temporary is ever made and memory grows with the
+        image's width, not its area.
+        """
         H, W = image.shape[:2]
         t, ys, xs = self.tile_grid(H, W)
         C = self.num_classes
         labels = np.empty((H, W), dtype=np.uint8 if C <= 256 else np.int32)
         conf = np.empty((H, W), dtype=np.float32)
-        band_top = 0  # first image row held in the accumulator
-        acc = torch.zeros((C, 0, W), dtype=torch.float32)
-        cnt = torch.zeros((0, W), dtype=torch.float32)
+        rows = min(t, H)
+        acc = torch.zeros((C, rows, W), dtype=torch.float32)  # summed probabilities of rows [y, y + rows)
+        cnt = torch.zeros((rows, W), dtype=torch.float32)
+        chunk = max(1, t)
         for k, y in enumerate(ys):
             th = min(t, H - y)
-            need = y + th - band_top
-            if acc.shape[1] < need:
-                grow = need - acc.shape[1]
-                acc = torch.cat([acc, torch.zeros((C, grow, W))], dim=1)
-                cnt = torch.cat([cnt, torch.zeros((grow, W))], dim=0)
             for x in xs:
                 tw = min(t, W - x)
                 tile = np.ascontiguousarray(image[y : y + th, x : x + tw])
-                p = self.forward(self.preprocess([tile]))[0].cpu()
-                acc[:, y - band_top : y - band_top + th, x : x + tw] += p
-                cnt[y - band_top : y - band_top + th, x : x + tw] += 1
-            # rows above the next tile row are final
-            done_to = ys[k + 1] if k + 1 < len(ys) else H
-            n = done_to - band_top
-            probs = acc[:, :n] / cnt[:n].clamp_min(1)
-            c, l = probs.max(dim=0)
-            labels[band_top:done_to] = l.numpy().astype(labels.dtype)
-            conf[band_top:done_to] = c.numpy()
-            acc, cnt = acc[:, n:].clone(), cnt[n:].clone()
-            band_top = done_to
+                acc[:, :th, x : x + tw] += self.forward(self.preprocess([tile]))[0].cpu()
+                cnt[:th, x : x + tw] += 1
+            # rows above the next tile row are final; the overlap moves to the top of the band
+            n = (ys[k + 1] if k + 1 < len(ys) else H) - y
+            keep = th - n
+            for x0 in range(0, W, chunk):
+                x1 = min(W, x0 + chunk)
+                c, l = (acc[:, :n, x0:x1] / cnt[:n, x0:x1].clamp_min(1)).max(dim=0)
+                labels[y : y + n, x0:x1] = l.numpy().astype(labels.dtype)
+                conf[y : y + n, x0:x1] = c.numpy()
+                if keep > 0:
+                    acc[:, :keep, x0:x1] = acc[:, n:th, x0:x1].clone()
+                    cnt[:keep, x0:x1] = cnt[n:th, x0:x1].clone()
+            acc[:, keep:].zero_()
+            cnt[keep:].zero_()
         return Prediction(labels, conf)
