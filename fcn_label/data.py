@@ -224,15 +224,20 @@ class CocoRasteriser:
             if not isinstance(data, dict) or key not in data:
                 raise InputError(f"{json_path}: COCO JSON lacks the {key!r} list; expected an instances file")
         self.ignore_index = ignore_index
-        cats = sorted(data["categories"], key=lambda c: c["id"])
-        self.class_names = ["background"] + [c["name"] for c in cats]
-        self.cat_to_class = {c["id"]: i + 1 for i, c in enumerate(cats)}
-        self.images = {}
-        for im in data["images"]:
-            self.images[Path(im["file_name"]).with_suffix("").as_posix()] = im
-        self.anns: dict[int, list] = {}
-        for a in data["annotations"]:
-            self.anns.setdefault(a["image_id"], []).append(a)
+        try:  # a hand-edited or foreign file: any missing key is one clear line, not a traceback
+            cats = sorted(data["categories"], key=lambda c: c["id"])
+            self.class_names = ["background"] + [str(c["name"]) for c in cats]
+            self.cat_to_class = {c["id"]: i + 1 for i, c in enumerate(cats)}
+            self.images = {}
+            for im in data["images"]:
+                int(im["height"]), int(im["width"])  # needed to rasterise: refuse the file now, not per image
+                self.images[Path(im["file_name"]).with_suffix("").as_posix()] = im
+            self.anns: dict[int, list] = {}
+            for a in data["annotations"]:
+                self.anns.setdefault(a["image_id"], []).append(a)
+        except (KeyError, TypeError, AttributeError, ValueError) as e:
+            what = f"an entry lacks {e}" if isinstance(e, KeyError) else f"unexpected structure: {e}"
+            raise InputError(f"{json_path}: not a usable COCO instances file ({what}); fix or re-export it") from None
 
     def pairs(self, image_root: Path) -> tuple[list[Pair], list[str]]:
         pairs, problems = [], []
@@ -257,6 +262,8 @@ class CocoRasteriser:
                 raise InputError(f"{self.path}: annotation {a.get('id')} {e}") from None
             if m is None:
                 continue
+            if not a.get("iscrowd") and "category_id" not in a:
+                raise InputError(f"{self.path}: annotation {a.get('id')} has no 'category_id'; fix or re-export the file")
             out[m] = self.ignore_index if a.get("iscrowd") else self.cat_to_class.get(a["category_id"], 0)
         return out
 

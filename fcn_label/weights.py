@@ -153,15 +153,42 @@ def _torch_load(path: Path) -> Any:
     except PermissionError:
         raise WeightsError(f"{path}: permission denied; make the file readable") from None
     except pickle.UnpicklingError as e:
-        msg = str(e)
-        if "weights_only" in msg or "Unsupported global" in msg or "GLOBAL" in msg:
+        # torch's message mentions weights_only for any failure (a JPEG too), so look at what the
+        # pickle would import, without running it: anything beyond torch's own rebuild helpers is code
+        foreign = [g for g in _pickle_imports(path) if g.split(".")[0] not in ("torch", "collections", "_codecs")]
+        if foreign or "GLOBAL" in str(e):
+            what = f" ({foreign[0]})" if foreign else ""
             raise WeightsError(
-                f"{path}: refused: the file contains pickled code or objects, which fcn-label never runs; "
+                f"{path}: refused: the file contains pickled code or objects{what}, which fcn-label never runs; "
                 "re-save it as a plain state dict (torch.save(model.state_dict(), ...))"
             ) from None
         raise WeightsError(f"{path}: not a PyTorch weights file or truncated ({_first_line(e)}); re-download or re-save it") from None
     except Exception as e:  # a damaged file can fail anywhere inside the unpickler
         raise WeightsError(f"{path}: not a PyTorch weights file or truncated ({_first_line(e)}); re-download or re-save it") from None
+
+
+def _pickle_imports(path: Path) -> list[str]:
+    """'module.name' of every global the file's pickle would import, read with pickletools (nothing runs)."""
+    import pickletools
+
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as z:
+                stream = _io.BytesIO(z.read(next(n for n in z.namelist() if n.endswith("data.pkl"))))
+        else:
+            stream = _io.BytesIO(path.read_bytes()[:64 << 20])  # legacy format: several pickles in a row
+        found, strings = [], []
+        for _ in range(5):
+            for op, arg, _pos in pickletools.genops(stream):
+                if op.name in ("GLOBAL", "INST"):
+                    found.append(str(arg).replace(" ", "."))
+                elif isinstance(arg, str):
+                    strings.append(arg)
+                elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
+                    found.append(f"{strings[-2]}.{strings[-1]}")
+        return found
+    except Exception:  # not a pickle, or it ends early: report what was seen so far
+        return found if "found" in locals() else []
 
 
 def _infer_pytorch_fcn(sd: dict) -> tuple[str, int]:
