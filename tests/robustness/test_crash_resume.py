@@ -122,3 +122,41 @@ def test_two_runs_on_one_output_folder_at_once(job):
         done.append(n)
     assert min(done) > 0 and sum(done) >= N  # they did overlap: both wrote masks, some the same ones
     assert_same_outputs(out, ref)
+
+
+def test_finetune_killed_while_writing_its_checkpoint_resumes_from_the_last_whole_one(tmp_path):
+    """kill -9 the moment a checkpoint is being written: last.pt is the previous whole file, --resume goes on.
+
+    (test_finetune_cli.py kills at a random moment and checks resume equals an uninterrupted
+    run; this one aims at the write itself.)
+    """
+    from _synth import write_list_dataset
+    from fcn_label.weights import load_checkpoint
+
+    data = write_list_dataset(tmp_path / "d", n=8)
+    out = tmp_path / "run"
+    args = ["finetune", str(data), "-o", str(out), "-b", "1", "--epochs", "50", "--checkpoint-every", "1",
+            "--width", "0.0625", "--fc-channels", "16", "--crop", "32x48", "--threads", "1"]
+    proc = subprocess.Popen([sys.executable, "-m", "fcn_label", *args], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, env=ENV, start_new_session=True)
+    caught = False
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if (out / "last.pt").exists() and any(p.name.startswith(".last.pt.") for p in os.scandir(out)):
+            os.killpg(proc.pid, signal.SIGKILL)
+            caught = True
+            break
+    if not caught and proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.read()[-2000:]
+    assert caught, "no checkpoint write was seen (checkpoints are written through a temporary file)"
+    state = load_checkpoint(out / "last.pt").train_state  # whole: loads, with its training state
+    step = state["step"]
+    assert step >= 1
+    with pytest.raises(SystemExit) as e:
+        run_cli(args + ["--resume", "--max-steps", str(step + 3)])
+    assert e.value.code == 0
+    after = load_checkpoint(out / "last.pt").train_state
+    assert after["step"] == step + 3  # continued from the checkpoint, not from scratch
+    assert [r["step"] for r in after["history"]][: len(state["history"])] == [r["step"] for r in state["history"]]
