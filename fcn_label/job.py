@@ -163,6 +163,15 @@ OUTPUT_SUFFIXES = (".png", ".json", ".jpg")
 MAX_NAME_BYTES = 255 - max(len(s) for s in OUTPUT_SUFFIXES)
 
 
+def shown(s: str) -> str:
+    """``s`` as valid UTF-8 text: bytes of a non-UTF-8 file name (held as surrogates) become ``\\xNN``.
+
+    Reports and output names use this, so one such name cannot stop the CSV and JSON
+    from being written.
+    """
+    return s.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 def _fit(rel: str) -> str:
     """Shorten the last part of ``rel`` to fit the file-name limit, keeping its start and a hash of the whole."""
     head, _, name = rel.rpartition("/")
@@ -193,7 +202,7 @@ def _dedupe(items: list[Item]) -> list[Item]:
     taken: set[str] = set()
     out = []
     for it in unique:
-        base = it.rel
+        base = shown(it.rel)
         if stems[base.lower()] > 1:
             base = f"{base}{it.path.suffix.lower().replace('.', '_')}"
         base = _fit(base)
@@ -320,7 +329,7 @@ class PredictJob:
         h, w = pred.labels.shape
         counts = np.bincount(pred.labels.ravel(), minlength=n)
         rec = {
-            "path": str(it.path),
+            "path": shown(str(it.path)),
             "file_name": f"{it.rel}.png",
             "width": int(w),
             "height": int(h),
@@ -385,7 +394,8 @@ class PredictJob:
         return res
 
     def _fail(self, res: JobResult, path: str, reason: str) -> None:
-        msg = reason if reason.startswith(str(path)) else f"{path}: {reason}"
+        path, reason = shown(str(path)), shown(reason)
+        msg = reason if reason.startswith(path) else f"{path}: {reason}"
         with self._lock:
             res.failed.append((str(path), msg))
         self.on_failure(str(path), msg)

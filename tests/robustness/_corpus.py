@@ -206,6 +206,10 @@ def build(root: Path) -> tuple[Path, list[Path], list]:
 
     Image.fromarray(base).save(d / "café 日本 ü.png")
     ok("unicode name", "café 日本 ü.png", base)
+    latin1 = os.fsdecode(b"caf\xe9 latin-1.png")  # not UTF-8: the bytes survive only as surrogates
+    Image.fromarray(base).save(d / latin1)
+    ok("non-UTF-8 name (Latin-1 bytes)", latin1, base, out="caf\\xe9 latin-1.png")
+    fail("non-UTF-8 name of a bad file", os.fsdecode(b"broken\xff.jpg"), "not a recognised image format", b"junk")
     Image.fromarray(base).save(d / "  spaced  name .png")
     ok("spaces in name", "  spaced  name .png", base)
     long = "L" * 248 + ".png"  # 252 bytes: the longest that leaves room for '.json' in the record name

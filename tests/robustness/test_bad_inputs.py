@@ -21,11 +21,16 @@ from PIL import Image
 import _corpus
 from fcn_label.cli import run_cli
 from fcn_label.io import InputError, read_image
-from fcn_label.job import discover
+from fcn_label.job import discover, shown
 from fcn_label.weights import save_checkpoint
 from helpers import make_checkpoint, one_at_a_time, rand_image
 
 MAX_PIXELS = 1_000_000
+
+
+def key(path) -> str:
+    """A file's identity as reports show it (symlinks resolved, non-UTF-8 bytes as \\xNN)."""
+    return os.path.realpath(shown(str(path)))
 
 
 def snapshot(root: Path, skip: Path) -> dict[str, tuple[int, int]]:
@@ -80,11 +85,11 @@ def test_every_bad_file_gets_one_line_naming_it_and_a_failures_row(run):
     by_path = {r["path"]: r["reason"] for r in run["failures"]}
     wrong = []
     for c in (c for c in run["cases"] if isinstance(c, _corpus.Fail)):
-        mine = [ln for ln in lines if ln.startswith(("failed: ", "error: ")) and str(c.path) in ln]
+        mine = [ln for ln in lines if ln.startswith(("failed: ", "error: ")) and shown(str(c.path)) in ln]
         if len(mine) != 1 or c.words not in mine[0]:
             wrong.append((c.kind, mine))
-        reason = by_path.get(str(c.path), "")
-        if not reason.startswith(str(c.path)) or c.words not in reason:
+        reason = by_path.get(shown(str(c.path)), "")
+        if not reason.startswith(shown(str(c.path))) or c.words not in reason:
             wrong.append((c.kind, "failures.csv", reason))
     assert not wrong
     # every stderr line is the header, one failure, or the summary: nothing else leaks out
@@ -95,10 +100,10 @@ def test_every_bad_file_gets_one_line_naming_it_and_a_failures_row(run):
 def test_good_files_masks_equal_an_independent_reference(run):
     ck, out = run["ck"], run["out"]
     model = ck.build()
-    by_path = {os.path.realpath(r["path"]): r for r in run["rows"]}
+    by_path = {key(r["path"]): r for r in run["rows"]}
     wrong = []
     for c in (c for c in run["cases"] if isinstance(c, _corpus.Ok)):
-        r = by_path.get(os.path.realpath(c.path))
+        r = by_path.get(key(c.path))
         if r is None:
             wrong.append((c.kind, "no row"))
             continue
@@ -133,7 +138,7 @@ def test_output_names_unique_short_and_inside_out(run):
         assert out in p.parents and p.is_file(), m
         assert all(len(part.encode()) <= 255 for part in Path(m).parts)
     # the 255-byte name and the 253-byte UTF-8 name got shortened names that still start like the original
-    short = {c.kind: next(r["mask"] for r in run["rows"] if os.path.realpath(r["path"]) == os.path.realpath(c.path))
+    short = {c.kind: next(r["mask"] for r in run["rows"] if key(r["path"]) == key(c.path))
              for c in run["cases"] if isinstance(c, _corpus.Ok) and c.out == "<shortened>"}
     assert short["longest name (255 bytes)"].startswith("M" * 100)
     assert short["long multi-byte name"].startswith("日" * 30)
