@@ -33,6 +33,7 @@ from .outputs import coco_annotations, write_confidence, write_mask, write_overl
 from .predict import Prediction, Predictor
 
 STATE_DIR = ".fcn-label"
+OVERLAY_DIR, CONFIDENCE_DIR = "overlays", "confidence"
 LIST_SUFFIXES = (".txt", ".lst", ".list")
 
 
@@ -125,6 +126,9 @@ def discover(inputs: Sequence[str | os.PathLike], out: Path | None = None) -> tu
             if not files:
                 problems.append((raw, "glob matched no files; check the pattern and quote it"))
             items += [Item(f, _safe_rel(f, base)) for f in files]
+        elif p.is_dir() and _inside(p, out):
+            problems.append((raw, f"is the output folder {out} or inside it, and outputs are never read back as "
+                                  "inputs; choose an --out outside the input folder"))
         elif p.is_dir():
             files = _walk(p, out)
             if not files:
@@ -147,7 +151,7 @@ def discover(inputs: Sequence[str | os.PathLike], out: Path | None = None) -> tu
             problems.append((raw, "broken symbolic link; fix or remove it"))
         else:
             problems.append((raw, "not found; check the path (folders, files, globs and .txt lists are accepted)"))
-    return _dedupe(items), problems
+    return _dedupe(items, out), problems
 
 
 def _inside(path: Path, folder: Path | None) -> bool:
@@ -183,13 +187,15 @@ def _fit(rel: str) -> str:
     return f"{head}/{name}" if head else name
 
 
-def _dedupe(items: list[Item]) -> list[Item]:
-    """Drop repeats of the same file and give every item an output name no other output can collide with.
+def _dedupe(items: list[Item], out: Path | None = None) -> list[Item]:
+    """Drop repeats of the same file and give every item an output name nothing else can collide with.
 
     a.jpg and a.png become a_jpg and a_png; a name still taken (by another such name,
-    or by a folder of outputs: a file 'x.bmp' next to a folder 'x.png/') gets '~2', '~3'...
-    Names compare case-insensitively, as on macOS and Windows volumes. The result
-    depends only on the (sorted) inputs, so a re-run finds the same names.
+    by a folder of outputs: a file 'x.bmp' next to a folder 'x.png/', or by an input
+    file: ``predict a.png --out .``) gets '~2', '~3'... An input folder named like one of
+    predict's own (confidence/, overlays/, .fcn-label/) becomes 'confidence~2/'. Names
+    compare case-insensitively, as on macOS and Windows volumes. The result depends only
+    on the (sorted) inputs, so a re-run finds the same names.
     """
     seen, unique = set(), []
     for it in items:
@@ -197,22 +203,40 @@ def _dedupe(items: list[Item]) -> list[Item]:
         if key not in seen:
             seen.add(key)
             unique.append(it)
-    stems = Counter(it.rel.lower() for it in unique)
-    folders = {p.lower() for it in unique for p in _ancestors(it.rel)}
+    rels = [_unreserve(shown(it.rel)) for it in unique]
+    stems = Counter(r.lower() for r in rels)
+    folders = {p.lower() for r in rels for p in _ancestors(r)}
+    root = os.path.realpath(out) if out is not None else None
+    inputs = {os.path.realpath(it.path) for it in unique} if root else set()
+
+    def clashes(rel: str) -> bool:
+        if rel.lower() in taken or any(f"{rel}{s}".lower() in folders for s in OUTPUT_SUFFIXES):
+            return True
+        return bool(inputs) and any(os.path.join(root, p) in inputs for p in _output_files(rel))
+
     taken: set[str] = set()
-    out = []
-    for it in unique:
-        base = shown(it.rel)
+    result = []
+    for it, base in zip(unique, rels):
         if stems[base.lower()] > 1:
             base = f"{base}{it.path.suffix.lower().replace('.', '_')}"
         base = _fit(base)
         rel, n = base, 1
-        while rel.lower() in taken or any(f"{rel}{s}".lower() in folders for s in OUTPUT_SUFFIXES):
+        while clashes(rel):
             n += 1
             rel = _fit(f"{base}~{n}")
         taken.add(rel.lower())
-        out.append(it if rel == it.rel else Item(it.path, rel))
-    return out
+        result.append(it if rel == it.rel else Item(it.path, rel))
+    return result
+
+
+def _output_files(rel: str) -> tuple[str, ...]:
+    """Every file predict may write for ``rel``, relative to --out."""
+    return (f"{rel}.png", f"{OVERLAY_DIR}/{rel}.jpg", f"{CONFIDENCE_DIR}/{rel}.png", f"{STATE_DIR}/records/{rel}.json")
+
+
+def _unreserve(rel: str) -> str:
+    head, sep, rest = rel.partition("/")
+    return f"{head}~2/{rest}" if sep and head.lower() in (STATE_DIR, OVERLAY_DIR, CONFIDENCE_DIR) else rel
 
 
 def _ancestors(rel: str) -> list[str]:
@@ -321,10 +345,10 @@ class PredictJob:
         mask_path = self._checked(self.mask_path(it))
         write_mask(mask_path, pred.labels, self.palette)
         if self.o.overlay:
-            write_overlay(self._checked(self.out / "overlays" / f"{it.rel}.jpg"), image, pred.labels,
+            write_overlay(self._checked(self.out / OVERLAY_DIR / f"{it.rel}.jpg"), image, pred.labels,
                           self.palette or self.p.checkpoint.palette)
         if self.o.probs:
-            write_confidence(self._checked(self.out / "confidence" / f"{it.rel}.png"), pred.confidence)
+            write_confidence(self._checked(self.out / CONFIDENCE_DIR / f"{it.rel}.png"), pred.confidence)
         n = len(self.classes)
         h, w = pred.labels.shape
         counts = np.bincount(pred.labels.ravel(), minlength=n)
@@ -370,7 +394,12 @@ class PredictJob:
     # -- the run ---------------------------------------------------------------
     def run(self, items: Sequence[Item], problems: Sequence[tuple[str, str]] = ()) -> JobResult:
         t0 = time.perf_counter()
-        self.out.mkdir(parents=True, exist_ok=True)
+        if self.out.exists() and not self.out.is_dir():
+            raise InputError(f"--out {self.out}: is a file, not a folder; choose another --out")
+        try:
+            self.out.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise InputError(f"--out {self.out}: cannot create the folder ({e.strerror or e}); check the path") from None
         rank, world = self.o.shard
         if not 0 <= rank < world:
             raise ValueError(f"--shard {rank}/{world}: index must be in 0..{world - 1}")

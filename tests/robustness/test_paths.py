@@ -5,12 +5,13 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import numpy as np
+import pytest
 from PIL import Image
 
 from fcn_label.io import atomic_path, remove_stale_temp
 from fcn_label.job import Item, PredictJob, PredictOptions, _dedupe, discover
 from fcn_label.predict import Predictor
+from fcn_label.weights import save_checkpoint
 from helpers import make_checkpoint, rand_image
 
 
@@ -62,10 +63,12 @@ def test_glob_and_list_names_with_dotdot_stay_inside_out(tmp_path):
 
 def test_output_names_never_collide():
     """Equal stems, a name equal to a disambiguated one, a mask name equal to a folder name, case."""
-    names = ["x/a.jpg", "x/a.png", "x/a_jpg.bmp", "x/A.tif", "x/b.png/c.jpg", "x/b.bmp", "x/b.PNG/d.jpg"]
+    names = ["x/a.jpg", "x/a.png", "x/a_jpg.bmp", "x/A.tif", "x/b.png/c.jpg", "x/b.bmp", "x/b.PNG/d.jpg",
+             "x/Confidence/e.png", "x/e.png", "x/.fcn-label/f.png"]
     items = _dedupe([Item(Path(n), n.split("/", 1)[1].rsplit(".", 1)[0]) for n in names])
     rels = [it.rel for it in items]
-    assert rels == ["a_jpg", "a_png", "a_jpg~2", "A_tif", "b.png/c", "b~2", "b.PNG/d"]
+    assert rels == ["a_jpg", "a_png", "a_jpg~2", "A_tif", "b.png/c", "b~2", "b.PNG/d", "Confidence~2/e", "e",
+                    ".fcn-label~2/f"]
     files = {f"{r}{s}".lower() for r in rels for s in (".png", ".json", ".jpg")}
     folders = {r.rsplit("/", 1)[0].lower() for r in rels if "/" in r}
     assert not files & folders
@@ -94,3 +97,46 @@ def test_temporary_names_fit_and_stale_ones_are_removed(tmp_path):
         p.write_bytes(b"partial")
     assert remove_stale_temp(tmp_path) == 1
     assert not dead.exists() and live.exists() and other_host.exists()
+
+
+def test_masks_never_overwrite_the_input_images(tmp_path, capsys):
+    """`predict a.png --out .` and a list beside its images: the mask gets a new name, the photo survives."""
+    from fcn_label.cli import run_cli
+
+    ck = tmp_path / "m.pt"
+    save_checkpoint(make_checkpoint(), ck)
+    d = tmp_path / "photos"
+    (d / "overlays").mkdir(parents=True)
+    for name in ("a.png", "b.png", "overlays/c.jpg"):
+        Image.fromarray(rand_image(16, 16, len(name))).save(d / name)
+    (d / "list.txt").write_text("b.png\noverlays/c.jpg\n")
+    before = {p: p.read_bytes() for p in d.rglob("*")  if p.is_file()}
+    for inputs in ([d / "a.png"], [d / "list.txt"]):
+        with pytest.raises(SystemExit) as e:
+            run_cli(["predict", *map(str, inputs), "--out", str(d), "-w", str(ck), "-q", "--overlay", "--probs"])
+        assert e.value.code == 0, capsys.readouterr().err
+    assert all(p.read_bytes() == b for p, b in before.items())
+    made = sorted(str(p.relative_to(d)) for p in d.rglob("*.png") if p not in before)
+    # a's and b's masks are renamed (the input holds the plain name); the folder named like predict's
+    # overlays/ becomes overlays~2/, so c's mask cannot be read as an overlay and its overlay cannot hit c.jpg
+    assert made == ["a~2.png", "b~2.png", "confidence/a~2.png", "confidence/b~2.png",
+                    "confidence/overlays~2/c.png", "overlays~2/c.png"]
+
+
+def test_unusable_out_is_one_line(tmp_path, capsys):
+    from fcn_label.cli import run_cli
+
+    ck = tmp_path / "m.pt"
+    save_checkpoint(make_checkpoint(), ck)
+    (tmp_path / "in").mkdir()
+    Image.fromarray(rand_image(8, 8, 0)).save(tmp_path / "in" / "a.png")
+    (tmp_path / "file").write_text("x")
+    for out, words in [(tmp_path / "file", "is a file, not a folder"),
+                       (tmp_path / "in", "is the output folder"),
+                       (tmp_path / "file" / "sub", "cannot create the folder")]:
+        with pytest.raises(SystemExit) as e:
+            run_cli(["predict", str(tmp_path / "in"), "--out", str(out), "-w", str(ck), "-q"])
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and words in err and "Traceback" not in err
+        assert [ln for ln in err.splitlines() if ln.startswith("error:")] == [next(ln for ln in err.splitlines() if words in ln)]
+    assert sorted(p.name for p in (tmp_path / "in").iterdir()) == ["a.png"]
