@@ -10,6 +10,7 @@ through.
 from __future__ import annotations
 
 import csv
+import errno
 import glob
 import hashlib
 import io as _io
@@ -67,6 +68,7 @@ class JobResult:
     skipped: int = 0
     failed: list[tuple[str, str]] = field(default_factory=list)
     seconds: float = 0.0
+    stopped: str = ""  # why the job stopped before the end (disk full...); empty when it ran through
 
     @property
     def images_per_second(self) -> float:
@@ -249,6 +251,9 @@ def shard_from_env() -> tuple[int, int]:
     return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
 
 
+# Write errors that say --out as a whole is unusable, not this one image.
+_OUT_UNUSABLE = {errno.ENOSPC, errno.EDQUOT, errno.EROFS}
+
 # ---------------------------------------------------------------------------
 # Decoding in background workers
 
@@ -419,7 +424,11 @@ class PredictJob:
         if todo:
             self._predict(todo, res)
         res.seconds = time.perf_counter() - t0
-        self.write_reports(all_items, res)
+        try:
+            self.write_reports(all_items, res)
+        except OSError as e:
+            raise InputError(f"--out {self.out}: cannot write the reports ({e.strerror or e}); make room and re-run "
+                             "the same command: finished images are kept and skipped") from None
         return res
 
     def _fail(self, res: JobResult, path: str, reason: str) -> None:
@@ -445,6 +454,10 @@ class PredictJob:
         done_count = [res.skipped]
 
         def run_group(idxs: list[int]) -> None:
+            if res.stopped:  # --out cannot take more: predicting would only waste time
+                for i in idxs:
+                    images.pop(i, None)
+                return
             t = time.perf_counter()
             try:
                 preds = list(self.p.predict_groups([(i, images[i]) for i in idxs], bs))
@@ -463,6 +476,8 @@ class PredictJob:
 
         try:
             for i, arr, err in loader:
+                if res.stopped:
+                    break
                 if arr is None and err is None:
                     i, arr, err = dataset.decode(i)
                 if err is not None:
@@ -499,6 +514,10 @@ class PredictJob:
             self._fail(res, str(it.path), str(e))
             return
         except OSError as e:
+            if e.errno in _OUT_UNUSABLE:  # no image after this one could be written either: stop, keep what is done
+                res.stopped = (f"--out {self.out}: {e.strerror}; make room (or fix --out) and re-run the same "
+                               "command: finished images are kept and skipped")
+                return
             self._fail(res, str(it.path), f"cannot write output ({e.strerror or e}); check free space and permissions of --out")
             return
         with self._lock:

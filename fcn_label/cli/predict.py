@@ -136,5 +136,7 @@ def predict(
         f"in {res.seconds:.1f}s ({res.images_per_second:.1f} img/s); outputs in {out}"
         + (f"; failures listed in {out / 'failures.csv'}" if res.failed else "")
     ), soft_wrap=True)
-    if res.failed:
+    if res.stopped:
+        console.print(f"[bold red]error:[/] stopped early: {escape(res.stopped)}", soft_wrap=True)
+    if res.failed or res.stopped:
         raise typer.Exit(1)

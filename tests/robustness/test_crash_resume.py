@@ -160,3 +160,38 @@ def test_finetune_killed_while_writing_its_checkpoint_resumes_from_the_last_whol
     after = load_checkpoint(out / "last.pt").train_state
     assert after["step"] == step + 3  # continued from the checkpoint, not from scratch
     assert [r["step"] for r in after["history"]][: len(state["history"])] == [r["step"] for r in state["history"]]
+
+
+def test_disk_full_stops_the_job_keeps_finished_work_and_resumes(tmp_path, monkeypatch, capsys):
+    """ENOSPC is not one bad file: stop at once (no hour of doomed predictions), keep what is done."""
+    import errno
+
+    import fcn_label.outputs as outputs
+
+    for i in range(12):
+        Image.fromarray(rand_image(16, 20, i)).save(tmp_path / f"im{i:02d}.png")
+    save_checkpoint(make_checkpoint(), tmp_path / "m.pt")
+    out = tmp_path / "out"
+    argv = ["predict", str(tmp_path), "--out", str(out), "-w", str(tmp_path / "m.pt"), "-q", "--workers", "0",
+            "--batch-size", "1"]
+    real, calls = outputs.write_bytes_atomic, []
+
+    def full_after_five(path, data):
+        calls.append(path)
+        if len(calls) > 5:
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        real(path, data)
+
+    monkeypatch.setattr(outputs, "write_bytes_atomic", full_after_five)
+    with pytest.raises(SystemExit) as e:
+        run_cli(argv)
+    err = capsys.readouterr().err
+    assert e.value.code == 1
+    assert "done 5, skipped 0 (already done), failed 0" in err
+    assert "error: stopped early: --out" in err and "No space left on device" in err and "Traceback" not in err
+    assert len(calls) <= 7  # stopped right away, not one doomed attempt per remaining image
+    monkeypatch.setattr(outputs, "write_bytes_atomic", real)  # space freed
+    with pytest.raises(SystemExit) as e:
+        run_cli(argv)
+    assert e.value.code == 0 and "done 7, skipped 5 (already done), failed 0" in capsys.readouterr().err
+    assert len(list(out.glob("im*.png"))) == 12
