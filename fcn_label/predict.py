@@ -18,7 +18,6 @@ from typing import Iterable, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from .model import FCN
 from .weights import Checkpoint
