@@ -55,6 +55,45 @@ def test_job_decodes_handed_over_images_itself(tmp_path, monkeypatch):
         assert np.array_equal(np.asarray(Image.open(tmp_path / "out" / f"im{i}.png")), ref)
 
 
+def test_free_heap_pages_are_handed_back_as_the_job_goes(tmp_path, monkeypatch):
+    """The allocator is asked to return freed pages after every TRIM_EVERY_PIXELS predicted (here 1000)."""
+    real = job_mod.release_free_memory
+    real()  # the real call works here (glibc) or is a no-op elsewhere, never an error
+    monkeypatch.setattr(job_mod, "TRIM_EVERY_PIXELS", 1000)
+    calls = []
+    monkeypatch.setattr(job_mod, "release_free_memory", lambda: calls.append(1))
+    for i in range(6):
+        Image.fromarray(rand_image(20, 25 + i, i)).save(tmp_path / f"im{i}.png")  # 500+ pixels each, all sizes differ
+    items, _ = discover([tmp_path], tmp_path / "out")
+    PredictJob(Predictor(make_checkpoint(), device="cpu"), PredictOptions(out=tmp_path / "out", workers=0)).run(items)
+    assert len(calls) == 3  # 6 images of 500-600 pixels: every second one crosses 1000
+
+
+def test_a_large_image_waits_for_pending_writes(tmp_path, monkeypatch):
+    """Before a tiled image, earlier predictions are written and freed: never two large images held at once."""
+    import time
+
+    events = []
+    write = PredictJob._write_one
+
+    def slow_write(self, it, *a):
+        time.sleep(0.05)
+        write(self, it, *a)
+        events.append(it.rel)
+
+    tiled = Predictor.predict_tiled
+    monkeypatch.setattr(PredictJob, "_write_one", slow_write)
+    monkeypatch.setattr(Predictor, "predict_tiled", lambda self, img: events.append("tiling") or tiled(self, img))
+    for i in range(4):
+        Image.fromarray(rand_image(16, 16, i)).save(tmp_path / f"a{i}.png")
+    Image.fromarray(rand_image(40, 40, 9)).save(tmp_path / "b.png")
+    items, _ = discover([tmp_path], tmp_path / "out")
+    pred = Predictor(make_checkpoint(), device="cpu", tile=32)
+    res = PredictJob(pred, PredictOptions(out=tmp_path / "out", workers=0, batch_size=2)).run(items)
+    assert res.done == 5
+    assert sorted(events[:4]) == ["a0", "a1", "a2", "a3"] and events[4:] == ["tiling", "b"]
+
+
 def test_batches_are_capped_by_pixels_not_only_by_count(monkeypatch):
     """Eight large same-size images do not go through the network together; results are unchanged."""
     monkeypatch.setattr(predict_mod, "MAX_BATCH_PIXELS", 3 * 40 * 50)
