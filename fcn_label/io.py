@@ -12,6 +12,7 @@ import re
 import socket
 import stat
 import tempfile
+import threading
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
@@ -34,6 +35,9 @@ class InputError(Exception):
     """A user-side problem with one input file; the message is shown as is."""
 
 
+_PIL_GLOBALS = threading.Lock()
+
+
 def _open(path: Path, max_pixels: int) -> Image.Image:
     path = Path(path)
     try:
@@ -50,30 +54,33 @@ def _open(path: Path, max_pixels: int) -> Image.Image:
         raise InputError(f"{path}: not a regular file (a pipe, socket or device); remove it from the inputs")
     if st.st_size == 0:
         raise InputError(f"{path}: empty file (0 bytes); re-export or remove it")
-    old = Image.MAX_IMAGE_PIXELS
-    try:
-        Image.MAX_IMAGE_PIXELS = None
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # e.g. "Corrupt EXIF data": noise on the console, not an error
-            im = Image.open(path)
-        w, h = im.size
-        if w * h > max_pixels:
-            im.close()
-            raise InputError(
-                f"{path}: {w}x{h} pixels exceeds the limit of {max_pixels:,} pixels; "
-                "raise --max-pixels if the image is genuine"
-            )
-        return im
-    except InputError:
-        raise
-    except UnidentifiedImageError:
-        raise InputError(f"{path}: not a recognised image format; check the file is an image") from None
-    except PermissionError:
-        raise InputError(f"{path}: permission denied; make the file readable") from None
-    except OSError as e:
-        raise InputError(f"{path}: cannot open image ({e}); re-export or remove it") from None
-    finally:
-        Image.MAX_IMAGE_PIXELS = old
+    # Pillow's bomb limit and the warnings filter are process-wide: evaluate decodes in threads,
+    # so swapping them is serialised (only the header parse happens under the lock).
+    with _PIL_GLOBALS:
+        old = Image.MAX_IMAGE_PIXELS
+        try:
+            Image.MAX_IMAGE_PIXELS = None
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # e.g. "Corrupt EXIF data": noise on the console, not an error
+                im = Image.open(path)
+            w, h = im.size
+            if w * h > max_pixels:
+                im.close()
+                raise InputError(
+                    f"{path}: {w}x{h} pixels exceeds the limit of {max_pixels:,} pixels; "
+                    "raise --max-pixels if the image is genuine"
+                )
+            return im
+        except InputError:
+            raise
+        except UnidentifiedImageError:
+            raise InputError(f"{path}: not a recognised image format; check the file is an image") from None
+        except PermissionError:
+            raise InputError(f"{path}: permission denied; make the file readable") from None
+        except OSError as e:
+            raise InputError(f"{path}: cannot open image ({e}); re-export or remove it") from None
+        finally:
+            Image.MAX_IMAGE_PIXELS = old
 
 
 def image_size(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[int, int]:
