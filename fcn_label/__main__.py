@@ -1,4 +1,4 @@
-"""``python -m fcn_label``: the CLI without relying on the console script being on PATH."""
+"""`python -m fcn_label ...` is the same as `fcn-label ...`."""
 
 from .cli import main
 
