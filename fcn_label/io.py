@@ -37,6 +37,12 @@ class InputError(Exception):
 
 _PIL_GLOBALS = threading.Lock()
 
+# Pillow warns about oddities it recovers from (corrupt EXIF data, truncated metadata): on an
+# unattended job's console that is multi-line noise, not news. Filtered once here rather than
+# with catch_warnings around every decode, which swaps the process-wide filter list and is not
+# safe in the threads evaluate decodes in.
+warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.")
+
 
 def _open(path: Path, max_pixels: int) -> Image.Image:
     path = Path(path)
@@ -107,26 +113,24 @@ def read_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) ->
             im = new
 
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # Pillow warns about recoverable oddities (corrupt EXIF, ...)
-            im.seek(0)
-            im.load()
-            if im.getexif().get(0x0112, 1) in (2, 3, 4, 5, 6, 7, 8):  # exif_transpose copies even when upright
-                step(ImageOps.exif_transpose(im))
-            if im.mode in ("I;16", "I;16B", "I;16L", "I"):
-                a = np.asarray(im)
-                if a.size and a.max() > 255:  # 16-bit range: 65535 -> 255, exactly (v * 257 -> v)
-                    a = a.astype(np.uint32 if a.dtype == np.uint16 else np.int64) * 255 // 65535
-                step(Image.fromarray(a.clip(0, 255).astype(np.uint8), mode="L"))
-            elif im.mode == "F":
-                a = np.asarray(im, dtype=np.float32)
-                a = a / a.max() * 255.0 if a.size and a.max() > 0 else a
-                step(Image.fromarray(a.clip(0, 255).astype(np.uint8), mode="L"))
-            if im.mode == "P" and "transparency" in im.info:
-                step(im.convert("RGBA"))
-            if im.mode != "RGB":
-                step(im.convert("RGB"))
-            arr = np.array(im, dtype=np.uint8)
+        im.seek(0)
+        im.load()
+        if im.getexif().get(0x0112, 1) in (2, 3, 4, 5, 6, 7, 8):  # exif_transpose copies even when upright
+            step(ImageOps.exif_transpose(im))
+        if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+            a = np.asarray(im)
+            if a.size and a.max() > 255:  # 16-bit range: 65535 -> 255, exactly (v * 257 -> v)
+                a = a.astype(np.uint32 if a.dtype == np.uint16 else np.int64) * 255 // 65535
+            step(Image.fromarray(a.clip(0, 255).astype(np.uint8), mode="L"))
+        elif im.mode == "F":
+            a = np.asarray(im, dtype=np.float32)
+            a = a / a.max() * 255.0 if a.size and a.max() > 0 else a
+            step(Image.fromarray(a.clip(0, 255).astype(np.uint8), mode="L"))
+        if im.mode == "P" and "transparency" in im.info:
+            step(im.convert("RGBA"))
+        if im.mode != "RGB":
+            step(im.convert("RGB"))
+        arr = np.array(im, dtype=np.uint8)
     except InputError:
         raise
     except (OSError, SyntaxError, ValueError) as e:
@@ -147,8 +151,7 @@ def read_mask(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> 
     path = Path(path)
     im = _open(path, max_pixels)
     try:
-        with im, warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+        with im:
             im.load()
             if im.mode in ("P", "L"):
                 arr = np.array(im, dtype=np.uint8)
