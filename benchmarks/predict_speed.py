@@ -123,7 +123,7 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--amp", action="store_true")
     ap.add_argument("--batch-size", type=int, default=8)
-    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--json", type=Path)
     a = ap.parse_args()
     rows = []

@@ -48,7 +48,7 @@ class Item:
 class PredictOptions:
     out: Path
     batch_size: int = 8
-    workers: int = 2
+    workers: int = 1
     palette: str = "model"  # model | voc | none
     coco: bool = True
     overlay: bool = False

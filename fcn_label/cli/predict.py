@@ -50,7 +50,7 @@ def predict(
     classes: Optional[Path] = typer.Option(None, help="Text file of class names, one per line (for bare state dicts)."),
     batch_size: int = typer.Option(8, "--batch-size", "-b", min=1, help="Images per forward pass; only "
                                    "same-size images share a batch, so results equal one-at-a-time inference."),
-    workers: int = typer.Option(2, min=0, help="Background processes decoding images (0 = decode in the main process)."),
+    workers: int = typer.Option(1, min=0, help="Background processes decoding images (0 = decode in the main process). One keeps a 2-core CPU busiest; raise it on bigger machines and GPUs."),
     device: str = typer.Option("auto", help="auto (CUDA when available, else CPU), cpu, cuda or cuda:N."),
     amp: bool = typer.Option(False, "--amp", help="Mixed precision (float16 autocast) on CUDA; ignored on CPU."),
     tile: int = typer.Option(0, min=0, help="Tile size in pixels for sliding-window inference; 0 = only tile "
