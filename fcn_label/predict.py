@@ -36,10 +36,10 @@ class Prediction:
     confidence: np.ndarray  # (H, W) float32, probability of the chosen class
 
 
-def pick_device(name: str = "auto") -> torch.device:
-    """``auto`` means the first CUDA device when one is usable, else the CPU."""
+def pick_device(name: str = "auto", local_rank: int = 0) -> torch.device:
+    """``auto`` means this process's CUDA device (torchrun's LOCAL_RANK) when one is usable, else the CPU."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
     try:
         dev = torch.device(name)
     except RuntimeError:

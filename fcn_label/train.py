@@ -39,6 +39,7 @@ from .data import (
 from .io import InputError, atomic_path
 from .metrics import confusion_matrix, scores
 from .model import ARCHS, FCN, FCNConfig
+from .predict import pick_device
 from .weights import (
     CAMVID_CLASSES, CAMVID_PALETTE, IMAGENET, Checkpoint, Normalization, WeightsError, load_checkpoint,
     resolve_weights, save_checkpoint, vgg16_backbone_state, voc_palette,
@@ -187,18 +188,6 @@ class DivergedError(ValueError):
 
 def _dist_info() -> tuple[int, int, int]:
     return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0))
-
-
-def _pick_device(name: str, local_rank: int) -> torch.device:
-    if name == "auto":
-        return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
-    try:
-        dev = torch.device(name)
-    except RuntimeError:
-        raise ValueError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {name}: CUDA is not available on this machine; use --device cpu")
-    return dev
 
 
 def poly_lr(step: int, total: int, warmup: int, power: float = 0.9) -> float:
@@ -424,7 +413,7 @@ class Trainer:
         cfg.validate()
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
-        self.device = _pick_device(cfg.device, self.local_rank)
+        self.device = pick_device(cfg.device, self.local_rank)
         self._own_group = self.world > 1 and not dist.is_initialized()
         if self._own_group:
             dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
