@@ -12,6 +12,7 @@ from pycocotools import mask as mask_utils
 
 from fcn_label.cli import run_cli
 from fcn_label.job import PredictJob, PredictOptions, discover
+from fcn_label.model import FCN, FCNConfig
 from fcn_label.predict import Predictor
 from fcn_label.weights import save_checkpoint
 from helpers import PALETTE, make_checkpoint, one_at_a_time, rand_image
@@ -249,3 +250,18 @@ def test_cli_user_errors_are_one_line(tmp_path, model_file, capsys):
     assert code == 2 and "missing.pt" in out.err and "Traceback" not in out.err
     code, out = cli(capsys, "predict", tmp_path, "--out", tmp_path / "out", "-w", model_file, "--palette", "rainbow")
     assert code == 2 and "model, voc or none" in out.err
+
+
+def test_cli_classes_file_names_and_colours_a_bare_state_dict(tmp_path, capsys):
+    """A pytorch-fcn style state dict plus --classes: names reach the COCO file, colours the PNG palette."""
+    torch.manual_seed(0)
+    m = FCN(FCNConfig(arch="fcn16s", num_classes=3, width=0.0625, fc_channels=16))
+    torch.save(m.state_dict(), tmp_path / "fcn16s.pth")
+    (tmp_path / "classes.txt").write_text("ground 1 2 3\nsky blue 4 5 6\nthing 7 8 9\n")
+    write_images(tmp_path / "in", [(20, 24)])
+    code, out = cli(capsys, "predict", tmp_path / "in", "-o", tmp_path / "out", "-w", tmp_path / "fcn16s.pth",
+                    "--arch", "fcn16s", "--classes", tmp_path / "classes.txt", "-q", "--workers", "0")
+    assert code in (0, None), out.err
+    coco = json.loads((tmp_path / "out" / "predictions.json").read_text())
+    assert [c["name"] for c in coco["categories"]] == ["ground", "sky blue", "thing"]
+    assert Image.open(tmp_path / "out" / "img0.png").getpalette()[:9] == [1, 2, 3, 4, 5, 6, 7, 8, 9]

@@ -9,6 +9,7 @@ import typer
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from ..data import read_class_file
 from ..io import DEFAULT_MAX_PIXELS
 from ..job import PredictJob, PredictOptions, discover, shard_from_env
 from ..predict import Predictor
@@ -28,14 +29,6 @@ def _parse_shard(s: str | None) -> tuple[int, int]:
     return i, n
 
 
-def _read_classes(path: Path | None) -> list[str] | None:
-    if path is None:
-        return None
-    if not path.is_file():
-        raise fail(f"{path}: classes file not found; give a text file with one class name per line")
-    return [line.split()[0] for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-
-
 @app.command("predict")
 def predict(
     inputs: List[str] = typer.Argument(..., help="Image folders (searched recursively), image files, quoted globs "
@@ -47,7 +40,7 @@ def predict(
                                           "pytorch-fcn .pth state dicts."),
     arch: Optional[str] = typer.Option(None, help="For bare state dicts: fcn32s, fcn16s or fcn8s (checked against the file)."),
     num_classes: Optional[int] = typer.Option(None, help="For bare state dicts: expected class count (checked)."),
-    classes: Optional[Path] = typer.Option(None, help="Text file of class names, one per line (for bare state dicts)."),
+    classes: Optional[Path] = typer.Option(None, help="Text file of class names, one per line in index order ('name r g b' lines also set the colours); for bare state dicts."),
     batch_size: int = typer.Option(8, "--batch-size", "-b", min=1, help="Images per forward pass; only "
                                    "same-size images share a batch, so results equal one-at-a-time inference."),
     workers: int = typer.Option(1, min=0, help="Background processes decoding images (0 = decode in the main process). One keeps a 2-core CPU busiest; raise it on bigger machines and GPUs."),
@@ -85,10 +78,12 @@ def predict(
     if palette not in ("model", "voc", "none"):
         raise fail(f"--palette {palette!r}: choose model, voc or none")
     shard_i, shard_n = _parse_shard(shard)
-    names = _read_classes(classes)
+    names, colours = read_class_file(classes) if classes is not None else (None, None)
     ck = load_checkpoint(resolve_weights(weights), arch=arch, num_classes=num_classes, classes=names)
     if names:
         ck.classes = names
+    if colours:
+        ck.palette = colours
     if gt is not None and not gt.is_dir():
         raise fail(f"--gt {gt}: folder not found; give the folder of ground-truth masks")
     predictor = Predictor(ck, device=device, amp=amp, tile=tile or None, tile_overlap=tile_overlap,
