@@ -79,7 +79,8 @@ def predict(
         raise fail(f"--palette {palette!r}: choose model, voc or none")
     shard_i, shard_n = _parse_shard(shard)
     names, colours = read_class_file(classes) if classes is not None else (None, None)
-    ck = load_checkpoint(resolve_weights(weights), arch=arch, num_classes=num_classes, classes=names)
+    weights_path = resolve_weights(weights)
+    ck = load_checkpoint(weights_path, arch=arch, num_classes=num_classes, classes=names)
     if names:
         ck.classes = names
     if colours:
@@ -99,7 +100,7 @@ def predict(
     opts = PredictOptions(out=out, batch_size=batch_size, workers=workers, palette=palette, coco=coco,
                           overlay=overlay, probs=probs, gt=gt, ignore_index=ignore_index, overwrite=overwrite,
                           shard=(shard_i, shard_n), max_pixels=max_pixels)
-    src = ck.metadata.get("name") or Path(str(resolve_weights(weights))).name
+    src = ck.metadata.get("name") or weights_path.name
     console.print(escape(f"fcn-label: {len(items)} images, model {src} ({ck.config.arch}, {ck.config.num_classes} "
                          f"classes) on {predictor.device}" + (f", shard {shard_i}/{shard_n}" if shard_n > 1 else "")),
                   soft_wrap=True)
