@@ -73,8 +73,8 @@ def bench(kind: str, n: int, device: str, amp: bool, batch: int, workers: int) -
         arrays = [np.asarray(Image.open(f).convert("RGB")) for f in files]
         pixels = sum(a.shape[0] * a.shape[1] for a in arrays)
 
-        # warm-up (allocator, cuDNN autotune)
-        pred.predict_arrays(arrays[:2], batch)
+        # warm-up (allocator, cuDNN algorithm choice): every size once
+        pred.predict_arrays(list({a.shape: a for a in arrays}.values()), batch)
         # model only: forward pass on pre-normalised tensors, grouped by size
         groups: dict[tuple, list[np.ndarray]] = {}
         for a in arrays:

@@ -46,6 +46,8 @@ def pick_device(name: str = "auto", local_rank: int = 0) -> torch.device:
         raise ValueError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"--device {name}: CUDA is not available on this machine; use --device cpu")
+    if dev.type == "cuda" and dev.index is None:
+        dev = torch.device("cuda", local_rank)  # torch.cuda.set_device and DDP need an index
     return dev
 
 
