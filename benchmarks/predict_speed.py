@@ -66,6 +66,7 @@ def model_checkpoint(kind: str) -> Checkpoint:
 def bench(kind: str, n: int, device: str, amp: bool, batch: int, workers: int) -> dict:
     ck = model_checkpoint(kind)
     pred = Predictor(ck, device=device, amp=amp)
+    batch = batch or pred.default_batch_size
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         folder = make_folder(tmp, n, SIZES if kind == "compact" or device != "cpu" else SIZES[:2])
@@ -122,7 +123,7 @@ def main() -> None:
     ap.add_argument("--vgg-images", type=int, default=8)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--amp", action="store_true")
-    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--batch-size", type=int, default=None, help="default: predict's (1 on CPU, 8 on GPU)")
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--json", type=Path)
     a = ap.parse_args()

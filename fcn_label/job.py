@@ -47,7 +47,7 @@ class Item:
 @dataclass
 class PredictOptions:
     out: Path
-    batch_size: int = 8
+    batch_size: int | None = None  # None: the predictor's default for its device
     workers: int = 1
     palette: str = "model"  # model | voc | none
     coco: bool = True
@@ -462,17 +462,17 @@ class PredictJob:
 
     def _predict(self, todo: list[Item], res: JobResult) -> None:
         workers = max(0, self.o.workers)
+        bs = max(1, self.o.batch_size or self.p.default_batch_size)
         dataset = _Decode(todo, self.o.max_pixels, WORKER_MAX_PIXELS)
         loader = torch.utils.data.DataLoader(
             dataset, batch_size=1, collate_fn=_collate, num_workers=workers,
-            prefetch_factor=max(2, self.o.batch_size) if workers else None, shuffle=False,
+            prefetch_factor=max(2, bs) if workers else None, shuffle=False,
         )
         writer = ThreadPoolExecutor(max_workers=2, thread_name_prefix="fcn-label-writer")
         inflight: list[Future] = []
         images: dict[int, np.ndarray] = {}
         window: dict[tuple, list[int]] = {}
         buffered = 0
-        bs = max(1, self.o.batch_size)
         done_count = [res.skipped]
         since_trim = [0]
 

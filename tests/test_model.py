@@ -135,3 +135,25 @@ def test_same_padding_skips_are_aligned():
 def test_config_errors_list_choices():
     with pytest.raises(ValueError, match="fcn32s, fcn16s, fcn8s"):
         FCNConfig(arch="fcn4s")
+
+
+def test_fold_batch_norm_keeps_the_outputs():
+    from helpers import make_checkpoint
+
+    ck = make_checkpoint("same", bn=True)  # random running statistics; random affine terms below
+    ref = ck.build()
+    for m in ref.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.normal_(0, 0.2)
+    folded = FCN(ref.config)
+    folded.load_state_dict(ref.state_dict())
+    folded.eval().fold_batch_norm()
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    assert folded.conv1_1.bias is not None and folded.fc7.bias is not None
+    x = torch.randn(2, 3, 45, 61)
+    with torch.no_grad():
+        a, b = ref(x), folded(x)
+    assert torch.allclose(a, b, atol=1e-4 * a.abs().max().item())
+    plain = FCN(FCNConfig(width=0.0625, fc_channels=16))
+    assert plain.fold_batch_norm() is plain  # nothing to fold

@@ -41,8 +41,9 @@ def predict(
     arch: Optional[str] = typer.Option(None, help="For bare state dicts: fcn32s, fcn16s or fcn8s (checked against the file)."),
     num_classes: Optional[int] = typer.Option(None, help="For bare state dicts: expected class count (checked)."),
     classes: Optional[Path] = typer.Option(None, help="Text file of class names, one per line in index order ('name r g b' lines also set the colours); for bare state dicts."),
-    batch_size: int = typer.Option(8, "--batch-size", "-b", min=1, help="Images per forward pass; only "
-                                   "same-size images share a batch, so results equal one-at-a-time inference."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b", min=1, help="Images per forward pass "
+                                             "(default: 8 on a GPU, 1 on the CPU, where larger batches run slower); "
+                                             "only same-size images share a batch, so results equal one-at-a-time inference."),
     workers: int = typer.Option(1, min=0, help="Background processes decoding images (0 = decode in the main process). One keeps a 2-core CPU busiest; raise it on bigger machines and GPUs."),
     device: str = typer.Option("auto", help="auto (CUDA when available, else CPU), cpu, cuda or cuda:N."),
     amp: bool = typer.Option(False, "--amp", help="Mixed precision (float16 autocast) on CUDA; ignored on CPU."),
