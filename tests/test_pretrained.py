@@ -8,11 +8,12 @@ from fcn_label.metrics import confusion_matrix, scores
 from fcn_label.predict import Predictor
 from fcn_label.weights import CAMVID_CLASSES, CAMVID_PALETTE, DEFAULT_WEIGHTS, SHIPPED, resolve_weights
 
-# Five val frames spread over the sequence. The shipped file scores 88.8% pixel accuracy on them;
-# a threshold a few points lower catches a broken export, a wrong normalisation or a
-# preprocessing change, while float noise does not.
+# Five val frames spread over the sequence. The shipped file scores 92.7% pixel accuracy and
+# 68.4 mean IU on them; thresholds a few points lower catch a broken export, a wrong
+# normalisation or a preprocessing change, while float noise does not.
 FRAMES = ["0016E5_07959", "0016E5_07999", "0016E5_08059", "0016E5_08109", "0016E5_08159"]
-MIN_PIXEL_ACCURACY = 0.85
+MIN_PIXEL_ACCURACY = 0.90
+MIN_MEAN_IU = 0.63
 
 
 def test_shipped_file_is_small_and_self_describing():
@@ -21,7 +22,7 @@ def test_shipped_file_is_small_and_self_describing():
     ck = load_checkpoint(path)
     assert ck.classes == list(CAMVID_CLASSES) and [tuple(c) for c in ck.palette] == list(CAMVID_PALETTE)
     assert ck.ignore_index == 11 and ck.config.arch == "fcn8s" and ck.config.batch_norm
-    assert "CC BY-NC" in ck.metadata["license"] and ck.metadata["training_command"].startswith("fcn-label finetune")
+    assert "CC BY-NC" in ck.metadata["license"] and "fcn-label finetune" in ck.metadata["training_command"]
 
 
 def test_shipped_model_labels_camvid_val(camvid):
@@ -35,6 +36,7 @@ def test_shipped_model_labels_camvid_val(camvid):
         conf += confusion_matrix(read_mask(camvid / "valannot" / f"{f}.png"), p.labels, 11, ignore_index=11)
     s = scores(conf)
     assert s.pixel_accuracy >= MIN_PIXEL_ACCURACY, f"pixel accuracy {s.pixel_accuracy:.3f}"
+    assert s.mean_iou >= MIN_MEAN_IU, f"mean IU {s.mean_iou:.3f}"
     # road, sky and building are most of every frame: the model must get them right
     for c in (0, 1, 3):
         assert s.iou[c] > 0.7, f"{CAMVID_CLASSES[c]} IoU {s.iou[c]:.3f}"
