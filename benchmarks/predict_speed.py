@@ -63,13 +63,13 @@ def model_checkpoint(kind: str) -> Checkpoint:
     return Checkpoint(cfg, m.state_dict(), [f"c{i}" for i in range(cfg.num_classes)], voc_palette()[: cfg.num_classes])
 
 
-def bench(kind: str, n: int, device: str, amp: bool, batch: int, workers: int) -> dict:
+def bench(kind: str, n: int, device: str, amp: bool, batch: int | None, workers: int, sizes=None) -> dict:
     ck = model_checkpoint(kind)
     pred = Predictor(ck, device=device, amp=amp)
     batch = batch or pred.default_batch_size
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        folder = make_folder(tmp, n, SIZES if kind == "compact" or device != "cpu" else SIZES[:2])
+        folder = make_folder(tmp, n, sizes or (SIZES if kind == "compact" or device != "cpu" else SIZES[:2]))
         files = sorted(folder.iterdir())
         arrays = [np.asarray(Image.open(f).convert("RGB")) for f in files]
         pixels = sum(a.shape[0] * a.shape[1] for a in arrays)
@@ -125,12 +125,14 @@ def main() -> None:
     ap.add_argument("--amp", action="store_true")
     ap.add_argument("--batch-size", type=int, default=None, help="default: predict's (1 on CPU, 8 on GPU)")
     ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--size", help="one size for every image, HxW (e.g. 360x480); default: mixed sizes")
     ap.add_argument("--json", type=Path)
     a = ap.parse_args()
     rows = []
     for kind in (["compact", "vgg16"] if a.model == "both" else [a.model]):
         n = a.images if kind == "compact" else a.vgg_images
-        rows.append(bench(kind, n, a.device, a.amp, a.batch_size, a.workers))
+        sizes = [tuple(int(v) for v in a.size.lower().split("x"))] if a.size else None
+        rows.append(bench(kind, n, a.device, a.amp, a.batch_size, a.workers, sizes))
     hw = (torch.cuda.get_device_name() if a.device.startswith("cuda") else
           f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads")
