@@ -33,15 +33,15 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from .data import (
-    Augment, SegmentationDataset, find_class_file, load_pairs, mask_palette, median_frequency_weights,
-    read_class_file,
+    Augment, SegmentationDataset, detect_layout, find_class_file, load_pairs, mask_palette,
+    median_frequency_weights, read_class_file,
 )
-from .io import InputError, atomic_path
+from .io import InputError, atomic_path, remove_stale_temp
 from .metrics import confusion_matrix, scores
 from .model import ARCHS, FCN, FCNConfig
 from .predict import pick_device
 from .weights import (
-    CAMVID_CLASSES, CAMVID_PALETTE, IMAGENET, Checkpoint, Normalization, WeightsError, load_checkpoint,
+    CAMVID_CLASSES, CAMVID_PALETTE, IMAGENET, VOC_CLASSES, Checkpoint, Normalization, WeightsError, load_checkpoint,
     resolve_weights, save_checkpoint, vgg16_backbone_state, voc_palette,
 )
 
@@ -381,16 +381,26 @@ class Trainer:
                 return list(CAMVID_CLASSES)
             if init is not None and init.config.num_classes == cfg.num_classes:
                 return list(init.classes)
-            return [f"class_{i}" for i in range(cfg.num_classes)]
+            return self._voc_names(cfg.num_classes) or [f"class_{i}" for i in range(cfg.num_classes)]
         if init is not None:
             return list(init.classes)
         labels = [v for v in np.nonzero(counts)[0] if v != cfg.ignore_index]
         if not labels:
             raise InputError(f"{cfg.data}: every mask pixel is the ignore label {cfg.ignore_index}; check --ignore-index")
         n = int(labels[-1]) + 1
+        if (names := self._voc_names(n)) is not None:
+            return names
         self.log(f"classes: {n} inferred from the masks (largest label {n - 1}); "
                  "pass --classes FILE to name them or --num-classes if some never occur")
         return [f"class_{i}" for i in range(n)]
+
+    def _voc_names(self, n: int) -> list[str] | None:
+        """PASCAL VOC's 21 names for a VOC-layout folder with 21 classes and no class file."""
+        if n != len(VOC_CLASSES) or detect_layout(Path(self.cfg.data)) != "voc":
+            return None
+        self.log(f"classes: the 21 PASCAL VOC names (VOC layout, no classes file); "
+                 f"pass --classes FILE if {self.cfg.data} uses other classes")
+        return list(VOC_CLASSES)
 
     def _palette(self, names: list[str], init: Checkpoint | None) -> list[tuple[int, int, int]]:
         cfg, n = self.cfg, len(names)
@@ -742,6 +752,8 @@ class Trainer:
         cfg = self.cfg
         self.setup()
         if resume:
+            if self.is_main and (n := remove_stale_temp(self.out)):
+                self.log(f"removed {n} unfinished temporary file(s) of a killed run from {self.out}")
             self.resume(resume)
         if self.is_main:
             with atomic_path(self.out / "config.json") as tmp:

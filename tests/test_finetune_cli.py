@@ -179,3 +179,82 @@ def test_result_is_used_directly_by_predict_and_evaluate(tmp_path, capsys):
     report = json.loads(capsys.readouterr().out)
     # evaluate scores the saved model exactly as training's validation did
     assert report["summary"]["mean_iou"] == pytest.approx(ck.metadata["metrics"]["val_mean_iou"], abs=1e-9)
+
+
+def test_the_shipped_models_command_recreates_its_recorded_config(tmp_path, monkeypatch):
+    """The card's command, parsed by the real CLI, gives the TrainConfig stored in the shipped file."""
+    import shlex
+
+    from fcn_label.weights import resolve_weights
+
+    ck = load_checkpoint(resolve_weights(None))
+    command = ck.metadata["training_command"].split("&&")[-1].strip()
+    argv = shlex.split(command)
+    assert argv[0] == "fcn-label"
+    seen = {}
+
+    class Recorder:
+        def __init__(self, cfg, log, progress):
+            seen["cfg"] = cfg
+            self.best, self.epoch, self.step, self.total_steps = -1.0, 0, 0, 0
+
+        def run(self, resume=None):
+            return {}
+
+    monkeypatch.setattr(finetune_cli, "Trainer", Recorder)
+    monkeypatch.chdir(tmp_path)  # the command's relative --out lands here, if anything is written
+    assert _cli(argv[1:]) == 0
+    parsed = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(seen["cfg"]).items()}
+    parsed["arch"] = parsed["arch"] or "fcn8s"  # the trainer records the arch it built
+    parsed.pop("max_steps")
+    assert parsed == ck.metadata["train_config"]
+
+
+def _voc_folder(root: Path, top_label: int) -> Path:
+    for d in ("JPEGImages", "SegmentationClass"):
+        (root / d).mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i in range(2):
+        mask = np.zeros((32, 48), np.uint8)
+        mask[8:20, 10:30] = top_label if i else 1
+        mask[0, :] = 255
+        Image.fromarray(rng.integers(0, 255, (32, 48, 3), dtype=np.uint8)).save(root / "JPEGImages" / f"{i}.jpg")
+        Image.fromarray(mask, mode="L").save(root / "SegmentationClass" / f"{i}.png")
+    return root
+
+
+@pytest.mark.parametrize("top_label,num_classes,expect_voc", [(20, None, True), (5, 21, True), (5, None, False)])
+def test_voc_folder_without_class_file_gets_the_voc_names(tmp_path, top_label, num_classes, expect_voc):
+    from fcn_label.train import Trainer
+    from fcn_label.weights import VOC_CLASSES
+
+    from _synth import tiny_config
+
+    voc = _voc_folder(tmp_path / "VOC", top_label)
+    cfg = tiny_config(voc, tmp_path / "run", num_classes=num_classes, ignore_index=255)
+    logs = []
+    t = Trainer(cfg, log=logs.append)
+    t.setup()
+    if expect_voc:
+        assert t.classes == list(VOC_CLASSES)
+        assert any("PASCAL VOC names" in m for m in logs)
+    else:
+        assert t.classes == [f"class_{i}" for i in range(6)]
+
+
+def test_resume_removes_the_temporary_file_of_a_killed_checkpoint_write(tmp_path):
+    from fcn_label.io import _HOST
+    from fcn_label.train import Trainer
+
+    from _synth import tiny_config
+
+    data = write_list_dataset(tmp_path / "d", n=4)
+    Trainer(tiny_config(data, tmp_path / "run", epochs=1), log=lambda m: None).run()
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale = tmp_path / "run" / f".last.pt.abc123.{_HOST}~{int(dead.stdout)}.tmp"
+    stale.write_bytes(b"half a checkpoint")
+    logs = []
+    Trainer(tiny_config(data, tmp_path / "run", epochs=2), log=logs.append).run(resume=str(tmp_path / "run" / "last.pt"))
+    assert not stale.exists()
+    assert any("removed 1 unfinished temporary file" in m for m in logs)
+    assert (tmp_path / "run" / "last.pt").is_file()
