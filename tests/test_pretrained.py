@@ -40,3 +40,28 @@ def test_shipped_model_labels_camvid_val(camvid):
     # road, sky and building are most of every frame: the model must get them right
     for c in (0, 1, 3):
         assert s.iou[c] > 0.7, f"{CAMVID_CLASSES[c]} IoU {s.iou[c]:.3f}"
+
+
+def test_model_card_figures_are_what_evaluate_gives_on_camvid_val(camvid, tmp_path):
+    """The card's (and `fcn-label models`') figures = `fcn-label evaluate` on the full val split, now."""
+    import re
+
+    import pandas as pd
+
+    from fcn_label.cli import run_cli
+    from fcn_label.weights import PRETRAINED_DIR
+
+    with pytest.raises(SystemExit) as e:
+        run_cli(["evaluate", "--weights", DEFAULT_WEIGHTS, "--gt", str(camvid / "val.txt"), "--out", str(tmp_path / "report")])
+    assert e.value.code == 0
+    summary = pd.read_csv(tmp_path / "report" / "summary.csv").set_index("metric")["value"]
+    per_class = pd.read_csv(tmp_path / "report" / "per_class.csv")
+    stored = load_checkpoint(resolve_weights(None)).metadata["metrics"]
+    assert float(summary["mean_iou"]) == pytest.approx(stored["val_mean_iou"], abs=1e-5)
+    assert float(summary["pixel_accuracy"]) == pytest.approx(stored["val_pixel_accuracy"], abs=1e-5)
+    card = (PRETRAINED_DIR / "MODEL_CARD.md").read_text()
+    row = "| " + " | ".join(f"{100 * float(summary[k]):.2f}" for k in
+                            ("pixel_accuracy", "mean_accuracy", "mean_iou", "fw_iou")) + " |"
+    assert row in card, f"the card's metrics row should read {row}"
+    for _, r in per_class.iterrows():
+        assert re.search(rf"\| {r['class']} \| {100 * r['iou']:.2f} \|", card), f"card IoU of {r['class']}"
