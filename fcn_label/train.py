@@ -76,7 +76,7 @@ CHOICES = {
 }
 # Options that may change between a run and its --resume without a warning.
 RESUME_FREE = {"out", "workers", "threads", "device", "cache", "max_steps", "val_every", "val_every_steps",
-               "checkpoint_every_steps", "epochs"}
+               "checkpoint_every_steps", "epochs", "save_every"}
 
 
 @dataclass
@@ -134,6 +134,7 @@ class TrainConfig:
     threads: int = 0
     loss: str = "mean"  # "mean" per valid pixel, or the paper's unnormalised "sum"
     val_every_steps: int = 0
+    save_every: int = 1  # epochs between last.pt writes (also after each validation and at the end)
 
     def apply_preset(self, explicit: set[str]) -> None:
         """Fill preset values for every option the user did not set explicitly.
@@ -158,7 +159,7 @@ class TrainConfig:
             v = getattr(self, k)
             if v is not None and v not in allowed:
                 raise ValueError(f"unknown {k.replace('_', '-')} {v!r}; choose one of {', '.join(allowed)}")
-        for k in ("epochs", "batch_size", "accumulate", "val_every"):
+        for k in ("epochs", "batch_size", "accumulate", "val_every", "save_every"):
             if getattr(self, k) < 1:
                 raise ValueError(f"--{k.replace('_', '-')} must be at least 1, got {getattr(self, k)}")
         for k in ("checkpoint_every_steps", "val_every_steps", "max_steps", "workers", "threads", "warmup_epochs"):
@@ -740,12 +741,13 @@ class Trainer:
         row = {"epoch": self.epoch, "step": self.step, "loss": loss_sum / max(1, count),
                "lr": self.optimizer.param_groups[0]["lr"], "train_seconds": self.epoch_seconds}
         self.batch_in_epoch, self.loss_sum, self.loss_count, self.epoch_seconds = 0, 0.0, 0, 0.0
-        if cfg.val and (self.epoch % cfg.val_every == 0 or self.epoch == cfg.epochs):
+        validated = bool(cfg.val and (self.epoch % cfg.val_every == 0 or self.epoch == cfg.epochs))
+        if validated:
             t1 = time.time()
             row |= self.validate()
             row["val_seconds"] = time.time() - t1
         self.history.append(row)
-        self._save(row)
+        self._save(row, write_last=validated or self.epoch % cfg.save_every == 0 or self.epoch >= cfg.epochs)
         self.log(self._format(row))
 
     def run(self, resume: str | None = None) -> dict:
@@ -768,8 +770,8 @@ class Trainer:
                 dist.destroy_process_group()
         return self.history[-1] if self.history else {}
 
-    def _save(self, row: dict | None, epoch_loss: tuple[float, int] = (0.0, 0)) -> None:
-        """best.pt when validation improved, always last.pt, and the logs; rank 0 only."""
+    def _save(self, row: dict | None, epoch_loss: tuple[float, int] = (0.0, 0), write_last: bool = True) -> None:
+        """best.pt when validation improved, last.pt unless told not to, and the logs; rank 0 only."""
         if not self.is_main:
             return
         metrics = {k: v for k, v in (row or {}).items() if k.startswith("val_")}
@@ -778,7 +780,9 @@ class Trainer:
         if miou is not None and miou > self.best:
             self.best = miou
             save_checkpoint(self.checkpoint(best_model, metrics, train_state=False), self.out / "best.pt")
-        save_checkpoint(self.checkpoint(best_model, metrics, train_state=True, epoch_loss=epoch_loss), self.out / "last.pt")
+        if write_last:
+            save_checkpoint(self.checkpoint(best_model, metrics, train_state=True, epoch_loss=epoch_loss),
+                            self.out / "last.pt")
         if row is None:
             return
         with atomic_path(self.out / "log.csv") as tmp:

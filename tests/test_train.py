@@ -299,3 +299,23 @@ def test_loader_workers_and_channels_last_do_not_change_training(tmp_path):
     _assert_same_tensors(runs["workers"], runs["base"])
     _assert_same_tensors(runs["nhwc"], runs["base"], atol=1e-4)
     assert not torch.equal(runs["base"]["score_fr.weight"], torch.zeros_like(runs["base"]["score_fr.weight"]))
+
+
+def test_save_every_writes_last_pt_less_often_but_always_after_validation_and_at_the_end(tmp_path, monkeypatch):
+    import fcn_label.train as train_mod
+
+    data = write_list_dataset(tmp_path / "d", n=4)
+    val = write_list_dataset(tmp_path / "d", n=2, seed=1, name="val")
+    written = []
+    real = train_mod.save_checkpoint
+
+    def spy(ck, path, **kw):
+        if Path(path).name == "last.pt":
+            written.append(ck.train_state["epoch"])
+        return real(ck, path, **kw)
+
+    monkeypatch.setattr(train_mod, "save_checkpoint", spy)
+    t = Trainer(tiny_config(data, tmp_path / "run", val=str(val), epochs=7, save_every=3, val_every=5), log=lambda m: None)
+    t.run()
+    assert written == [3, 5, 6, 7]  # every 3rd epoch, after the validation at 5, and the last
+    assert len(t.history) == 7 and _train_state(tmp_path / "run" / "last.pt")["epoch"] == 7

@@ -154,6 +154,9 @@ def finetune(
     checkpoint_every: int = typer.Option(_DEFAULT["checkpoint_every_steps"], "--checkpoint-every", help="Also write "
                                          "last.pt every N optimiser steps inside an epoch, so a killed run loses at "
                                          "most N steps; 0 = at epoch ends only."),
+    save_every: int = typer.Option(_DEFAULT["save_every"], "--save-every", help="Write last.pt every N epochs (and "
+                                   "after each validation and at the end); raise it when an epoch is short next to "
+                                   "writing the checkpoint, as for full VGG16 on a GPU. A stop loses at most N-1 epochs."),
     workers: int = typer.Option(_DEFAULT["workers"], "--workers", "-j", help="Data loading processes (0 = in the "
                                 "training process)."),
     seed: int = typer.Option(_DEFAULT["seed"], "--seed", help="Seed of initialisation, sample order, augmentation "
