@@ -49,8 +49,9 @@ def test_help_explains_every_option_and_shows_examples(capsys, monkeypatch):
     assert "paper preset 0.0001; modern preset 0.002" in out  # preset-dependent defaults are spelled out
 
 
-def test_the_documented_camvid_command_is_the_background_run_config(tmp_path, monkeypatch):
-    """README's CamVid command == runs/launch_camvid.py's TrainConfig (modern preset), field for field."""
+@pytest.fixture
+def parsed_config(monkeypatch):
+    """Run the finetune CLI with a stand-in Trainer; return the TrainConfig it would have trained with."""
     seen = {}
 
     class Recorder:
@@ -62,20 +63,44 @@ def test_the_documented_camvid_command_is_the_background_run_config(tmp_path, mo
             return {}
 
     monkeypatch.setattr(finetune_cli, "Trainer", Recorder)
-    out = str(tmp_path / "camvid")
-    assert _cli(["finetune", "../shared/data/camvid/train.txt", "--val", "../shared/data/camvid/val.txt",
-                 "--num-classes", "11", "--ignore-index", "11", "--epochs", "100", "--val-every", "3",
-                 "--out", out]) == 0
-    launch = TrainConfig(data="../shared/data/camvid/train.txt", val="../shared/data/camvid/val.txt", out=out,
-                         ignore_index=11, num_classes=11, epochs=100, val_every=3, seed=0)
-    launch.apply_preset(set())
-    assert asdict(seen["cfg"]) == asdict(launch)
 
-    # an explicit option beats the preset, the rest still comes from it
-    assert _cli(["finetune", "x.txt", "--preset", "paper", "--lr", "0.001", "--out", str(tmp_path / "p")]) == 0
-    cfg = seen["cfg"]
+    def parse(argv: list[str]) -> TrainConfig:
+        assert _cli(argv) == 0
+        return seen["cfg"]
+
+    return parse
+
+
+def _shipped_recipe() -> dict:
+    from fcn_label.weights import resolve_weights
+
+    return load_checkpoint(resolve_weights(None)).metadata["train_config"]
+
+
+# where a run reads and writes and what hardware it uses: not part of the recipe
+NOT_RECIPE = {"data", "val", "out", "workers", "cache", "device", "amp", "channels_last", "threads", "max_steps",
+              "save_every"}
+
+
+def test_readmes_camvid_command_is_the_shipped_models_recipe(parsed_config, tmp_path):
+    """The CPU command the README gives for CamVid trains what the shipped file records, option for option."""
+    import shlex
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    start = readme.index("fcn-label finetune ../shared/data/camvid/train.txt")
+    line = readme[start:readme.index("\n", readme.index("--num-classes 11", start))].replace("\\\n", " ")
+    argv = shlex.split(line)[1:] + ["--out", str(tmp_path / "camvid")]
+    cfg = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(parsed_config(argv)).items()}
+    cfg["arch"] = cfg["arch"] or "fcn8s"  # the trainer records the arch it built
+    recipe = _shipped_recipe()
+    assert {k: cfg[k] for k in recipe if k not in NOT_RECIPE} == {k: v for k, v in recipe.items() if k not in NOT_RECIPE}
+
+
+def test_an_explicit_option_beats_the_preset(parsed_config, tmp_path):
+    cfg = parsed_config(["finetune", "x.txt", "--preset", "paper", "--lr", "0.001", "--out", str(tmp_path / "p")])
     assert (cfg.lr, cfg.optimizer, cfg.momentum, cfg.width, cfg.batch_norm) == (1e-3, "sgd", 0.9, 1.0, False)
-
+    cfg = parsed_config(["finetune", "x.txt", "--out", str(tmp_path / "m")])
+    assert (cfg.preset, cfg.optimizer, cfg.lr, cfg.width) == ("modern", "adamw", 2e-3, 0.25)
 
 @pytest.mark.parametrize("args, message", [
     (["--preset", "fast"], "unknown preset 'fast'; choose one of paper, modern"),
@@ -181,30 +206,17 @@ def test_result_is_used_directly_by_predict_and_evaluate(tmp_path, capsys):
     assert report["summary"]["mean_iou"] == pytest.approx(ck.metadata["metrics"]["val_mean_iou"], abs=1e-9)
 
 
-def test_the_shipped_models_command_recreates_its_recorded_config(tmp_path, monkeypatch):
+def test_the_shipped_models_command_recreates_its_recorded_config(parsed_config, tmp_path, monkeypatch):
     """The card's command, parsed by the real CLI, gives the TrainConfig stored in the shipped file."""
     import shlex
 
     from fcn_label.weights import resolve_weights
 
     ck = load_checkpoint(resolve_weights(None))
-    command = ck.metadata["training_command"].split("&&")[-1].strip()
-    argv = shlex.split(command)
+    argv = shlex.split(ck.metadata["training_command"].split("&&")[-1].strip())
     assert argv[0] == "fcn-label"
-    seen = {}
-
-    class Recorder:
-        def __init__(self, cfg, log, progress):
-            seen["cfg"] = cfg
-            self.best, self.epoch, self.step, self.total_steps = -1.0, 0, 0, 0
-
-        def run(self, resume=None):
-            return {}
-
-    monkeypatch.setattr(finetune_cli, "Trainer", Recorder)
     monkeypatch.chdir(tmp_path)  # the command's relative --out lands here, if anything is written
-    assert _cli(argv[1:]) == 0
-    parsed = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(seen["cfg"]).items()}
+    parsed = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(parsed_config(argv[1:])).items()}
     parsed["arch"] = parsed["arch"] or "fcn8s"  # the trainer records the arch it built
     parsed.pop("max_steps")
     recorded = ck.metadata["train_config"]
