@@ -107,10 +107,40 @@ def test_kill_9_mid_run_then_rerun_equals_uninterrupted(job, capsys):
     assert_same_outputs(out, ref)
 
 
+def launch_together(root: Path, out: Path, n: int = 2) -> list[subprocess.Popen]:
+    """``n`` predict processes that import everything first, then start at one signal.
+
+    Python and torch take seconds to import while the tiny model labels the 40
+    images in about one, so processes started one after the other need not overlap.
+    """
+    gate = root / "gate"
+    gate.mkdir(exist_ok=True)
+    go = gate / "go"
+    go.unlink(missing_ok=True)
+    procs = []
+    for i in range(n):
+        ready = gate / f"ready{i}"
+        ready.unlink(missing_ok=True)
+        code = ("import sys, time, pathlib\n"
+                "from fcn_label.cli import main\n"
+                f"pathlib.Path({str(ready)!r}).touch()\n"
+                f"while not pathlib.Path({str(go)!r}).exists(): time.sleep(0.005)\n"
+                f"sys.argv = ['fcn-label', *{args(root, out) + ['--workers', '1']!r}]\n"
+                "main()\n")
+        procs.append(subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                      text=True, env=ENV, start_new_session=True))
+    deadline = time.time() + 120
+    while not all((gate / f"ready{i}").exists() for i in range(n)):
+        assert time.time() < deadline and all(p.poll() is None for p in procs), "a predict process did not start"
+        time.sleep(0.01)
+    go.touch()
+    return procs
+
+
 def test_two_runs_on_one_output_folder_at_once(job):
     root, ref = job
     out = root / "shared_out"
-    a, b = launch(root, out), launch(root, out)
+    a, b = launch_together(root, out)
     for p in (a, b):
         p.wait(timeout=300)
     done = []
