@@ -265,3 +265,28 @@ def test_cli_classes_file_names_and_colours_a_bare_state_dict(tmp_path, capsys):
     coco = json.loads((tmp_path / "out" / "predictions.json").read_text())
     assert [c["name"] for c in coco["categories"]] == ["ground", "sky blue", "thing"]
     assert Image.open(tmp_path / "out" / "img0.png").getpalette()[:9] == [1, 2, 3, 4, 5, 6, 7, 8, 9]
+
+
+@pytest.mark.parametrize("padding,bn", [("caffe", False), ("same", True)])
+def test_flip_averages_the_image_and_its_mirror(padding, bn):
+    ck = make_checkpoint(padding, bn)
+    imgs = [rand_image(37, 53, 0), rand_image(37, 53, 1), rand_image(64, 48, 2)]
+    pred = Predictor(ck, device="cpu", flip=True)
+    out = pred.predict_arrays(imgs, batch_size=2)
+    # reference: two plain forward passes, softmax, mirror the second back, average
+    m = ck.build()
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    for img, p in zip(imgs, out):
+        x = (torch.from_numpy(img.copy()).permute(2, 0, 1).float()[None] / 255.0 - mean) / std
+        with torch.no_grad():
+            ref = (torch.softmax(m(x), 1) + torch.softmax(m(x.flip(-1)), 1).flip(-1)) / 2
+        conf, labels = ref.max(1)
+        assert (p.labels == labels[0].numpy()).mean() >= 0.999
+        # NHWC vs NCHW summation order: a near-tie pixel of this random net may move a little
+        assert (np.abs(p.confidence - conf[0].numpy()) < 1e-4).mean() >= 0.999
+    # the averaged prediction of a mirrored image is the mirrored prediction
+    mirrored = pred.predict_arrays([np.ascontiguousarray(imgs[0][:, ::-1])])[0]
+    assert (mirrored.labels == out[0].labels[:, ::-1]).mean() >= 0.999
+    plain = Predictor(ck, device="cpu").predict_arrays(imgs[:1])[0]
+    assert not np.allclose(plain.confidence, out[0].confidence)  # flip did change something

@@ -84,6 +84,8 @@ def evaluate(
     fmt: str = typer.Option("table", "--format", "-f", help="Terminal output: table (rich tables) or json (one JSON "
                             "document on stdout: summary, per-class figures, absent classes, failures)."),
     device: str = typer.Option("auto", help="With --weights: auto (CUDA when available, else CPU), cpu or cuda:N."),
+    flip: bool = typer.Option(False, "--flip", help="With --weights: also predict each mirrored image and average "
+                              "(as predict --flip)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Score predicted masks against ground truth with the FCN paper's metrics.
@@ -106,6 +108,8 @@ def evaluate(
         raise fail("give exactly one of --pred (masks or COCO JSON to score) and --weights (predict, then score)")
     if out is not None and out.exists() and not out.is_dir():
         raise fail(f"--out {out}: exists and is not a folder; give a folder for the report")
+    if flip and weights is None:
+        raise fail("--flip changes how a model predicts: use it with --weights (or predict --flip, then --pred)")
     ck = None
     if weights is not None:
         from ..weights import load_checkpoint, resolve_weights
@@ -118,7 +122,7 @@ def evaluate(
     if ck is not None:
         from ..predict import Predictor
 
-        predictor = Predictor(ck, device=device)
+        predictor = Predictor(ck, device=device, flip=flip)
         source = ev.ModelPredictions(predictor, {k: it.image for k, it in truth.items.items() if it.image is not None})
         if not source.images:
             raise fail(f"--gt {gt}: no images to predict on; give the image folder with --images")

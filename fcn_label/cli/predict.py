@@ -47,6 +47,8 @@ def predict(
     workers: int = typer.Option(1, min=0, help="Background processes decoding images (0 = decode in the main process). One keeps a 2-core CPU busiest; raise it on bigger machines and GPUs."),
     device: str = typer.Option("auto", help="auto (CUDA when available, else CPU), cpu, cuda or cuda:N."),
     amp: bool = typer.Option(False, "--amp", help="Mixed precision (float16 autocast) on CUDA; ignored on CPU."),
+    flip: bool = typer.Option(False, "--flip", help="Test-time augmentation: average the predictions of each image "
+                              "and its mirror image; about twice as slow, slightly better masks (see README)."),
     tile: int = typer.Option(0, min=0, help="Tile size in pixels for sliding-window inference; 0 = only tile "
                              "images above --tile-threshold pixels (with 1024-pixel tiles)."),
     tile_overlap: float = typer.Option(0.25, min=0.0, max=0.9, help="Fraction of a tile shared with its neighbour; "
@@ -89,7 +91,7 @@ def predict(
     if gt is not None and not gt.is_dir():
         raise fail(f"--gt {gt}: folder not found; give the folder of ground-truth masks")
     predictor = Predictor(ck, device=device, amp=amp, tile=tile or None, tile_overlap=tile_overlap,
-                          tile_threshold=tile_threshold)
+                          tile_threshold=tile_threshold, flip=flip)
     if amp and predictor.device.type != "cuda":
         console.print("[yellow]note:[/] --amp only applies on CUDA; running in float32 on the CPU")
     items, problems = discover(inputs, out)
