@@ -77,6 +77,13 @@ def _shipped_recipe() -> dict:
     return load_checkpoint(resolve_weights(None)).metadata["train_config"]
 
 
+def _as_recorded(cfg: TrainConfig) -> dict:
+    """A parsed config as a checkpoint's config.json holds it: lists, and the arch the trainer built."""
+    d = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(cfg).items()}
+    d["arch"] = d["arch"] or "fcn8s"
+    return d
+
+
 # where a run reads and writes and what hardware it uses: not part of the recipe
 NOT_RECIPE = {"data", "val", "out", "workers", "cache", "device", "amp", "channels_last", "threads", "max_steps",
               "save_every"}
@@ -90,8 +97,7 @@ def test_readmes_camvid_command_is_the_shipped_models_recipe(parsed_config, tmp_
     start = readme.index("fcn-label finetune ../shared/data/camvid/train.txt")
     line = readme[start:readme.index("\n", readme.index("--num-classes 11", start))].replace("\\\n", " ")
     argv = shlex.split(line)[1:] + ["--out", str(tmp_path / "camvid")]
-    cfg = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(parsed_config(argv)).items()}
-    cfg["arch"] = cfg["arch"] or "fcn8s"  # the trainer records the arch it built
+    cfg = _as_recorded(parsed_config(argv))
     recipe = _shipped_recipe()
     assert {k: cfg[k] for k in recipe if k not in NOT_RECIPE} == {k: v for k, v in recipe.items() if k not in NOT_RECIPE}
 
@@ -216,8 +222,7 @@ def test_the_shipped_models_command_recreates_its_recorded_config(parsed_config,
     argv = shlex.split(ck.metadata["training_command"].split("&&")[-1].strip())
     assert argv[0] == "fcn-label"
     monkeypatch.chdir(tmp_path)  # the command's relative --out lands here, if anything is written
-    parsed = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(parsed_config(argv[1:])).items()}
-    parsed["arch"] = parsed["arch"] or "fcn8s"  # the trainer records the arch it built
+    parsed = _as_recorded(parsed_config(argv[1:]))
     parsed.pop("max_steps")
     recorded = ck.metadata["train_config"]
     assert {k: parsed[k] for k in recorded} == recorded
