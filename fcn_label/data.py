@@ -94,6 +94,10 @@ def pairs_from_voc(root: Path, split: str | None = None) -> tuple[list[Pair], li
 
 
 def detect_layout(path: Path) -> str:
+    from .datasets_ext import detect as detect_corrections  # annotation-tool exports (issue 13)
+
+    if (ext := detect_corrections(path)) is not None:
+        return ext
     if path.is_file() and path.suffix.lower() == ".json":
         return "coco"
     if path.is_file():
@@ -104,7 +108,8 @@ def detect_layout(path: Path) -> str:
         return "folders"
     raise InputError(
         f"{path}: cannot tell the dataset layout; expected a VOC folder (JPEGImages/ + SegmentationClass/), "
-        "a folder with images/ + masks/, a list file of 'image mask' lines, or a COCO .json"
+        "a folder with images/ + masks/, a list file of 'image mask' lines, a COCO .json, "
+        "a Label Studio JSON export, a CVAT 'Segmentation mask 1.1' folder or zip, or a folder of LabelMe .json files"
     )
 
 
@@ -314,6 +319,12 @@ def load_pairs(source: Path, images: Path | None = None, split: str | None = Non
     if not source.exists():
         raise InputError(f"{source}: not found; give a VOC folder, images/+masks/ folder, list file or COCO JSON")
     layout = detect_layout(source)
+    if layout in ("labelstudio", "cvat", "labelme"):  # corrections from annotation tools (issue 13)
+        from .datasets_ext import open_corrections
+
+        corr = open_corrections(source, layout, ignore_index)
+        pairs, problems = corr.pairs(images)
+        return pairs, problems, corr
     if layout == "coco":
         coco = CocoRasteriser(source, ignore_index)
         pairs, problems = coco.pairs(images or source.parent / "images")

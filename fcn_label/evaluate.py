@@ -134,7 +134,17 @@ class GroundTruth:
         if split and not is_voc:
             raise InputError(f"--split {split}: only applies to a VOC root (JPEGImages/ + SegmentationClass/ + "
                              f"ImageSets/Segmentation/), and {source} is not one; drop --split")
-        if source.is_file() and source.suffix.lower() == ".json":
+        from .datasets_ext import detect as detect_corrections, open_corrections  # issue 13
+
+        if not split and (ext := detect_corrections(source)) is not None:
+            from .datasets_ext._base import find_image
+
+            self.layout = ext
+            self.coco = open_corrections(source, ext, ignore_index)
+            self.problems = list(self.coco.problems)
+            items = {k: GtItem(k, None, (find_image(images, k, e) if images is not None else None) or e.image)
+                     for k, e in self.coco.entries.items()}
+        elif source.is_file() and source.suffix.lower() == ".json":
             self.layout = "coco"
             self.coco = CocoRasteriser(source, ignore_index)
             root = images or source.parent / "images"

@@ -1,0 +1,43 @@
+"""`fcn-label export`: predicted masks to CVAT, Label Studio or LabelMe for correction."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from ._common import app, console, fail
+
+
+@app.command("export")
+def export_cmd(
+    pred_dir: Path = typer.Argument(..., help="The --out folder of `fcn-label predict` (masks, predictions.json, records)."),
+    fmt: str = typer.Option(..., "--format", "-f", help="cvat (Segmentation mask 1.1 folder + zip), labelstudio "
+                            "(BrushLabels config + tasks with RLE pre-annotations) or labelme (polygons per image)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Folder to write; nothing is written elsewhere."),
+    images: Optional[Path] = typer.Option(None, "--images", help="Root of the photos, when they moved since predict "
+                                          "(looked up by the mask's relative name). Used by labelme and labelstudio."),
+    only: Optional[Path] = typer.Option(None, "--only", help="List file (one input path or relative name per line, "
+                                        "as `select` writes): export just these images."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Redo images already exported in --out (default: skip them)."),
+    tolerance: float = typer.Option(1.0, "--tolerance", min=0.0, help="labelme: polygon simplification in pixels "
+                                    "(Douglas-Peucker); 0 keeps every boundary pixel."),
+    url_prefix: Optional[str] = typer.Option(None, "--url-prefix", help="labelstudio: prefix of each task's image "
+                                             "URL (default '/data/local-files/?d=', Label Studio's local file serving)."),
+) -> None:
+    """Write predicted masks in an annotation tool's format, so people can correct them."""
+    from ..export import FORMATS, export
+
+    if fmt not in FORMATS:
+        raise fail(f"--format {fmt!r}: unknown; choose one of {', '.join(FORMATS)}")
+    res, folder, problems = export(pred_dir, fmt, out, images=images, only=only, overwrite=overwrite,
+                                   tolerance=tolerance, url_prefix=url_prefix)
+    for p in problems:
+        console.print(f"[yellow]warning:[/] {p}", soft_wrap=True, markup=False)
+    for _, msg in res.failed:
+        console.print(f"[red]failed:[/] {msg}", soft_wrap=True, markup=False)
+    console.print(f"export {fmt}: {res.written} written, {res.skipped} already done, {len(res.failed)} failed, "
+                  f"{len(folder.classes)} classes -> {out}", soft_wrap=True, markup=False)
+    if res.failed:
+        raise typer.Exit(1)

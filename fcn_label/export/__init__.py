@@ -1,0 +1,49 @@
+"""Export predicted masks to annotation tools (CVAT, Label Studio, LabelMe) for people to correct.
+
+The corrected files come back through :mod:`fcn_label.datasets_ext`.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from ..io import InputError
+from .common import ExportResult, PredFolder, read_only_list, read_pred_folder  # noqa: F401
+
+FORMATS = ("cvat", "labelstudio", "labelme")
+
+
+def export(pred_dir: str | os.PathLike, fmt: str, out: str | os.PathLike, images: str | os.PathLike | None = None,
+           only: str | os.PathLike | None = None, overwrite: bool = False, tolerance: float = 1.0,
+           url_prefix: str | None = None, on_progress=None) -> tuple[ExportResult, PredFolder, list[str]]:
+    """Export PRED_DIR's masks in ``fmt`` under ``out``; returns the result, the folder and problem lines."""
+    if fmt not in FORMATS:
+        raise InputError(f"--format {fmt!r}: unknown; choose one of {', '.join(FORMATS)}")
+    pred_dir, out = Path(pred_dir), Path(out)
+    images = Path(images) if images else None
+    if images is not None and not images.is_dir():
+        raise InputError(f"--images {images}: folder not found; check the path")
+    if out.resolve() == pred_dir.resolve() or pred_dir.resolve() in out.resolve().parents:
+        raise InputError(f"--out {out}: inside the predict folder {pred_dir}; choose a folder outside it")
+    folder = read_pred_folder(pred_dir)
+    problems = list(folder.problems)
+    items = folder.items
+    if only is not None:
+        items, more = read_only_list(only, folder)
+        problems += more
+    if not items:
+        raise InputError(f"{pred_dir}: no predicted images to export" + (f" ({problems[0]})" if problems else ""))
+    if fmt == "cvat":
+        from .cvat import export_cvat
+        res = export_cvat(folder, out, items, overwrite=overwrite, on_progress=on_progress)
+    elif fmt == "labelme":
+        from .labelme import export_labelme
+        res = export_labelme(folder, out, items, images=images, overwrite=overwrite, tolerance=tolerance,
+                             on_progress=on_progress)
+    else:
+        from .labelstudio import DEFAULT_URL_PREFIX, export_labelstudio
+        res = export_labelstudio(folder, out, items, images=images, overwrite=overwrite,
+                                 url_prefix=DEFAULT_URL_PREFIX if url_prefix is None else url_prefix,
+                                 on_progress=on_progress)
+    return res, folder, problems

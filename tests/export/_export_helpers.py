@@ -1,0 +1,39 @@
+"""Helpers for the export tests: independent readers of predict's outputs."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "fcn_label", *args], capture_output=True, text=True,
+                          cwd=cwd or REPO, timeout=600)
+
+
+def masks(pred: Path) -> dict[str, np.ndarray]:
+    """Predict's masks, read with PIL directly (palette PNG: pixel value = class index)."""
+    out = {}
+    for p in sorted(pred.glob("*.png")):
+        with Image.open(p) as im:
+            assert im.mode == "P"
+            out[p.stem] = np.array(im)
+    return out
+
+
+def classes(pred: Path) -> list[str]:
+    cats = json.loads((pred / "predictions.json").read_text())["categories"]
+    return [c["name"] for c in sorted(cats, key=lambda c: c["id"])]
+
+
+def palette(pred: Path) -> list[tuple[int, int, int]]:
+    with Image.open(next(pred.glob("*.png"))) as im:
+        pal = im.getpalette()
+    return [tuple(pal[i:i + 3]) for i in range(0, len(pal), 3)]
