@@ -21,10 +21,14 @@ def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
 def masks(pred: Path) -> dict[str, np.ndarray]:
     """Predict's masks, read with PIL directly (palette PNG: pixel value = class index)."""
     out = {}
-    for p in sorted(pred.glob("*.png")):
+    for p in sorted(pred.rglob("*.png")):
+        rel = p.relative_to(pred)
+        if rel.parts[0].startswith(".") or rel.parts[0] in ("overlays", "confidence"):
+            continue
         with Image.open(p) as im:
             assert im.mode == "P"
-            out[p.stem] = np.array(im)
+            out[rel.with_suffix("").as_posix()] = np.array(im)
+    assert out, f"no masks in {pred}"
     return out
 
 
@@ -34,6 +38,6 @@ def classes(pred: Path) -> list[str]:
 
 
 def palette(pred: Path) -> list[tuple[int, int, int]]:
-    with Image.open(next(pred.glob("*.png"))) as im:
+    with Image.open(next(p for p in pred.rglob("*.png") if ".fcn-label" not in p.parts)) as im:
         pal = im.getpalette()
     return [tuple(pal[i:i + 3]) for i in range(0, len(pal), 3)]
