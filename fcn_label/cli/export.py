@@ -39,5 +39,5 @@ def export_cmd(
         console.print(f"[red]failed:[/] {msg}", soft_wrap=True, markup=False)
     console.print(f"export {fmt}: {res.written} written, {res.skipped} already done, {len(res.failed)} failed, "
                   f"{len(folder.classes)} classes -> {out}", soft_wrap=True, markup=False)
-    if res.failed:
+    if res.failed or problems:  # as predict: exit 1 when an image could not be exported
         raise typer.Exit(1)

@@ -80,8 +80,9 @@ def finetune(
                                       "accuracy and mean IU after every --val-every epochs. Without it no best.pt."),
     out: str = typer.Option(_DEFAULT["out"], "--out", "-o", help="Run folder: best.pt, last.pt, log.csv, log.json, "
                             "config.json. Nothing is written anywhere else."),
-    images: Optional[str] = typer.Option(None, "--images", help="COCO only: the image folder (default: images/ "
-                                         "beside the JSON)."),
+    images: Optional[str] = typer.Option(None, "--images", help="COCO, Label Studio, CVAT or LabelMe data: "
+                                         "the image folder, photos found by the mask's relative name (default: images/ "
+                                         "beside a COCO JSON; the images the annotation files point to)."),
     split: Optional[str] = typer.Option(None, "--split", help="VOC only: use ImageSets/Segmentation/SPLIT.txt "
                                         "(default: every mask in SegmentationClass/)."),
     val_split: Optional[str] = typer.Option(None, "--val-split", help="VOC only: the split of --val."),

@@ -24,9 +24,9 @@ def export(pred_dir: str | os.PathLike, fmt: str, out: str | os.PathLike, images
     images = Path(images) if images else None
     if images is not None and not images.is_dir():
         raise InputError(f"--images {images}: folder not found; check the path")
+    folder = read_pred_folder(pred_dir)
     if out.resolve() == pred_dir.resolve() or pred_dir.resolve() in out.resolve().parents:
         raise InputError(f"--out {out}: inside the predict folder {pred_dir}; choose a folder outside it")
-    folder = read_pred_folder(pred_dir)
     problems = list(folder.problems)
     items = folder.items
     if only is not None:

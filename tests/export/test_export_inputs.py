@@ -1,0 +1,80 @@
+"""Export's handling of damaged predict folders, moved photos and list files."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import urllib.parse
+from pathlib import Path
+
+import pytest
+
+from fcn_label.export import export
+from fcn_label.io import InputError
+
+from _export_helpers import masks, run_cli
+
+
+def test_damaged_records_are_one_line_each_and_the_rest_is_exported(pred_copy, tmp_path):
+    keys = sorted(masks(pred_copy))
+    rec = pred_copy / ".fcn-label/records"
+    (rec / f"{keys[0]}.json").write_text("{broken")
+    r = json.loads((rec / f"{keys[1]}.json").read_text())
+    del r["width"]
+    (rec / f"{keys[1]}.json").write_text(json.dumps(r))
+    res = run_cli("export", str(pred_copy), "--format", "cvat", "--out", str(tmp_path / "cvat"))
+    assert res.returncode == 1 and "Traceback" not in res.stderr
+    lines = res.stderr.strip().splitlines()
+    assert any(f"{keys[0]}.json: malformed JSON" in l for l in lines)
+    assert any(f"{keys[1]}.json: field 'width'" in l for l in lines)
+    assert "1 written" in lines[-1]
+    assert [p.stem for p in (tmp_path / "cvat/SegmentationClass").glob("*.png")] == [keys[2]]
+
+
+def test_bad_categories_is_one_line_naming_the_field(pred_copy, tmp_path):
+    pj = pred_copy / "predictions.json"
+    d = json.loads(pj.read_text())
+    d["categories"] = [{"name": "x"}]
+    pj.write_text(json.dumps(d))
+    r = run_cli("export", str(pred_copy), "--format", "labelme", "--out", str(tmp_path / "lm"))
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "predictions.json: field 'categories'" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    r = run_cli("export", str(tmp_path), "--format", "nope", "--out", str(tmp_path / "x"))
+    assert r.returncode == 2 and "cvat, labelstudio, labelme" in r.stderr
+    r = run_cli("export", str(tmp_path), "--format", "cvat", "--out", str(tmp_path / "x"))
+    assert r.returncode == 2 and "give the --out folder of `fcn-label predict`" in r.stderr
+    assert not (tmp_path / "x").exists()
+
+
+def test_moved_photos_are_found_with_images(pred_dir, tmp_path):
+    pytest.importorskip("cv2")
+    pytest.importorskip("label_studio_sdk")
+    moved = tmp_path / "archive" / "photos"
+    shutil.copytree(pred_dir.parent / "photos", moved)
+    keys = sorted(masks(pred_dir))
+    export(pred_dir, "labelme", tmp_path / "lm", images=moved)
+    for k in keys:
+        doc = json.loads((tmp_path / f"lm/{k}.json").read_text())
+        assert (tmp_path / "lm" / doc["imagePath"]).resolve() == (moved / f"{k}.png").resolve()
+    export(pred_dir, "labelstudio", tmp_path / "ls", images=moved)
+    tasks = json.loads((tmp_path / "ls/tasks.json").read_text())
+    for t in tasks:
+        url = t["data"]["image"]
+        assert url.startswith("/data/local-files/?d=")
+        assert urllib.parse.unquote(url.split("?d=", 1)[1]) == f"{t['data']['fcn_label_key']}.png"
+    with pytest.raises(InputError, match="--images .*: folder not found"):
+        export(pred_dir, "labelme", tmp_path / "lm2", images=tmp_path / "nowhere")
+    (moved / f"{keys[0]}.png").unlink()
+    res, _, _ = export(pred_dir, "labelme", tmp_path / "lm3", images=moved)
+    assert res.written == 2 and len(res.failed) == 1 and f"no image {keys[0]}.*" in res.failed[0][1]
+
+
+def test_out_inside_the_predict_folder_is_refused(pred_dir, tmp_path):
+    with pytest.raises(InputError, match="inside the predict folder"):
+        export(pred_dir, "cvat", pred_dir / "cvat")
+    assert not (pred_dir / "cvat").exists()
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "mine.txt").write_text("x")
+    with pytest.raises(InputError, match="not empty and not an fcn-label export"):
+        export(pred_dir, "cvat", tmp_path / "full")
+    assert sorted(p.name for p in (tmp_path / "full").iterdir()) == ["mine.txt"]
