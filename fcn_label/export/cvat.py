@@ -88,8 +88,9 @@ def export_cvat(folder: PredFolder, out: str | os.PathLike, items: Sequence[Pred
         write_bytes_atomic(cls_path(it), _png(lut[labels], "RGB"))  # last: its presence means done
 
     run_items(items, lambda it: (out / f"SegmentationClass/{it.rel}.png").is_file(), work, overwrite, res, on_progress)
-    failed = {f for f, _ in res.failed}
-    ok = [it for it in items if str(it.mask) not in failed and (out / f"SegmentationClass/{it.rel}.png").is_file()]
+    # everything exported so far into this folder (earlier --only runs included), in predict's order
+    ok = [it for it in folder.items if (out / f"SegmentationClass/{it.rel}.png").is_file()
+          and (out / f"SegmentationObject/{it.rel}.png").is_file()]
     write_text_atomic(guard("labelmap.txt"), labelmap)
     write_text_atomic(guard(f"ImageSets/Segmentation/{SUBSET}.txt"), "".join(f"{it.rel}\n" for it in ok))
     write_text_atomic(guard(MANIFEST), json.dumps({"format": "cvat", "source": str(folder.root), "model": folder.model,

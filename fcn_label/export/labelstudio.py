@@ -96,11 +96,10 @@ def export_labelstudio(folder: PredFolder, out: str | os.PathLike, items: Sequen
         write_text_atomic(guard(f"tasks/{it.rel}.json"), json.dumps(task))
 
     run_items(items, lambda it: task_path(it).is_file(), work, overwrite, res, on_progress)
-    failed = {f for f, _ in res.failed}
-    tasks = []
-    for it in items:
+    tasks = []  # everything exported so far into this folder (earlier --only runs included)
+    for it in folder.items:
         p = task_path(it)
-        if str(it.mask) not in failed and p.is_file():
+        if p.is_file():
             tasks.append(json.loads(p.read_text(encoding="utf-8")))
     write_text_atomic(guard(CONFIG_FILE), labelling_config(folder.classes, folder.palette))
     write_text_atomic(guard(TASKS_FILE), json.dumps(tasks))

@@ -13,9 +13,21 @@ from PIL import Image
 REPO = Path(__file__).resolve().parents[2]
 
 
-def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "fcn_label", *args], capture_output=True, text=True,
-                          cwd=cwd or REPO, timeout=600)
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    """The CLI in this process (saves a torch import per call); stdout/stderr captured, exit status kept."""
+    import contextlib
+    import io
+
+    from fcn_label.cli import run_cli as _run
+
+    out, err = io.StringIO(), io.StringIO()
+    code = 0
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            _run(list(args))
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    return subprocess.CompletedProcess(["fcn-label", *args], code, out.getvalue(), err.getvalue())
 
 
 def masks(pred: Path) -> dict[str, np.ndarray]:

@@ -150,3 +150,15 @@ def test_only_exports_the_listed_images(pred_dir, tmp_path):
     lst.write_text("nope.png\n")
     with pytest.raises(InputError, match="not among the predicted images"):
         export(pred_dir, "cvat", tmp_path / "cvat2", only=lst)
+
+
+def test_a_second_only_run_adds_to_the_export(pred_dir, tmp_path):
+    keys = sorted(masks(pred_dir))
+    for i, k in enumerate(keys[:2]):
+        (tmp_path / f"l{i}.txt").write_text(f"{k}\n")
+        res, _, _ = export(pred_dir, "cvat", tmp_path / "cvat", only=tmp_path / f"l{i}.txt")
+        assert res.written == 1
+    assert (tmp_path / "cvat/ImageSets/Segmentation/default.txt").read_text().split() == keys[:2]
+    with zipfile.ZipFile(tmp_path / "cvat/cvat.zip") as z:
+        assert sorted(n for n in z.namelist() if n.startswith("SegmentationClass/")) == \
+            [f"SegmentationClass/{k}.png" for k in keys[:2]]
