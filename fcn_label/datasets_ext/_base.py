@@ -35,8 +35,9 @@ class Corrections:
     source: Path
     class_names: list[str]
     entries: dict[str, Entry]
-    problems: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)  # files or fields that could not be used
     ignore_index: int = 255
+    notes: list[str] = field(default_factory=list)  # how something was read (not an error): shown as warnings
 
     @property
     def images(self) -> dict[str, dict]:
@@ -64,7 +65,7 @@ class Corrections:
         return m
 
     def pairs(self, image_root: Path | None) -> tuple[list[Pair], list[str]]:
-        pairs, problems = [], list(self.problems)
+        pairs, problems = [], list(self.problems) + list(self.notes)
         for key, e in sorted(self.entries.items()):
             img = find_image(image_root, key, e) if image_root is not None else None
             img = img or e.image

@@ -1,9 +1,12 @@
 """Read a CVAT "Segmentation mask 1.1" export (folder or zip) as class-index masks.
 
 Classes are ``labelmap.txt``'s labels in file order (a colour mask pixel of a
-label's colour gets that label's index). CVAT adds a ``background`` label (black)
-for unannotated pixels; it is kept as a class only when it is listed, exactly
-as written. Colours not in the labelmap are an error naming the file.
+label's colour gets that label's index). CVAT's exporter puts a black
+``background`` label first when the project has none (its colour for pixels
+nobody annotated), so a black ``background`` first in the labelmap is read as
+the ignore label, not a class, with a note saying so; in an fcn-label export
+folder (``export.json`` present) the labelmap is ours and read as written.
+Colours not in the labelmap are an error naming the file.
 """
 
 from __future__ import annotations
@@ -66,10 +69,13 @@ def parse_labelmap(text: str, where: str) -> tuple[list[str], list[tuple[int, in
     return names, colours
 
 
-def colour_to_index(rgb: np.ndarray, colours: list[tuple[int, int, int]], where: str, ignore_index: int) -> np.ndarray:
+def colour_to_index(rgb: np.ndarray, colours: list, where: str, ignore_index: int) -> np.ndarray:
+    """Colour mask -> class indices; a ``None`` entry in ``colours`` stands for unlabelled black."""
     packed = (rgb[..., 0].astype(np.uint32) << 16) | (rgb[..., 1].astype(np.uint32) << 8) | rgb[..., 2]
     uniq, inv = np.unique(packed.ravel(), return_inverse=True)
-    table = {(c[0] << 16) | (c[1] << 8) | c[2]: i for i, c in enumerate(colours)}
+    table = {(c[0] << 16) | (c[1] << 8) | c[2]: i for i, c in enumerate(colours) if c is not None}
+    if None in colours:
+        table[0] = ignore_index
     bad = [int(u) for u in uniq if int(u) not in table]
     if bad:
         u = bad[0]
@@ -100,10 +106,11 @@ def _size(data: bytes | Path, where: str) -> tuple[int, int]:
 def read_cvat(path: str | Path, ignore_index: int = 255) -> Corrections:
     """A CVAT mask export: every ``SegmentationClass/<key>.png``, listed in ImageSets or not."""
     path = Path(path)
-    entries, problems = {}, []
+    entries, problems, notes = {}, [], []
     if path.is_dir():
         names, colours = parse_labelmap((path / LABELMAP).read_text(encoding="utf-8", errors="replace"),
                                         str(path / LABELMAP))
+        _unlabelled_background(path, names, colours, notes, ignore_index, (path / "export.json").is_file())
         seg = path / "SegmentationClass"
         jpeg = path / "JPEGImages"
         for p in sorted(seg.rglob("*.png")):
@@ -126,6 +133,7 @@ def read_cvat(path: str | Path, ignore_index: int = 255) -> Corrections:
             if root is None:
                 raise InputError(f"{path}: no {LABELMAP} in the zip; export 'Segmentation mask 1.1' from CVAT")
             names, colours = parse_labelmap(z.read(root + LABELMAP).decode("utf-8", "replace"), f"{path}!{LABELMAP}")
+            _unlabelled_background(path, names, colours, notes, ignore_index, (path / "export.json").is_file())
             prefix = root + "SegmentationClass/"
             for n in sorted(all_names):
                 if not (n.startswith(prefix) and n.lower().endswith(".png")):
@@ -142,4 +150,15 @@ def read_cvat(path: str | Path, ignore_index: int = 255) -> Corrections:
                                      (lambda d=data, wh=where: _decode(d, wh, colours, ignore_index)), where)
     if not entries:
         raise InputError(f"{path}: no SegmentationClass/*.png masks; export 'Segmentation mask 1.1' from CVAT")
-    return Corrections("cvat", path, names, entries, problems, ignore_index)
+    return Corrections("cvat", path, names, entries, problems, ignore_index, notes)
+
+
+def _unlabelled_background(path: Path, names: list, colours: list, notes: list, ignore_index: int,
+                           ours: bool) -> None:
+    """CVAT's inserted black 'background' first: unannotated pixels, read as ignore (edits the lists in place)."""
+    if names and names[0] == "background" and tuple(colours[0]) == (0, 0, 0) and not ours and len(names) > 1:
+        names.pop(0)
+        colours.pop(0)
+        colours.append(None)
+        notes.append(f"{path}: {LABELMAP}: black 'background' is CVAT's colour for unannotated pixels; "
+                        f"read as the ignore label {ignore_index}, not a class")

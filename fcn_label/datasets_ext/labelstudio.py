@@ -124,7 +124,7 @@ def read_labelstudio(path: str | Path, ignore_index: int = 255) -> Corrections:
     _brush()
     names: list[str] | None = None
     found: set[str] = set()
-    entries, problems = {}, []
+    entries, problems, notes = {}, [], []
     for t_i, task in enumerate(tasks):
         tid = task.get("id", t_i) if isinstance(task, dict) else t_i
         where = f"{path} task {tid}"
@@ -136,7 +136,7 @@ def read_labelstudio(path: str | Path, ignore_index: int = 255) -> Corrections:
                 names = [str(n) for n in data["fcn_label_classes"]]
             ann = _latest(task)
             if ann is None:
-                problems.append(f"{where}: not annotated (or only cancelled annotations); skipped")
+                notes.append(f"{where}: not annotated (or only cancelled annotations); skipped")
                 continue
             for r in ann.get("result") or []:
                 if isinstance(r, dict) and r.get("type") == "brushlabels":
@@ -164,5 +164,6 @@ def read_labelstudio(path: str | Path, ignore_index: int = 255) -> Corrections:
         task, ann, where = e.load
         e.load = (lambda t=task, a=ann, wh=where: _task_mask(t, a, index, ignore_index, wh))
     if not entries:
-        raise InputError(f"{path}: no annotated tasks with brush masks" + (f" ({problems[0]})" if problems else ""))
-    return Corrections("labelstudio", path, names, entries, problems, ignore_index)
+        first = (problems + notes)[:1]
+        raise InputError(f"{path}: no annotated tasks with brush masks" + (f" ({first[0]})" if first else ""))
+    return Corrections("labelstudio", path, names, entries, problems, ignore_index, notes)

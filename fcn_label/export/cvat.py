@@ -101,6 +101,7 @@ def export_cvat(folder: PredFolder, out: str | os.PathLike, items: Sequence[Pred
         with atomic_path(zpath) as tmp:
             with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as z:
                 z.write(out / "labelmap.txt", "labelmap.txt")
+                z.write(out / MANIFEST, MANIFEST)  # marks the labelmap as ours (see datasets_ext.cvat)
                 z.write(out / f"ImageSets/Segmentation/{SUBSET}.txt", f"ImageSets/Segmentation/{SUBSET}.txt")
                 for it in ok:
                     for sub in ("SegmentationClass", "SegmentationObject"):

@@ -162,3 +162,27 @@ def test_a_second_only_run_adds_to_the_export(pred_dir, tmp_path):
     with zipfile.ZipFile(tmp_path / "cvat/cvat.zip") as z:
         assert sorted(n for n in z.namelist() if n.startswith("SegmentationClass/")) == \
             [f"SegmentationClass/{k}.png" for k in keys[:2]]
+
+
+def test_cvat_reexport_background_is_unlabelled_not_a_class(pred_dir, tmp_path):
+    """CVAT's exporter puts 'background:0,0,0' first when the project has no such label and paints
+    unannotated pixels black (cvat/apps/dataset_manager/formats/utils.py make_colormap)."""
+    export(pred_dir, "cvat", tmp_path / "cvat")
+    src = tmp_path / "cvat"
+    (src / "export.json").unlink()
+    (src / "cvat.zip").unlink()
+    lm = src / "labelmap.txt"
+    lines = lm.read_text().splitlines()
+    lm.write_text("\n".join([lines[0], "background:0,0,0::", *lines[1:]]) + "\n")
+    names, want = classes(pred_dir), masks(pred_dir)
+    key = sorted(want)[0]
+    p = src / f"SegmentationClass/{key}.png"
+    rgb = np.array(Image.open(p).convert("RGB"))
+    rgb[10:30, 10:50] = 0  # a region nobody annotated
+    Image.fromarray(rgb).save(p)
+    expected = want[key].copy()
+    expected[10:30, 10:50] = 255
+    corr = open_corrections(src)
+    assert corr.class_names == names
+    assert corr.problems == [] and any("black 'background' is CVAT's colour" in s for s in corr.notes)
+    assert np.array_equal(corr.mask(key), expected)

@@ -128,7 +128,7 @@ def test_bad_label_studio_export_names_the_task_and_field(pred_dir, tmp_path):
     src = tmp_path / "export.json"
     src.write_text(json.dumps(tasks))
     corr = open_corrections(src)
-    assert any("task 3: not annotated" in p for p in corr.problems)
+    assert any("task 3: not annotated" in p for p in corr.notes)
     with pytest.raises(InputError, match=r"task 1: field 'annotations.result\[0\].value.rle'"):
         corr.mask(tasks[0]["data"]["fcn_label_key"])
     (tmp_path / "bad.json").write_text('[{"data": {}, "annotations": [')
@@ -237,4 +237,4 @@ def test_real_label_studio_round_trip(label_studio, pred_dir, tmp_path):
     expected[want[k] == names.index("sky")] = names.index("building")
     assert sorted(corr.entries) == [k] and corr.class_names == names
     assert np.array_equal(corr.mask(k), expected)
-    assert sum("not annotated" in p for p in corr.problems) == len(want) - 1
+    assert sum("not annotated" in p for p in corr.notes) == len(want) - 1
