@@ -5,7 +5,7 @@ label's colour gets that label's index). CVAT's exporter puts a black
 ``background`` label first when the project has none (its colour for pixels
 nobody annotated), so a black ``background`` first in the labelmap is read as
 the ignore label, not a class, with a note saying so; in an fcn-label export
-folder (``export.json`` present) the labelmap is ours and read as written.
+folder (``.fcn-label-export.json`` present) the labelmap is ours and read as written.
 Colours not in the labelmap are an error naming the file.
 """
 
@@ -22,6 +22,7 @@ from ..io import IMAGE_EXTENSIONS, InputError
 from ._base import Corrections, Entry
 
 LABELMAP = "labelmap.txt"
+OUR_MANIFEST = ".fcn-label-export.json"  # fcn_label.export.common.MANIFEST
 
 
 def _root_in_zip(names: list[str]) -> str | None:
@@ -110,7 +111,7 @@ def read_cvat(path: str | Path, ignore_index: int = 255) -> Corrections:
     if path.is_dir():
         names, colours = parse_labelmap((path / LABELMAP).read_text(encoding="utf-8", errors="replace"),
                                         str(path / LABELMAP))
-        _unlabelled_background(path, names, colours, notes, ignore_index, (path / "export.json").is_file())
+        _unlabelled_background(path, names, colours, notes, ignore_index, (path / OUR_MANIFEST).is_file())
         seg = path / "SegmentationClass"
         jpeg = path / "JPEGImages"
         for p in sorted(seg.rglob("*.png")):
@@ -133,7 +134,7 @@ def read_cvat(path: str | Path, ignore_index: int = 255) -> Corrections:
             if root is None:
                 raise InputError(f"{path}: no {LABELMAP} in the zip; export 'Segmentation mask 1.1' from CVAT")
             names, colours = parse_labelmap(z.read(root + LABELMAP).decode("utf-8", "replace"), f"{path}!{LABELMAP}")
-            _unlabelled_background(path, names, colours, notes, ignore_index, (path / "export.json").is_file())
+            _unlabelled_background(path, names, colours, notes, ignore_index, root + OUR_MANIFEST in all_names)
             prefix = root + "SegmentationClass/"
             for n in sorted(all_names):
                 if not (n.startswith(prefix) and n.lower().endswith(".png")):

@@ -23,7 +23,7 @@ LABELS_FILE = "labels.txt"
 
 
 def _labelme_jsons(path: Path) -> list[Path]:
-    return sorted(p for p in path.rglob("*.json") if not p.name.startswith(".") and p.name != "export.json")
+    return sorted(p for p in path.rglob("*.json") if not p.name.startswith("."))
 
 
 def is_labelme(path: Path) -> bool:
@@ -32,7 +32,7 @@ def is_labelme(path: Path) -> bool:
         return False
     import itertools
 
-    jsons = (p for p in path.rglob("*.json") if not p.name.startswith(".") and p.name != "export.json")
+    jsons = (p for p in path.rglob("*.json") if not p.name.startswith("."))
     for p in itertools.islice(jsons, 5):
         try:
             doc = json.loads(p.read_text(encoding="utf-8", errors="replace"))

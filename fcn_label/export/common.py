@@ -19,7 +19,8 @@ import numpy as np
 from ..io import IMAGE_EXTENSIONS, InputError, read_mask
 
 STATE_DIR = ".fcn-label"
-MANIFEST = "export.json"  # written into --out: marks the folder as an fcn-label export of one format
+MANIFEST = ".fcn-label-export.json"  # in --out: marks the folder as an fcn-label export of one format (hidden,
+# so it never clashes with an image named export.* nor shows up as a LabelMe file)
 
 
 @dataclass(frozen=True)

@@ -169,8 +169,7 @@ def test_cvat_reexport_background_is_unlabelled_not_a_class(pred_dir, tmp_path):
     unannotated pixels black (cvat/apps/dataset_manager/formats/utils.py make_colormap)."""
     export(pred_dir, "cvat", tmp_path / "cvat")
     src = tmp_path / "cvat"
-    (src / "export.json").unlink()
-    (src / "cvat.zip").unlink()
+    (src / ".fcn-label-export.json").unlink()
     lm = src / "labelmap.txt"
     lines = lm.read_text().splitlines()
     lm.write_text("\n".join([lines[0], "background:0,0,0::", *lines[1:]]) + "\n")
@@ -186,3 +185,19 @@ def test_cvat_reexport_background_is_unlabelled_not_a_class(pred_dir, tmp_path):
     assert corr.class_names == names
     assert corr.problems == [] and any("black 'background' is CVAT's colour" in s for s in corr.notes)
     assert np.array_equal(corr.mask(key), expected)
+    with zipfile.ZipFile(src / "cvat.zip") as zin, zipfile.ZipFile(tmp_path / "from-cvat.zip", "w") as zout:
+        for n in zin.namelist():
+            if n == ".fcn-label-export.json":
+                continue
+            zout.writestr(n, lm.read_bytes() if n == "labelmap.txt" else p.read_bytes() if n == f"SegmentationClass/{key}.png" else zin.read(n))
+    corr = open_corrections(tmp_path / "from-cvat.zip")
+    assert corr.class_names == names and np.array_equal(corr.mask(key), expected)
+    # with our manifest in the zip (our export of a model whose class 0 is 'background'), read as written
+    with zipfile.ZipFile(tmp_path / "from-cvat.zip") as zin, zipfile.ZipFile(tmp_path / "ours.zip", "w") as zout:
+        for n in zin.namelist():
+            zout.writestr(n, zin.read(n))
+        zout.writestr(".fcn-label-export.json", '{"format": "cvat"}')
+    corr = open_corrections(tmp_path / "ours.zip")
+    shifted = np.where(expected == 255, 0, expected + 1)
+    assert corr.notes == [] and corr.class_names == ["background", *names]
+    assert np.array_equal(corr.mask(key), shifted)
