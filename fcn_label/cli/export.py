@@ -35,6 +35,10 @@ def export_cmd(
                                    tolerance=tolerance, url_prefix=url_prefix)
     for p in problems:
         console.print(f"[yellow]warning:[/] {p}", soft_wrap=True, markup=False)
+    for msg in res.notes[:20]:
+        console.print(f"[yellow]note:[/] {msg}", soft_wrap=True, markup=False)
+    if len(res.notes) > 20:
+        console.print(f"[yellow]note:[/] ... and {len(res.notes) - 20} more", soft_wrap=True, markup=False)
     for _, msg in res.failed:
         console.print(f"[red]failed:[/] {msg}", soft_wrap=True, markup=False)
     console.print(f"export {fmt}: {res.written} written, {res.skipped} already done, {len(res.failed)} failed, "

@@ -96,7 +96,13 @@ def _decode(data: bytes | Path, where: str, colours, ignore_index: int) -> np.nd
     return colour_to_index(rgb, colours, where, ignore_index)
 
 
-def _size(data: bytes | Path, where: str) -> tuple[int, int]:
+def _member(zpath: Path, name: str) -> bytes:
+    """One member of the zip, opened per call: thread-safe, and nothing held in memory between masks."""
+    with zipfile.ZipFile(zpath) as z:
+        return z.read(name)
+
+
+def _size(data, where: str) -> tuple[int, int]:
     try:
         with Image.open(_io.BytesIO(data) if isinstance(data, bytes) else data) as im:
             return im.size
@@ -141,14 +147,14 @@ def read_cvat(path: str | Path, ignore_index: int = 255) -> Corrections:
                     continue
                 key = PurePosixPath(n[len(prefix):]).with_suffix("").as_posix()
                 where = f"{path}!{n}"
-                data = z.read(n)
                 try:
-                    w, h = _size(data, where)
+                    with z.open(n) as f:  # the PNG header only: masks are decoded when used
+                        w, h = _size(f, where)
                 except InputError as e:
                     problems.append(str(e))
                     continue
                 entries[key] = Entry(key, None, h, w,
-                                     (lambda d=data, wh=where: _decode(d, wh, colours, ignore_index)), where)
+                                     (lambda n=n, wh=where: _decode(_member(path, n), wh, colours, ignore_index)), where)
     if not entries:
         raise InputError(f"{path}: no SegmentationClass/*.png masks; export 'Segmentation mask 1.1' from CVAT")
     return Corrections("cvat", path, names, entries, problems, ignore_index, notes)

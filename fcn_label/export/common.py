@@ -224,10 +224,12 @@ class ExportResult:
     skipped: int = 0
     failed: list[tuple[str, str]] | None = None
     files: list[Path] | None = None
+    notes: list[str] | None = None  # exported, but worth a look (e.g. the photo was not found)
 
     def __post_init__(self):
         self.failed = self.failed or []
         self.files = self.files or []
+        self.notes = self.notes or []
 
 
 def run_items(items: Sequence[PredItem], done: Callable[[PredItem], bool], work: Callable[[PredItem], None],

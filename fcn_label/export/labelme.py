@@ -82,6 +82,8 @@ def export_labelme(folder: PredFolder, out: str | os.PathLike, items: Sequence[P
             if images is not None:
                 raise
             img = Path(it.source or f"{it.rel}.png")  # recorded input, even if moved since: LabelMe asks
+            res.notes.append(f"{it.mask}: photo {img} not found; imagePath points where predict read it "
+                             "(pass --images ROOT if it moved)")
         rel_img = os.path.relpath(os.path.abspath(img), os.path.abspath(target.parent))
         doc = {"version": LABELME_VERSION, "flags": {}, "shapes": mask_to_shapes(labels, folder.classes, tolerance),
                "imagePath": Path(rel_img).as_posix(), "imageData": None,

@@ -89,6 +89,8 @@ def export_labelstudio(folder: PredFolder, out: str | os.PathLike, items: Sequen
             if images is not None:
                 raise
             ref = (it.source or f"{it.rel}.png").lstrip("/")
+            res.notes.append(f"{it.mask}: photo {it.source or it.rel} not found; data.image points where predict "
+                             "read it (pass --images ROOT if it moved)")
         task = {"data": {TO_NAME: url_prefix + urllib.parse.quote(ref, safe="/"), "fcn_label_key": it.rel,
                          "fcn_label_classes": list(folder.classes)},
                 "predictions": [{"model_version": model, "score": it.mean_confidence,

@@ -78,3 +78,14 @@ def test_out_inside_the_predict_folder_is_refused(pred_dir, tmp_path):
     with pytest.raises(InputError, match="not empty and not an fcn-label export"):
         export(pred_dir, "cvat", tmp_path / "full")
     assert sorted(p.name for p in (tmp_path / "full").iterdir()) == ["mine.txt"]
+
+
+def test_photos_gone_is_a_note_not_silence(pred_copy, tmp_path):
+    pytest.importorskip("cv2")
+    for rec in (pred_copy / ".fcn-label/records").glob("*.json"):  # as if the photos had moved away
+        r = json.loads(rec.read_text())
+        r["path"] = str(tmp_path / "gone" / Path(r["path"]).name)
+        rec.write_text(json.dumps(r))
+    r = run_cli("export", str(pred_copy), "--format", "labelme", "--out", str(tmp_path / "lm"))
+    assert r.returncode == 0
+    assert r.stderr.count("not found; imagePath points where predict read it") == 3
