@@ -6,7 +6,7 @@ import torch
 from PIL import Image
 
 from fcn_label.model import FCN, FCNConfig
-from fcn_label.weights import Checkpoint
+from fcn_label.checkpoint import Checkpoint
 
 PALETTE = [(10, 20, 30), (200, 0, 0), (0, 200, 0), (0, 0, 200), (90, 90, 90)]
 

@@ -12,8 +12,11 @@ import pytest
 import torch
 from PIL import Image
 
-from fcn_label.data import Augment, SegmentationDataset, load_pairs, mask_palette, read_class_file
-from fcn_label.io import InputError
+from fcn_label.classes import mask_palette, read_class_file
+from fcn_label.datasets import load_pairs
+from fcn_label.train import SegmentationDataset
+from fcn_label.train.augment import Augment
+from fcn_label.images import InputError
 
 from _synth import make_arrays
 

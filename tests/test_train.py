@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from fcn_label.model import FCN, FCNConfig, bilinear_kernel
 from fcn_label.train import PRESETS, Trainer, TrainConfig
-from fcn_label.weights import CAFFE_BGR, Checkpoint, IMAGENET, load_checkpoint, save_checkpoint
+from fcn_label.checkpoint import CAFFE_BGR, Checkpoint, IMAGENET, load_checkpoint, save_checkpoint
 
 from _synth import tiny_config, write_list_dataset
 
@@ -302,7 +302,7 @@ def test_loader_workers_and_channels_last_do_not_change_training(tmp_path):
 
 
 def test_save_every_writes_last_pt_less_often_but_always_after_validation_and_at_the_end(tmp_path, monkeypatch):
-    import fcn_label.train as train_mod
+    import fcn_label.train.loop as train_mod
 
     data = write_list_dataset(tmp_path / "d", n=4)
     val = write_list_dataset(tmp_path / "d", n=2, seed=1, name="val")

@@ -20,9 +20,9 @@ from PIL import Image
 
 import _corpus
 from fcn_label.cli import run_cli
-from fcn_label.io import InputError, read_image
-from fcn_label.job import discover, shown
-from fcn_label.weights import save_checkpoint
+from fcn_label.images import InputError, read_image
+from fcn_label.predict import discover, shown
+from fcn_label.checkpoint import save_checkpoint
 from helpers import make_checkpoint, one_at_a_time, rand_image
 
 MAX_PIXELS = 1_000_000

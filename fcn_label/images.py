@@ -21,6 +21,8 @@ from typing import Iterator
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from .errors import InputError
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm")
 
 # Pillow's own bomb guard is a warning at 89 Mpx and an error at 179 Mpx; we
@@ -29,10 +31,6 @@ DEFAULT_MAX_PIXELS = 250_000_000
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
-
-
-class InputError(Exception):
-    """A user-side problem with one input file; the message is shown as is."""
 
 
 _PIL_GLOBALS = threading.Lock()
@@ -244,3 +242,13 @@ def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
     write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def write_csv_atomic(df, path: str | os.PathLike, index: bool = False, float_format: str | None = None,
+                     lineterminator: str = "\n") -> None:
+    """The one way reports are written as CSV: a pandas DataFrame, '\\n' line ends, temp file + rename."""
+    import io
+
+    buf = io.StringIO()
+    df.to_csv(buf, index=index, float_format=float_format, lineterminator=lineterminator)
+    write_text_atomic(path, buf.getvalue())

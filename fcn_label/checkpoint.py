@@ -9,7 +9,7 @@ training metadata; a training checkpoint also carries ``train_state`` for
 
 from __future__ import annotations
 
-import io as _io
+import io
 import os
 import pickle
 import zipfile
@@ -20,39 +20,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from .io import atomic_path
+from .classes import VOC_CLASSES, voc_palette
+from .errors import UserError
+from .images import atomic_path
 from .model import ARCHS, FCN, FCNConfig
 
 FORMAT = "fcn-label/1"
 PRETRAINED_DIR = Path(__file__).resolve().parent.parent / "pretrained"
-
-VOC_CLASSES = (
-    "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
-    "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor",
-)
-CAMVID_CLASSES = (
-    "sky", "building", "pole", "road", "sidewalk", "tree", "sign_symbol", "fence", "car", "pedestrian", "bicyclist",
-)
-CAMVID_PALETTE = (
-    (128, 128, 128), (128, 0, 0), (192, 192, 128), (128, 64, 128), (60, 40, 222), (128, 128, 0),
-    (192, 128, 128), (64, 64, 128), (64, 0, 128), (64, 64, 0), (0, 128, 192),
-)
-
-
-def voc_palette(n: int = 256) -> list[tuple[int, int, int]]:
-    """The PASCAL VOC colour map (bit-interleaved class index), 256 entries."""
-    out = []
-    for i in range(n):
-        r = g = b = 0
-        c = i
-        for j in range(8):
-            r |= ((c >> 0) & 1) << (7 - j)
-            g |= ((c >> 1) & 1) << (7 - j)
-            b |= ((c >> 2) & 1) << (7 - j)
-            c >>= 3
-        out.append((r, g, b))
-    return out
-
 
 @dataclass(frozen=True)
 class Normalization:
@@ -88,7 +62,7 @@ IMAGENET = Normalization()
 CAFFE_BGR = Normalization(mean=(104.00698793, 116.66876762, 122.67891434), std=(1.0, 1.0, 1.0), scale=1.0, bgr=True)
 
 
-class WeightsError(Exception):
+class WeightsError(UserError):
     """A weights file that cannot be used; the message names the file and the fix."""
 
 
@@ -174,9 +148,9 @@ def _pickle_imports(path: Path) -> list[str]:
     try:
         if zipfile.is_zipfile(path):
             with zipfile.ZipFile(path) as z:
-                stream = _io.BytesIO(z.read(next(n for n in z.namelist() if n.endswith("data.pkl"))))
+                stream = io.BytesIO(z.read(next(n for n in z.namelist() if n.endswith("data.pkl"))))
         else:
-            stream = _io.BytesIO(path.read_bytes()[:64 << 20])  # legacy format: several pickles in a row
+            stream = io.BytesIO(path.read_bytes()[:64 << 20])  # legacy format: several pickles in a row
         found, strings = [], []
         for _ in range(5):
             for op, arg, _pos in pickletools.genops(stream):

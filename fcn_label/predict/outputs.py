@@ -2,20 +2,19 @@
 
 from __future__ import annotations
 
-import io as _io
+import io
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 from PIL import Image
 
-from .io import write_bytes_atomic
+from ..classes import voc_palette
+from ..images import write_bytes_atomic
 
 
 def flat_palette(palette: Sequence[Sequence[int]] | None) -> list[int]:
     """768 ints for ``Image.putpalette``; unused entries black, 255 (VOC's void) white-ish like VOC."""
-    from .weights import voc_palette
-
     pal = [tuple(c) for c in (palette or [])]
     full = voc_palette(256)
     full[: len(pal)] = pal
@@ -33,7 +32,7 @@ def encode_png(labels: np.ndarray, palette: Sequence[Sequence[int]] | None) -> b
     else:
         im = Image.fromarray(labels, mode="P")
         im.putpalette(flat_palette(palette))
-    buf = _io.BytesIO()
+    buf = io.BytesIO()
     im.save(buf, format="PNG", optimize=False, compress_level=6)
     return buf.getvalue()
 
@@ -45,7 +44,7 @@ def write_mask(path: Path, labels: np.ndarray, palette: Sequence[Sequence[int]] 
 def write_confidence(path: Path, confidence: np.ndarray) -> None:
     """Confidence as 8-bit greyscale (255 = certain) so any viewer shows where the model hesitates."""
     a = np.clip(np.rint(confidence * 255.0), 0, 255).astype(np.uint8)
-    buf = _io.BytesIO()
+    buf = io.BytesIO()
     Image.fromarray(a, mode="L").save(buf, format="PNG")
     write_bytes_atomic(path, buf.getvalue())
 
@@ -54,7 +53,7 @@ def write_overlay(path: Path, image: np.ndarray, labels: np.ndarray, palette: Se
                   alpha: float = 0.5) -> None:
     pal = np.array(flat_palette(palette), dtype=np.float32).reshape(256, 3)
     blend = (1 - alpha) * image.astype(np.float32) + alpha * pal[labels]
-    buf = _io.BytesIO()
+    buf = io.BytesIO()
     Image.fromarray(np.clip(blend, 0, 255).astype(np.uint8), mode="RGB").save(buf, format="JPEG", quality=90)
     write_bytes_atomic(path, buf.getvalue())
 
