@@ -40,7 +40,11 @@ def fetch_imagenet_weights() -> Path:
     return path
 
 
-def imagenet_backbone_state(value: str, config: FCNConfig) -> tuple[dict, str]:
-    """(FCN-named state dict, where it came from) for ``--init-backbone imagenet`` or a file path."""
-    path = fetch_imagenet_weights() if value == IMAGENET else Path(value)
-    return vgg16_backbone_state(path, config), str(path)
+def backbone_file(value: str) -> Path:
+    """The VGG16 file for ``--init-backbone imagenet`` or a path; checked before any data is read."""
+    return fetch_imagenet_weights() if value == IMAGENET else Path(value)
+
+
+def backbone_state(path: Path, config: FCNConfig) -> dict:
+    """FCN-named conv and fc6/fc7 tensors from the VGG16 file."""
+    return vgg16_backbone_state(path, config)

@@ -21,7 +21,7 @@ from ..datasets import CocoRasteriser, detect_layout, load_pairs
 from ..images import InputError
 from ..model import FCN, FCNConfig
 from .augment import Augment
-from .backbone import imagenet_backbone_state
+from .backbone import backbone_file, backbone_state
 from .config import TrainConfig
 from .data import SegmentationDataset, check_labels, median_frequency_weights, scan_masks
 
@@ -159,6 +159,7 @@ def class_weights(cfg: TrainConfig, counts: np.ndarray, names: list[str], device
 
 def build(cfg: TrainConfig, device: torch.device, log: Callable[[str], None] = print) -> Parts:
     """Data, classes, model and optimiser for ``cfg``; records the model actually trained into ``cfg``."""
+    backbone = backbone_file(cfg.init_backbone) if cfg.init_backbone else None  # before the long data scan
     train_ds, val_ds = datasets(cfg, log)
     init = load_checkpoint(resolve_weights(cfg.init)) if cfg.init else None
     counts, present = scan_masks(train_ds)
@@ -188,10 +189,9 @@ def build(cfg: TrainConfig, device: torch.device, log: Callable[[str], None] = p
         setattr(cfg, k, getattr(model_cfg, k))  # record the model actually trained (--init fixes its shape)
     if init is not None:
         log(transfer_weights(model, init, cfg.init))
-    elif cfg.init_backbone:
-        state, where = imagenet_backbone_state(cfg.init_backbone, model_cfg)
-        model.load_state_dict(state, strict=False)
-        log(f"init: VGG16 backbone and fc6/fc7 from {where}; score layers zero")
+    elif backbone is not None:
+        model.load_state_dict(backbone_state(backbone, model_cfg), strict=False)
+        log(f"init: VGG16 backbone and fc6/fc7 from {backbone}; score layers zero")
     elif cfg.preset == "paper":
         log("warning: the paper preset fine-tunes ImageNet VGG16; from scratch (no --init-backbone) "
             "it converges slowly")

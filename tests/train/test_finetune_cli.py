@@ -93,7 +93,7 @@ def test_readmes_camvid_command_is_the_shipped_models_recipe(parsed_config, tmp_
     """The CPU command the README gives for CamVid trains what the shipped file records, option for option."""
     import shlex
 
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     start = readme.index("fcn-label finetune ../shared/data/camvid/train.txt")
     line = readme[start:readme.index("\n", readme.index("--num-classes 11", start))].replace("\\\n", " ")
     argv = shlex.split(line)[1:] + ["--out", str(tmp_path / "camvid")]
