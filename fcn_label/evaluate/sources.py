@@ -18,6 +18,7 @@ from typing import Protocol, Sequence
 import numpy as np
 
 from ..datasets import MASK_EXTENSIONS, CocoRasteriser, GroundTruth, decode_segmentation, files_by_stem
+from ..guard import guarded
 from ..images import InputError, read_image, read_mask
 from ..predict.layout import AUX_DIRS, OutputLayout
 
@@ -149,11 +150,9 @@ class CocoPredictions:
         # image id -> (key, file name, height, width)
         ids: dict = {}
         if isinstance(images, list):
-            for im in images:
-                try:
-                    key = Path(str(im["file_name"])).with_suffix("").as_posix()
-                    ids[im["id"]] = (key, str(im["file_name"]), im.get("height"), im.get("width"))
-                except (KeyError, TypeError):
+            for im in images:  # one entry's problem is one failure row, whatever it is
+                _, err = guarded(path, _add_image_entry, ids, im)
+                if err is not None:
                     self.problems.append(Failure(ERROR, "", str(path), f"{path}: image entry {str(im)[:80]} lacks "
                                                  "'id' or 'file_name'; fix or re-export the file"))
         elif gt_coco is not None:
@@ -217,6 +216,11 @@ class CocoPredictions:
             if m is not None:
                 out[m] = cls
         return out
+
+
+def _add_image_entry(ids: dict, im: dict) -> None:
+    key = Path(str(im["file_name"])).with_suffix("").as_posix()
+    ids[im["id"]] = (key, str(im["file_name"]), im.get("height"), im.get("width"))
 
 
 def _score(a: dict) -> float:
