@@ -279,13 +279,16 @@ def test_loader_workers_and_channels_last_do_not_change_training(tmp_path):
     NHWC only reorders float sums."""
     data = write_list_dataset(tmp_path / "d", n=8)
     runs = {}
-    for name, kw in {"base": {}, "workers": dict(workers=2), "nhwc": dict(channels_last=True)}.items():
+    # NHWC is compared after a few steps: over epochs, SGD on 8 tiny images amplifies float-order noise
+    # chaotically (seed-dependent: 3e-5 to 2e-2 after 2 epochs), which says nothing about the layout.
+    for name, kw in {"base": {}, "workers": dict(workers=2), "short": dict(max_steps=3),
+                     "nhwc": dict(channels_last=True, max_steps=3)}.items():
         t = Trainer(tiny_config(data, tmp_path / name, epochs=2, optimizer="sgd", lr=0.01, dropout=0.0, **kw),
                     log=lambda m: None)
         t.run()
         runs[name] = t.model.state_dict()
     _assert_same_tensors(runs["workers"], runs["base"])
-    _assert_same_tensors(runs["nhwc"], runs["base"], atol=1e-4)
+    _assert_same_tensors(runs["nhwc"], runs["short"], atol=1e-4)
     assert not torch.equal(runs["base"]["score_fr.weight"], torch.zeros_like(runs["base"]["score_fr.weight"]))
 
 
