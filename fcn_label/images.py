@@ -245,10 +245,10 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
 
 
 def write_csv_atomic(df, path: str | os.PathLike, index: bool = False, float_format: str | None = None,
-                     lineterminator: str = "\n") -> None:
+                     lineterminator: str = "\n", na_rep: str = "") -> None:
     """The one way reports are written as CSV: a pandas DataFrame, '\\n' line ends, temp file + rename."""
     import io
 
     buf = io.StringIO()
-    df.to_csv(buf, index=index, float_format=float_format, lineterminator=lineterminator)
+    df.to_csv(buf, index=index, float_format=float_format, lineterminator=lineterminator, na_rep=na_rep)
     write_text_atomic(path, buf.getvalue())

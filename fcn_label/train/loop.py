@@ -248,7 +248,8 @@ class Trainer:
                                            pin_memory=self.device.type == "cuda",
                                            generator=torch.Generator().manual_seed(cfg.seed))
 
-    def validate(self) -> dict:
+    def score_val(self) -> dict:
+        """The --val set scored with the validated model (EMA when on); the figures summed over ranks."""
         if self.val_ds is None:
             return {}
         model = self.ema.model if self.ema else self.model
@@ -346,7 +347,7 @@ class Trainer:
                    "loss": loss_sum / max(1, count), "lr": self.optimizer.param_groups[0]["lr"],
                    "train_seconds": self.epoch_seconds}
             t1 = time.time()
-            row |= self.validate()
+            row |= self.score_val()
             row["val_seconds"] = time.time() - t1
             self.history.append(row)
         self._save(row, (loss_sum, count))
@@ -363,7 +364,7 @@ class Trainer:
         validated = bool(cfg.val and (self.epoch % cfg.val_every == 0 or self.epoch == cfg.epochs))
         if validated:
             t1 = time.time()
-            row |= self.validate()
+            row |= self.score_val()
             row["val_seconds"] = time.time() - t1
         self.history.append(row)
         self._save(row, write_last=validated or self.epoch % cfg.save_every == 0 or self.epoch >= cfg.epochs)
@@ -404,8 +405,9 @@ class Trainer:
         keys = []
         for r in self.history:
             keys += [k for k in r if k not in keys and k != "val_iou"]
-        log = pd.DataFrame(self.history, dtype=object).reindex(columns=keys)
-        write_csv_atomic(log, self.out / "log.csv", lineterminator="\r\n")  # as csv.DictWriter wrote it
+        # as csv.DictWriter wrote it: a key a row lacks is empty, a NaN figure is "nan"
+        log = pd.DataFrame([[r.get(k, "") for k in keys] for r in self.history], columns=keys, dtype=object)
+        write_csv_atomic(log, self.out / "log.csv", lineterminator="\r\n", na_rep="nan")
         with atomic_path(self.out / "log.json") as tmp:
             tmp.write_text(json.dumps(self.history, indent=1))
 
