@@ -17,8 +17,6 @@ import json
 import sys
 from pathlib import Path
 
-import pytest
-
 REPO = Path(__file__).resolve().parent.parent
 REFERENCE = Path(__file__).resolve().parent / "data" / "before_after.json"
 TIMING = "seconds"
@@ -128,8 +126,6 @@ if __name__ == "__main__" and "--record" in sys.argv:
             return type("R", (), {"out": v})()
 
     cap = _Cap()
-    from contextlib import redirect_stdout
-
     import rich.console
 
     with tempfile.TemporaryDirectory() as d:

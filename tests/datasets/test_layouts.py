@@ -3,18 +3,14 @@
 from __future__ import annotations
 
 import json
-import random
 import shutil
 from pathlib import Path
 
 import numpy as np
-import pytest
-import torch
 from PIL import Image
 
 from fcn_label.datasets import load_pairs
 from fcn_label.train import SegmentationDataset
-from fcn_label.images import InputError
 
 from _synth import make_arrays
 
