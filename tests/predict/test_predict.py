@@ -290,3 +290,24 @@ def test_flip_averages_the_image_and_its_mirror(padding, bn):
     assert (mirrored.labels == out[0].labels[:, ::-1]).mean() >= 0.999
     plain = Predictor(ck, device="cpu").predict_arrays(imgs[:1])[0]
     assert not np.allclose(plain.confidence, out[0].confidence)  # flip did change something
+
+
+def test_gt_takes_any_layout_and_scores_like_the_mask_folder(tmp_path, fixtures_dir):
+    """predict --gt reads ground truth through the datasets package: a VOC root gives the same
+    per-image figures as its SegmentationClass/ folder, which is checked against a NumPy IoU."""
+    import pandas as pd
+
+    voc = fixtures_dir / "voc"
+    for name, gt in (("folder", voc / "SegmentationClass"), ("root", voc)):
+        with pytest.raises(SystemExit) as e:
+            run_cli(["predict", str(voc / "JPEGImages"), "--out", str(tmp_path / name), "--gt", str(gt), "-q"])
+        assert e.value.code == 0
+    folder = pd.read_csv(tmp_path / "folder" / "predictions.csv")
+    root = pd.read_csv(tmp_path / "root" / "predictions.csv")
+    cols = [c for c in folder.columns if c != "seconds"]
+    pd.testing.assert_frame_equal(folder[cols], root[cols])
+    row = folder.iloc[0]
+    gt = np.array(Image.open(voc / "SegmentationClass" / f"{Path(row['mask']).stem}.png"))
+    pred = np.array(Image.open(tmp_path / "folder" / row["mask"]))
+    valid = (gt != 11) & (gt < 11)  # the shipped CamVid model: 11 classes, ignore label 11
+    assert row["pixel_accuracy"] == pytest.approx((gt[valid] == pred[valid]).mean(), abs=1e-6)
