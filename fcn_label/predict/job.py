@@ -200,9 +200,13 @@ class PredictJob:
         """File -> RGB array, or the one-line reason it cannot be used; never raises."""
         return guarded(it.path, read_image, it.path, self.o.max_pixels)
 
-    def infer(self, arrays: list[tuple[int, np.ndarray]], batch_size: int):
-        """``(key, Prediction)`` for same-size arrays (large ones tiled)."""
-        return list(self.p.predict_groups(arrays, batch_size))
+    def infer(self, arrays: list[tuple[int, np.ndarray]]) -> list[tuple[int, Prediction]]:
+        """``(key, Prediction)`` for one batch the loop formed: same-size arrays within the predictor's
+        batch limit, or a single image to tile. The loop's window is the only batching by size."""
+        keys, batch = [k for k, _ in arrays], [a for _, a in arrays]
+        if len(batch) == 1 and self.p.needs_tiling(batch[0].shape):
+            return [(keys[0], self.p.predict_tiled(batch[0]))]
+        return list(zip(keys, self.p.postprocess(self.p.forward(self.p.preprocess(batch)))))
 
     def write(self, it: Item, image: np.ndarray, pred: Prediction, seconds: float) -> None:
         """Mask, --overlay, --probs, then the record (last: its presence means the image is done)."""
@@ -318,7 +322,7 @@ class PredictJob:
                 return
             t = time.perf_counter()
             try:
-                preds = self.infer([(i, images[i]) for i in idxs], bs)
+                preds = self.infer([(i, images[i]) for i in idxs])
             except (RuntimeError, MemoryError) as e:
                 # out of memory on one size: report the images, keep going
                 for i in idxs:
