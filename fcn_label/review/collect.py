@@ -15,7 +15,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..io import InputError
+from ..io import IMAGE_EXTENSIONS, InputError
 
 CONFIDENCE_DIR, OVERLAY_DIR = "confidence", "overlays"
 
@@ -129,3 +129,20 @@ def read_pred_folder(pred_dir: str | os.PathLike) -> PredFolder:
                 seen.add(c)
                 names.append(c)
     return PredFolder(root, rows, names, known, problems)
+
+
+def find_photo(row: Row, images: Path | None, pred_root: Path) -> Path | None:
+    """The input image: under --images ROOT by relative path, else where predict recorded it."""
+    cands: list[Path] = []
+    if images is not None:
+        cands.append(images / row.rel_input)
+        cands += [images / f"{row.rel}{ext}" for ext in IMAGE_EXTENSIONS]
+        cands.append(images / Path(row.input).name)
+    p = Path(row.input)
+    cands.append(p)
+    if not p.is_absolute():
+        cands.append(pred_root.parent / p)
+    for c in cands:
+        if c.is_file():
+            return c
+    return None

@@ -21,8 +21,8 @@ from typing import Callable
 import numpy as np
 from PIL import Image
 
-from ..io import IMAGE_EXTENSIONS, InputError, atomic_path, read_image, read_mask
-from .collect import PredFolder, Row, read_pred_folder
+from ..io import InputError, atomic_path, read_image, read_mask
+from .collect import PredFolder, Row, find_photo, read_pred_folder
 
 SORTS = {
     "confidence": "lowest mean confidence first",
@@ -81,23 +81,6 @@ def _fit(im: Image.Image, size: int, resample=Image.BILINEAR) -> Image.Image:
     im = im.copy()
     im.thumbnail((size, size), resample)
     return im
-
-
-def find_photo(row: Row, images: Path | None, pred_root: Path) -> Path | None:
-    """The input image: under --images ROOT by relative path, else where predict recorded it."""
-    cands: list[Path] = []
-    if images is not None:
-        cands.append(images / row.rel_input)
-        cands += [images / f"{row.rel}{ext}" for ext in IMAGE_EXTENSIONS]
-        cands.append(images / Path(row.input).name)
-    p = Path(row.input)
-    cands.append(p)
-    if not p.is_absolute():
-        cands.append(pred_root.parent / p)
-    for c in cands:
-        if c.is_file():
-            return c
-    return None
 
 
 # ---------------------------------------------------------------------------

@@ -10,6 +10,15 @@ from fcn_label.predict import Predictor
 from helpers import make_checkpoint, rand_image
 
 
+def tempered(seed: int):
+    """A tiny random FCN whose score layers are scaled down: mean confidence 0.6-0.8, not 1.0, so images differ."""
+    ck = make_checkpoint(n=5, seed=seed)
+    for k in list(ck.state_dict):
+        if k.startswith("score"):
+            ck.state_dict[k] = ck.state_dict[k] * 1e-5
+    return ck
+
+
 def run_predict(root: Path, probs=True, gt=True, n=10) -> Path:
     imgs = root / "photos"
     for i in range(n):
@@ -26,7 +35,7 @@ def run_predict(root: Path, probs=True, gt=True, n=10) -> Path:
             m = (np.arange(w)[None, :].repeat(h, 0) * 5 // w + int(rel.stem[-2:]) % 3) % 5
             (gt_dir / rel.parent).mkdir(parents=True, exist_ok=True)
             Image.fromarray(m.astype(np.uint8), mode="L").save(gt_dir / rel)
-    ck = make_checkpoint(n=5, seed=3)
+    ck = tempered(3)
     out = root / "pred"
     items, problems = discover([imgs], out)
     PredictJob(Predictor(ck, device="cpu"), PredictOptions(out=out, probs=probs, gt=gt_dir, workers=0)).run(items, problems)
