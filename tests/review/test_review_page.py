@@ -170,6 +170,7 @@ def test_ten_thousand_rows_page_size_and_time(tmp_path):
     seconds = time.perf_counter() - t
     size = index.stat().st_size
     # about 400 bytes per image; generous bounds for a shared CPU
+    print(f"write_page at 10,000 rows: {seconds:.2f}s, {size / 1e6:.1f} MB")
     assert size < 6_000_000, size
     assert seconds < 10, seconds
 
@@ -195,6 +196,8 @@ def test_ten_thousand_rows_in_chromium(tmp_path, browser):
     pole = [p for p in want if "pole" in by_path[p]["classes"]]
     assert page.eval_on_selector_all(".row", "e => e.map(x => x.dataset.path)") == pole[:100]
     assert f"of {len(pole):,} images with this class" in page.text_content("#count")
+    print(f"10,000 rows: page {index.stat().st_size / 1e6:.1f} MB, loaded and first page shown in {load:.2f}s, "
+          f"class filter {refilter:.2f}s")
     assert load < 15 and refilter < 5, (load, refilter)
     page.close()
 
@@ -220,3 +223,93 @@ def test_cli_review_and_its_errors(pred_folder, tmp_path, capsys):
     assert "folder not found" in err and len(err.strip().splitlines()) == 1
     assert _cli(["review", str(pred_folder), "--out", str(out), "--gt", str(tmp_path / "nogt")]) == 2
     assert "--gt" in capsys.readouterr().err
+
+
+def page_data(index: Path) -> list[dict]:
+    """The rows embedded in index.html, read back with the standard json module."""
+    text = index.read_text()
+    start = text.index('<script type="application/json" id="data">') + len('<script type="application/json" id="data">')
+    return json.loads(text[start: text.index("</script>", start)])["rows"]
+
+
+def test_review_gt_iou_matches_numpy(tmp_path):
+    pred = run_predict(tmp_path, probs=False, gt=True, n=6)  # gt/ written; predict itself told of it too
+    csv_iou = pd.read_csv(pred / "predictions.csv").set_index("mask")["mean_iou"]
+    (pred / "predictions.csv").write_text(  # drop predict's IoU columns: review must compute them itself
+        pd.read_csv(pred / "predictions.csv").iloc[:, :8].to_csv(index=False))
+    build_review(pred, tmp_path / "r", gt=tmp_path / "gt")
+    rows = page_data(tmp_path / "r" / "index.html")
+    assert len(rows) == 6
+    for r in rows:
+        g = np.array(Image.open(tmp_path / "gt" / f"{r['rel']}.png")).astype(np.int64)
+        m = np.array(Image.open(pred / f"{r['rel']}.png")).astype(np.int64)
+        ious = []
+        for c in range(5):  # IoU per class present in either, NumPy only (no ignore label in this ground truth)
+            inter, union = ((g == c) & (m == c)).sum(), ((g == c) | (m == c)).sum()
+            if union:
+                ious.append(inter / union)
+        assert r["mean_iou"] == pytest.approx(np.mean(ious), abs=1e-6)
+        assert r["mean_iou"] == pytest.approx(csv_iou[r["rel"] + ".png"], abs=1e-6)  # and predict's --gt agrees
+    html = (tmp_path / "r" / "index.html").read_text()
+    assert '<option value="iou" selected>' in html  # known IoU: lowest IoU first by default
+
+
+def test_bad_inputs_are_one_line_each_and_the_page_is_written(tmp_path):
+    pred = run_predict(tmp_path, probs=True, gt=False, n=4)
+    lines = (pred / "predictions.csv").read_text().splitlines()
+    lines.insert(2, "x.png,x.png,notanumber,3,0,road:1,0.5,0")  # a damaged row
+    (pred / "predictions.csv").write_text("\n".join(lines) + "\n")
+    df = pd.read_csv(pred / "predictions.csv")
+    (pred / "confidence" / df["mask"][0]).write_bytes(b"not a png")  # a corrupt confidence map
+    photo = Path(df["path"][3])
+    photo.rename(photo.with_name("moved.png"))  # a photo that moved since predict ran
+    res = build_review(pred, tmp_path / "r")
+    assert res.images == 4
+    assert len(res.problems) == 2, res.problems
+    assert any("predictions.csv:3" in p and "unusable row" in p for p in res.problems)
+    assert any("UnidentifiedImageError" in p or "cannot" in p for p in res.problems)
+    assert all("\n" not in p for p in res.problems)
+    rows = {r["rel"]: r for r in page_data(tmp_path / "r" / "index.html")}
+    moved = rows[df["mask"][3][:-4]]
+    assert moved["photo"] is None and "--images" in moved["note"] and moved["overlay"]  # overlay from the mask alone
+    assert np.array(Image.open(tmp_path / "r" / moved["overlay"])).size > 0
+
+
+def test_refuses_to_write_through_a_symlink_out_of_out(tmp_path):
+    pred = run_predict(tmp_path, probs=False, gt=False, n=2)
+    out, elsewhere = tmp_path / "r", tmp_path / "elsewhere"
+    (out / "thumbs").mkdir(parents=True)
+    elsewhere.mkdir()
+    (out / "thumbs" / "b").symlink_to(elsewhere, target_is_directory=True)
+    res = build_review(pred, out)
+    assert not list(elsewhere.iterdir())
+    assert any("outside --out" in p for p in res.problems)
+
+
+@pytest.mark.slow
+def test_build_review_at_ten_thousand_images(tmp_path):
+    """The whole generator (CSV, one tiny mask per image, thumbnails) at 10,000 rows."""
+    pred = tmp_path / "pred"
+    pred.mkdir()
+    rng = np.random.default_rng(0)
+    lines = ["path,mask,width,height,seconds,classes,mean_confidence,low_confidence_fraction"]
+    pal = [v for c in range(256) for v in (c * 40 % 256, c * 90 % 256, c * 150 % 256)]
+    for i in range(10_000):
+        rel = f"s{i // 1000}/f{i:05d}"
+        (pred / rel).parent.mkdir(exist_ok=True)
+        m = Image.fromarray(rng.integers(0, 3, (12, 16), dtype=np.uint8), mode="P")
+        m.putpalette(pal)
+        m.save(pred / f"{rel}.png")
+        lines.append(f"/nowhere/{rel}.jpg,{rel}.png,16,12,0.1,class0:0.4;class1:0.3;class2:0.3,"
+                     f"{rng.uniform(0.3, 1):.6f},{rng.uniform(0, 0.5):.6f}")
+    (pred / "predictions.csv").write_text("\n".join(lines) + "\n")
+    t = time.perf_counter()
+    res = build_review(pred, tmp_path / "r", workers=2)
+    first = time.perf_counter() - t
+    t = time.perf_counter()
+    res2 = build_review(pred, tmp_path / "r", workers=2)
+    again = time.perf_counter() - t
+    size = (tmp_path / "r" / "index.html").stat().st_size
+    print(f"10,000 images: {first:.1f}s first run, {again:.1f}s re-run, index.html {size / 1e6:.1f} MB")
+    assert res.images == 10_000 and res.thumbs_written == 10_000 and res2.thumbs_reused == 10_000
+    assert size < 8_000_000 and first < 300 and again < 60
