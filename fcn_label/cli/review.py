@@ -36,6 +36,8 @@ def review(
 
     The page sorts by lowest mean confidence, largest low-confidence fraction or lowest IoU, filters by class, enlarges on click and summarises the class pixel shares. Thumbnails are reused by a re-run. Confidence maps need predict --probs.
 
+    Exit status 1 when some file could not be used (each is named above and noted on its row), 2 for unusable arguments.
+
     Example: fcn-label review masks/ --out review/ && xdg-open review/index.html
     """
     from ..review import build_review
@@ -56,3 +58,5 @@ def review(
         console.print(f"... and {len(res.problems) - 10} more (each is noted on its row of the page)")
     console.print(escape(f"review: {res.images} images, {res.thumbs_written} thumbnails written, {res.thumbs_reused} "
                          f"reused, in {res.seconds:.1f}s; open {res.index}"), soft_wrap=True)
+    if res.problems:  # as predict: the batch went on, but not every file was usable
+        raise typer.Exit(1)

@@ -50,4 +50,7 @@ def select(
                              f"pixels {100 * ch.low:.1f}%"), soft_wrap=True)
     if len(choices) > 5:
         console.print(f"     ... {len(choices) - 5} more")
-    console.print(escape(f"select: {len(choices)} images ({strategy}) written to {out}"), soft_wrap=True)
+    written = len(out.read_text(encoding="utf-8").splitlines())
+    console.print(escape(f"select: {written} images ({strategy}) written to {out}"), soft_wrap=True)
+    if written < len(choices):  # some chosen image had no mask under --masks: named above
+        raise typer.Exit(1)

@@ -273,6 +273,7 @@ def test_bad_inputs_are_one_line_each_and_the_page_is_written(tmp_path):
     moved = rows[df["mask"][3][:-4]]
     assert moved["photo"] is None and "--images" in moved["note"] and moved["overlay"]  # overlay from the mask alone
     assert np.array(Image.open(tmp_path / "r" / moved["overlay"])).size > 0
+    assert _cli(["review", str(pred), "--out", str(tmp_path / "r2"), "-q"]) == 1  # as predict: went on, exit 1
 
 
 def test_refuses_to_write_through_a_symlink_out_of_out(tmp_path):

@@ -186,3 +186,15 @@ def test_cli_select(pool, tmp_path, capsys):
     assert "choose uncertainty, diverse, random" in err and "Traceback" not in err
     assert _cli(["select", str(tmp_path), "--k", "3", "--out", str(out)]) == 2
     assert "predictions.csv" in capsys.readouterr().err
+
+
+def test_cli_select_exit_1_when_a_mask_is_missing(pool, tmp_path, capsys):
+    masks = tmp_path / "masks"
+    shutil.copytree(pool, masks, ignore=shutil.ignore_patterns("confidence", ".fcn-label", "*.csv", "*.json"))
+    top = select(read_pred_folder(pool), 1, "uncertainty")[0][0]
+    (masks / f"{top.row.rel}.png").unlink()
+    out = tmp_path / "pairs.txt"
+    assert _cli(["select", str(pool), "--k", "3", "--out", str(out), "--masks", str(masks)]) == 1
+    err = capsys.readouterr().err
+    assert f"no mask for {top.row.input}" in err.replace("\n", "")
+    assert len(out.read_text().splitlines()) == 2
