@@ -22,6 +22,7 @@ import numpy as np
 from PIL import Image
 
 from ..io import InputError, atomic_path, read_image, read_mask
+from ..outputs import flat_palette
 from .collect import PredFolder, Row, find_photo, read_pred_folder
 
 SORTS = {
@@ -210,6 +211,9 @@ def _thumbs(folder: PredFolder, row: Row, d: dict, out: Path, images: Path | Non
         def build_overlay() -> Image.Image:
             with Image.open(mask_path) as m:
                 m.load()
+                if m.mode != "P":  # predict --palette none: plain index PNG, coloured here with the VOC map
+                    m = Image.fromarray(np.asarray(m.convert("L")), mode="P")
+                    m.putpalette(flat_palette(None))
                 colours = m.convert("RGB")
             if photo_src is None:
                 return _fit(colours, size, Image.NEAREST)

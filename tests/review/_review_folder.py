@@ -19,7 +19,7 @@ def tempered(seed: int):
     return ck
 
 
-def run_predict(root: Path, probs=True, gt=True, n=10) -> Path:
+def run_predict(root: Path, probs=True, gt=True, n=10, palette="model") -> Path:
     imgs = root / "photos"
     for i in range(n):
         sub = imgs / ("a" if i % 2 else "b")
@@ -38,5 +38,5 @@ def run_predict(root: Path, probs=True, gt=True, n=10) -> Path:
     ck = tempered(3)
     out = root / "pred"
     items, problems = discover([imgs], out)
-    PredictJob(Predictor(ck, device="cpu"), PredictOptions(out=out, probs=probs, gt=gt_dir, workers=0)).run(items, problems)
+    PredictJob(Predictor(ck, device="cpu"), PredictOptions(out=out, probs=probs, gt=gt_dir, workers=0, palette=palette)).run(items, problems)
     return out

@@ -314,3 +314,27 @@ def test_build_review_at_ten_thousand_images(tmp_path):
     print(f"10,000 images: {first:.1f}s first run, {again:.1f}s re-run, index.html {size / 1e6:.1f} MB")
     assert res.images == 10_000 and res.thumbs_written == 10_000 and res2.thumbs_reused == 10_000
     assert size < 8_000_000 and first < 300 and again < 60
+
+
+def voc_colour(i: int) -> tuple[int, int, int]:
+    """PASCAL VOC's colour map, the bit-interleaving definition from its devkit."""
+    r = g = b = 0
+    for j in range(8):
+        r |= ((i >> 0) & 1) << (7 - j)
+        g |= ((i >> 1) & 1) << (7 - j)
+        b |= ((i >> 2) & 1) << (7 - j)
+        i >>= 3
+    return r, g, b
+
+
+def test_plain_index_masks_get_colours(tmp_path):
+    pred = run_predict(tmp_path, probs=False, gt=False, n=3, palette="none")
+    assert Image.open(next(pred.glob("*/*.png"))).mode == "L"
+    build_review(pred, tmp_path / "r")
+    for r in page_data(tmp_path / "r" / "index.html"):
+        m = np.array(Image.open(pred / f"{r['rel']}.png"))
+        ph = np.array(Image.open(tmp_path / "r" / r["photo"]).convert("RGB")).astype(float)
+        ov = np.array(Image.open(tmp_path / "r" / r["overlay"]).convert("RGB")).astype(float)
+        assert ov.shape[:2] == m.shape  # small photos are not enlarged
+        want = 0.5 * ph + 0.5 * np.array([voc_colour(v) for v in range(256)], float)[m]
+        assert np.abs(ov - want).mean() < 6  # JPEG's error; blending with the raw index values is ~50 off
