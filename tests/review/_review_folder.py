@@ -35,7 +35,7 @@ def run_predict(root: Path, probs=True, gt=True, n=10, palette="model") -> Path:
             m = (np.arange(w)[None, :].repeat(h, 0) * 5 // w + int(rel.stem[-2:]) % 3) % 5
             (gt_dir / rel.parent).mkdir(parents=True, exist_ok=True)
             Image.fromarray(m.astype(np.uint8), mode="L").save(gt_dir / rel)
-    ck = tempered(3)
+    ck = tempered(7)
     out = root / "pred"
     items, problems = discover([imgs], out)
     PredictJob(Predictor(ck, device="cpu"), PredictOptions(out=out, probs=probs, gt=gt_dir, workers=0, palette=palette)).run(items, problems)

@@ -328,13 +328,16 @@ def voc_colour(i: int) -> tuple[int, int, int]:
 
 
 def test_plain_index_masks_get_colours(tmp_path):
-    pred = run_predict(tmp_path, probs=False, gt=False, n=3, palette="none")
+    pred = run_predict(tmp_path, probs=False, gt=False, n=10, palette="none")
     assert Image.open(next(pred.glob("*/*.png"))).mode == "L"
     build_review(pred, tmp_path / "r")
+    coloured = 0
     for r in page_data(tmp_path / "r" / "index.html"):
         m = np.array(Image.open(pred / f"{r['rel']}.png"))
+        coloured += (m > 0).mean() > 0.2
         ph = np.array(Image.open(tmp_path / "r" / r["photo"]).convert("RGB")).astype(float)
         ov = np.array(Image.open(tmp_path / "r" / r["overlay"]).convert("RGB")).astype(float)
         assert ov.shape[:2] == m.shape  # small photos are not enlarged
         want = 0.5 * ph + 0.5 * np.array([voc_colour(v) for v in range(256)], float)[m]
-        assert np.abs(ov - want).mean() < 6  # JPEG's error; blending with the raw index values is ~50 off
+        assert np.abs(ov - want).mean() < 6  # JPEG's error; blending with the raw index values is far off
+    assert coloured >= 2  # classes other than 0 (black in VOC's map) cover a fifth of some masks
