@@ -17,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
+from urllib.parse import quote
 
 import numpy as np
 from PIL import Image
@@ -177,7 +178,7 @@ def _iou(folder: PredFolder, row: Row, gt: Path, ignore_index: int) -> float | N
 def _thumbs(folder: PredFolder, row: Row, d: dict, out: Path, images: Path | None, size: int,
             res: ReviewResult) -> None:
     base = out / THUMBS / row.rel
-    rel = f"{THUMBS}/{row.rel}"
+    rel = quote(f"{THUMBS}/{row.rel}", safe="/")  # a URL: '#', '?', '%' and spaces in names must not cut it
     notes = []
     mask_path = folder.mask(row)
     photo_src = find_photo(row, images, folder.root)

@@ -18,6 +18,7 @@ from fcn_label.review import build_review
 from fcn_label.review.page import write_page
 
 from _review_folder import run_predict
+from helpers import rand_image
 
 
 def expected(pred: Path, key: str) -> list[str]:
@@ -341,3 +342,26 @@ def test_plain_index_masks_get_colours(tmp_path):
         want = 0.5 * ph + 0.5 * np.array([voc_colour(v) for v in range(256)], float)[m]
         assert np.abs(ov - want).mean() < 6  # JPEG's error; blending with the raw index values is far off
     assert coloured >= 2  # classes other than 0 (black in VOC's map) cover a fifth of some masks
+
+
+def test_odd_file_names_load_in_chromium(tmp_path, browser):
+    imgs = tmp_path / "odd"
+    imgs.mkdir()
+    names = ["a #1.png", "50% off?.png", "ünï cødé.png"]
+    for i, n in enumerate(names):
+        Image.fromarray(rand_image(32, 40, seed=i)).save(imgs / n)
+    from fcn_label.job import PredictJob, PredictOptions, discover
+    from fcn_label.predict import Predictor
+    from _review_folder import tempered
+
+    items, problems = discover([imgs], tmp_path / "pred")
+    PredictJob(Predictor(tempered(7), device="cpu"), PredictOptions(out=tmp_path / "pred", probs=True, workers=0)).run(items, problems)
+    build_review(tmp_path / "pred", tmp_path / "r")
+    page = browser.new_page()
+    page.goto((tmp_path / "r" / "index.html").as_uri())
+    page.wait_for_selector(".row")
+    page.evaluate("Promise.all([...document.querySelectorAll('.row img')].map(i => { i.loading = 'eager'; return i.decode(); }))")
+    assert sorted(page.eval_on_selector_all(".row", "e => e.map(x => x.dataset.path)")) == sorted(names)
+    assert page.evaluate("[...document.querySelectorAll('.row img')].every(i => i.naturalWidth > 0)")
+    assert page.locator(".row img").count() == 9
+    page.close()
