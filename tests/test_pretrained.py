@@ -6,7 +6,8 @@ import pytest
 from fcn_label import load_checkpoint, read_image, read_mask
 from fcn_label.metrics import confusion_matrix, scores
 from fcn_label.predict import Predictor
-from fcn_label.weights import CAMVID_CLASSES, CAMVID_PALETTE, DEFAULT_WEIGHTS, SHIPPED, resolve_weights
+from fcn_label.checkpoint import DEFAULT_WEIGHTS, SHIPPED, resolve_weights
+from fcn_label.classes import CAMVID_CLASSES, CAMVID_PALETTE
 
 # Five val frames spread over the sequence. The shipped file scores 92.7% pixel accuracy and
 # 68.4 mean IU on them; thresholds a few points lower catch a broken export, a wrong
@@ -49,7 +50,7 @@ def test_model_card_figures_are_what_evaluate_gives_on_camvid_val(camvid, tmp_pa
     import pandas as pd
 
     from fcn_label.cli import run_cli
-    from fcn_label.weights import PRETRAINED_DIR
+    from fcn_label.checkpoint import PRETRAINED_DIR
 
     with pytest.raises(SystemExit) as e:
         run_cli(["evaluate", "--weights", DEFAULT_WEIGHTS, "--gt", str(camvid / "val.txt"), "--out", str(tmp_path / "report")])

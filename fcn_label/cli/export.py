@@ -7,13 +7,16 @@ from typing import Optional
 
 import typer
 
-from ._common import app, console, fail
+from ..export import FORMATS
+from ._common import app, choice, console, value
+
+ExportFormat = choice("ExportFormat", FORMATS)
 
 
 @app.command("export")
 def export_cmd(
-    pred_dir: Path = typer.Argument(..., help="The --out folder of `fcn-label predict` (masks, predictions.json, records)."),
-    fmt: str = typer.Option(..., "--format", "-f", help="cvat (Segmentation mask 1.1 folder + zip), labelstudio "
+    pred_dir: Path = typer.Argument(..., help="The --out folder of `fcn-label predict` (its masks, records and COCO predictions)."),
+    fmt: ExportFormat = typer.Option(..., "--format", "-f", help="cvat (Segmentation mask 1.1 folder + zip), labelstudio "
                             "(BrushLabels config + tasks with RLE pre-annotations) or labelme (polygons per image)."),
     out: Path = typer.Option(..., "--out", "-o", help="Folder to write; nothing is written elsewhere."),
     images: Optional[Path] = typer.Option(None, "--images", help="Root of the photos, when they moved since predict "
@@ -27,10 +30,9 @@ def export_cmd(
                                              "URL (default '/data/local-files/?d=', Label Studio's local file serving)."),
 ) -> None:
     """Write predicted masks in an annotation tool's format, so people can correct them."""
-    from ..export import FORMATS, export
+    from ..export import export
 
-    if fmt not in FORMATS:
-        raise fail(f"--format {fmt!r}: unknown; choose one of {', '.join(FORMATS)}")
+    fmt = value(fmt)
     res, folder, problems = export(pred_dir, fmt, out, images=images, only=only, overwrite=overwrite,
                                    tolerance=tolerance, url_prefix=url_prefix)
     for p in problems:

@@ -1,6 +1,6 @@
 """Export predicted masks to annotation tools (CVAT, Label Studio, LabelMe) for people to correct.
 
-The corrected files come back through :mod:`fcn_label.datasets_ext`.
+The corrected files come back as data layouts of :mod:`fcn_label.datasets` (labelstudio, cvat, labelme).
 """
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ..io import InputError
+from ..errors import InputError
 from .common import ExportResult, PredFolder, read_only_list, read_pred_folder  # noqa: F401
 
 FORMATS = ("cvat", "labelstudio", "labelme")

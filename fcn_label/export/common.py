@@ -1,9 +1,10 @@
 """Reading a ``fcn-label predict`` output folder, and writing an export safely.
 
-The per-image records under ``.fcn-label/records`` are the source of truth (they
-map each mask to its input photo and carry the mean confidence); predictions.json
-names the classes (category id = class index + 1) and the model; the masks'
-palette gives the colours.
+Paths come from :class:`~fcn_label.predict.layout.OutputLayout`. The per-image
+records are the source of truth (they map each mask to its input photo and carry
+the mean confidence); the COCO predictions file names the classes (category id =
+class index + 1) and the model; colours come from :func:`fcn_label.classes.resolve_classes`
+(the masks' palette).
 """
 
 from __future__ import annotations
@@ -16,11 +17,12 @@ from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
-from ..io import IMAGE_EXTENSIONS, InputError, read_mask
-
-STATE_DIR = ".fcn-label"
-MANIFEST = ".fcn-label-export.json"  # in --out: marks the folder as an fcn-label export of one format (hidden,
-# so it never clashes with an image named export.* nor shows up as a LabelMe file)
+from ..classes import resolve_classes, voc_palette
+from ..errors import InputError
+from ..guard import guarded
+from ..images import IMAGE_EXTENSIONS, read_mask, write_text_atomic
+from ..predict.layout import EXPORT_MARKER as MANIFEST  # marks --out as an export of one format
+from ..predict.layout import OutputLayout
 
 
 @dataclass(frozen=True)
@@ -48,6 +50,14 @@ class PredFolder:
     palette: list[tuple[int, int, int]]
     model: str
     problems: list[str]  # one line per record or mask that could not be used
+
+    def labels(self, it: PredItem) -> np.ndarray:
+        """``it``'s mask, checked against the class list (a CVAT labelmap or LabelMe label must exist for each)."""
+        labels = it.labels()
+        if labels.max(initial=0) >= len(self.classes):
+            raise InputError(f"{it.mask}: class index {int(labels.max())} but {OutputLayout(self.root).predictions_json.name} "
+                             f"names {len(self.classes)} classes; re-run predict")
+        return labels
 
     def find_image(self, it: PredItem, images: Path | None) -> Path:
         """The photo for ``it``: under --images by relative name, else the recorded input path."""
@@ -82,11 +92,13 @@ def _json(path: Path) -> object:
 def read_pred_folder(root: str | os.PathLike) -> PredFolder:
     """Everything an exporter needs from a predict output folder; bad records become ``problems``."""
     root = Path(root)
-    rec_dir = root / STATE_DIR / "records"
+    layout = OutputLayout(root)
+    rec_dir = layout.records_dir
     if not root.is_dir():
         raise InputError(f"{root}: not a folder; give the --out folder of `fcn-label predict`")
     if not rec_dir.is_dir():
-        raise InputError(f"{root}: no {STATE_DIR}/records folder; give the --out folder of `fcn-label predict`")
+        raise InputError(f"{root}: no {rec_dir.relative_to(root).as_posix()} folder; give the --out folder of "
+                         "`fcn-label predict`")
     items, problems = [], []
     for dirpath, dirnames, filenames in os.walk(rec_dir):
         dirnames.sort()
@@ -95,25 +107,13 @@ def read_pred_folder(root: str | os.PathLike) -> PredFolder:
                 continue
             p = Path(dirpath) / f
             rel = p.relative_to(rec_dir).with_suffix("").as_posix()
-            try:
-                r = _json(p)
-                if not isinstance(r, dict):
-                    raise InputError(f"{p}: expected a JSON object; re-run predict on this image with --overwrite")
-                for field in ("width", "height"):
-                    if not isinstance(r.get(field), int):
-                        raise InputError(f"{p}: field {field!r} missing or not an integer; re-run predict on this image with --overwrite")
-                mask = root / f"{rel}.png"
-                if not mask.is_file():
-                    raise InputError(f"{mask}: mask missing for record {p}; re-run predict to finish it")
-                mc = r.get("mean_confidence")
-                items.append(PredItem(rel, mask, str(r.get("path", "")), r["width"], r["height"],
-                                      float(mc) if isinstance(mc, (int, float)) else None))
-            except InputError as e:
-                problems.append(str(e))
-            except Exception as e:  # any other surprise in one record: report it, keep the batch going
-                problems.append(f"{p}: unusable record ({type(e).__name__}: {e}); re-run predict on this image with --overwrite")
+            item, err = guarded(p, _record_item, layout, rel, p)  # one bad record: one line, the batch goes on
+            if err:
+                problems.append(err)
+            else:
+                items.append(item)
     classes, model = [], ""
-    pj = root / "predictions.json"
+    pj = layout.predictions_json
     if pj.is_file():
         d = _json(pj)
         try:
@@ -124,28 +124,27 @@ def read_pred_folder(root: str | os.PathLike) -> PredFolder:
             model = str((d.get("info") or {}).get("model", ""))
         except (KeyError, TypeError, AttributeError) as e:
             raise InputError(f"{pj}: field 'categories' unusable ({type(e).__name__}: {e}); re-run predict") from None
-    palette = _palette(items)
-    if not classes:  # predict ran with --no-coco: name the classes by index
-        top = max((int(it.labels().max()) for it in items[:50]), default=0)
-        classes = [f"class_{i}" for i in range(top + 1)]
-    return PredFolder(root, items, classes, palette[: max(len(classes), 1)], model, problems)
+    # names: the predictions file's (predict ran with --no-coco: class_0.. up to the largest label seen)
+    labels = None if classes else sorted({int(v) for it in items[:50] for v in np.unique(it.labels())})
+    spec = resolve_classes(names=classes or None, labels=labels or [0],
+                           first_mask=items[0].mask if items else None)
+    palette = [tuple(int(v) for v in c) for c in (spec.palette or voc_palette())]
+    return PredFolder(root, items, spec.names, palette[: max(spec.num, 1)], model, problems)
 
 
-def _palette(items: Sequence[PredItem]) -> list[tuple[int, int, int]]:
-    from PIL import Image
-
-    from ..weights import voc_palette
-
-    for it in items[:1]:
-        try:
-            with Image.open(it.mask) as im:
-                pal = im.getpalette() if im.mode == "P" else None
-        except OSError:
-            pal = None
-        if pal:
-            pal = pal + [0] * (768 - len(pal))
-            return [tuple(pal[i: i + 3]) for i in range(0, 768, 3)]
-    return [tuple(c) for c in voc_palette(256)]
+def _record_item(layout: OutputLayout, rel: str, p: Path) -> PredItem:
+    r = _json(p)
+    if not isinstance(r, dict):
+        raise InputError(f"{p}: expected a JSON object; re-run predict on this image with --overwrite")
+    for field in ("width", "height"):
+        if not isinstance(r.get(field), int):
+            raise InputError(f"{p}: field {field!r} missing or not an integer; re-run predict on this image with --overwrite")
+    mask = layout.mask(rel)
+    if not mask.is_file():
+        raise InputError(f"{mask}: mask missing for record {p}; re-run predict to finish it")
+    mc = r.get("mean_confidence")
+    return PredItem(rel, mask, str(r.get("path", "")), r["width"], r["height"],
+                    float(mc) if isinstance(mc, (int, float)) else None)
 
 
 def read_only_list(path: str | os.PathLike, folder: PredFolder) -> tuple[list[PredItem], list[str]]:
@@ -212,8 +211,6 @@ def check_manifest(out: Path, fmt: str, overwrite: bool) -> None:
     elif out.is_dir() and any(p for p in out.iterdir() if not p.name.startswith(".")) and not overwrite:
         raise InputError(f"{out}: not empty and not an fcn-label export; choose an empty --out or pass --overwrite")
     if not m.is_file() or overwrite:  # claim the folder first, so an interrupted export can resume
-        from ..io import write_text_atomic
-
         out.mkdir(parents=True, exist_ok=True)
         write_text_atomic(m, json.dumps({"format": fmt}))
 
@@ -239,12 +236,10 @@ def run_items(items: Sequence[PredItem], done: Callable[[PredItem], bool], work:
         if not overwrite and done(it):
             result.skipped += 1
         else:
-            try:
-                work(it)
+            _, err = guarded(it.mask, work, it)  # one bad image never stops the export
+            if err:
+                result.failed.append((str(it.mask), err))
+            else:
                 result.written += 1
-            except InputError as e:
-                result.failed.append((str(it.mask), str(e)))
-            except Exception as e:  # noqa: BLE001  one bad image never stops the export
-                result.failed.append((str(it.mask), f"{it.mask}: {type(e).__name__}: {e}"))
         if on_progress:
             on_progress(i, len(items))

@@ -25,7 +25,8 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
-from ..io import InputError, atomic_path, write_bytes_atomic, write_text_atomic
+from ..errors import InputError
+from ..images import atomic_path, write_bytes_atomic, write_text_atomic
 from .common import MANIFEST, ExportResult, OutGuard, PredFolder, PredItem, check_manifest, run_items
 
 SUBSET = "default"
@@ -55,7 +56,7 @@ def _png(arr: np.ndarray, mode: str, palette: list[int] | None = None) -> bytes:
 
 
 def _instance_palette() -> list[int]:
-    from ..weights import voc_palette
+    from ..classes import voc_palette
 
     return [v for c in voc_palette(256) for v in c]
 
@@ -78,9 +79,7 @@ def export_cvat(folder: PredFolder, out: str | os.PathLike, items: Sequence[Pred
         return guard(f"SegmentationClass/{it.rel}.png")
 
     def work(it: PredItem) -> None:
-        labels = it.labels()
-        if labels.max(initial=0) >= n:
-            raise InputError(f"{it.mask}: class index {int(labels.max())} but predictions.json names {n} classes; re-run predict")
+        labels = folder.labels(it)
         present = np.nonzero(np.bincount(labels.ravel(), minlength=n))[0]
         inst = np.zeros(256, dtype=np.uint8)
         inst[present] = np.arange(1, len(present) + 1, dtype=np.uint8)
@@ -101,7 +100,7 @@ def export_cvat(folder: PredFolder, out: str | os.PathLike, items: Sequence[Pred
         with atomic_path(zpath) as tmp:
             with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as z:
                 z.write(out / "labelmap.txt", "labelmap.txt")
-                z.write(out / MANIFEST, MANIFEST)  # marks the labelmap as ours (see datasets_ext.cvat)
+                z.write(out / MANIFEST, MANIFEST)  # marks the labelmap as ours (see datasets.cvat)
                 z.write(out / f"ImageSets/Segmentation/{SUBSET}.txt", f"ImageSets/Segmentation/{SUBSET}.txt")
                 for it in ok:
                     for sub in ("SegmentationClass", "SegmentationObject"):

@@ -21,7 +21,9 @@ from typing import Sequence
 
 import numpy as np
 
-from ..io import InputError, write_text_atomic
+from ..errors import InputError
+from ..images import write_text_atomic
+from ..datasets.corrections import extra_module
 from .common import MANIFEST, ExportResult, OutGuard, PredFolder, PredItem, check_manifest, run_items
 
 LABELME_VERSION = "5.5.0"
@@ -29,11 +31,7 @@ LABELS_FILE = "labels.txt"
 
 
 def _cv2():
-    try:
-        import cv2
-    except ImportError:
-        raise InputError('labelme export traces region boundaries with OpenCV: pip install "fcn-label[labelme]"') from None
-    return cv2
+    return extra_module("cv2", "labelme export (region boundaries traced with OpenCV)")
 
 
 def mask_to_shapes(labels: np.ndarray, classes: Sequence[str], tolerance: float = 1.0) -> list[dict]:
@@ -71,10 +69,7 @@ def export_labelme(folder: PredFolder, out: str | os.PathLike, items: Sequence[P
     res = ExportResult()
 
     def work(it: PredItem) -> None:
-        labels = it.labels()
-        if labels.max(initial=0) >= len(folder.classes):
-            raise InputError(f"{it.mask}: class index {int(labels.max())} but predictions.json names "
-                             f"{len(folder.classes)} classes; re-run predict")
+        labels = folder.labels(it)
         target = guard(f"{it.rel}.json")
         try:
             img = folder.find_image(it, images)

@@ -19,7 +19,9 @@ from xml.sax.saxutils import quoteattr
 
 import numpy as np
 
-from ..io import InputError, write_text_atomic
+from ..errors import InputError
+from ..images import write_text_atomic
+from ..datasets.corrections import extra_module
 from .common import MANIFEST, ExportResult, OutGuard, PredFolder, PredItem, check_manifest, run_items
 
 FROM_NAME, TO_NAME = "label", "image"
@@ -28,11 +30,7 @@ DEFAULT_URL_PREFIX = "/data/local-files/?d="
 
 
 def brush():
-    try:
-        from label_studio_sdk.converter import brush as b
-    except ImportError:
-        raise InputError('labelstudio export encodes masks with label-studio-sdk: pip install "fcn-label[labelstudio]"') from None
-    return b
+    return extra_module("label_studio_sdk.converter.brush", "labelstudio export (brush RLE encoded by label-studio-sdk)")
 
 
 def labelling_config(classes: Sequence[str], palette: Sequence[Sequence[int]]) -> str:
@@ -78,10 +76,7 @@ def export_labelstudio(folder: PredFolder, out: str | os.PathLike, items: Sequen
         return out / "tasks" / f"{it.rel}.json"
 
     def work(it: PredItem) -> None:
-        labels = it.labels()
-        if labels.max(initial=0) >= len(folder.classes):
-            raise InputError(f"{it.mask}: class index {int(labels.max())} but predictions.json names "
-                             f"{len(folder.classes)} classes; re-run predict")
+        labels = folder.labels(it)
         try:
             img = folder.find_image(it, images)
             ref = img.relative_to(images).as_posix() if images is not None else img.as_posix().lstrip("/")

@@ -53,3 +53,13 @@ def palette(pred: Path) -> list[tuple[int, int, int]]:
     with Image.open(next(p for p in pred.rglob("*.png") if ".fcn-label" not in p.parts)) as im:
         pal = im.getpalette()
     return [tuple(pal[i:i + 3]) for i in range(0, len(pal), 3)]
+
+
+def open_corrections(path, layout: str | None = None):
+    """A corrections file or folder read by the layout detection picks (as finetune and evaluate do), or by ``layout``."""
+    import importlib
+
+    from fcn_label.datasets import layout_module
+
+    module = importlib.import_module(f"fcn_label.datasets.{layout}") if layout else layout_module(Path(path))
+    return module.read(Path(path))

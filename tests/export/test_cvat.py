@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fcn_label.data import SegmentationDataset, detect_layout, load_pairs
-from fcn_label.datasets_ext import open_corrections
-from fcn_label.evaluate import GroundTruth
+from fcn_label.datasets import GroundTruth, detect_layout, load_pairs
 from fcn_label.export import export
-from fcn_label.io import InputError
+from fcn_label.predict.layout import EXPORT_MARKER
+from fcn_label.train.data import SegmentationDataset
+from fcn_label.errors import InputError
 
-from _export_helpers import classes, masks, palette, run_cli
+from _export_helpers import open_corrections, classes, masks, palette, run_cli
 
 
 def _datumaro_masks(root) -> dict[str, np.ndarray]:
@@ -169,7 +169,7 @@ def test_cvat_reexport_background_is_unlabelled_not_a_class(pred_dir, tmp_path):
     unannotated pixels black (cvat/apps/dataset_manager/formats/utils.py make_colormap)."""
     export(pred_dir, "cvat", tmp_path / "cvat")
     src = tmp_path / "cvat"
-    (src / ".fcn-label-export.json").unlink()
+    (src / EXPORT_MARKER).unlink()
     lm = src / "labelmap.txt"
     lines = lm.read_text().splitlines()
     lm.write_text("\n".join([lines[0], "background:0,0,0::", *lines[1:]]) + "\n")
@@ -187,7 +187,7 @@ def test_cvat_reexport_background_is_unlabelled_not_a_class(pred_dir, tmp_path):
     assert np.array_equal(corr.mask(key), expected)
     with zipfile.ZipFile(src / "cvat.zip") as zin, zipfile.ZipFile(tmp_path / "from-cvat.zip", "w") as zout:
         for n in zin.namelist():
-            if n == ".fcn-label-export.json":
+            if n == EXPORT_MARKER:
                 continue
             zout.writestr(n, lm.read_bytes() if n == "labelmap.txt" else p.read_bytes() if n == f"SegmentationClass/{key}.png" else zin.read(n))
     corr = open_corrections(tmp_path / "from-cvat.zip")
@@ -196,7 +196,7 @@ def test_cvat_reexport_background_is_unlabelled_not_a_class(pred_dir, tmp_path):
     with zipfile.ZipFile(tmp_path / "from-cvat.zip") as zin, zipfile.ZipFile(tmp_path / "ours.zip", "w") as zout:
         for n in zin.namelist():
             zout.writestr(n, zin.read(n))
-        zout.writestr(".fcn-label-export.json", '{"format": "cvat"}')
+        zout.writestr(EXPORT_MARKER, '{"format": "cvat"}')
     corr = open_corrections(tmp_path / "ours.zip")
     shifted = np.where(expected == 255, 0, expected + 1)
     assert corr.notes == [] and corr.class_names == ["background", *names]

@@ -9,16 +9,15 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from fcn_label.data import SegmentationDataset, detect_layout, load_pairs
-from fcn_label.datasets_ext import open_corrections
-from fcn_label.evaluate import GroundTruth
+from fcn_label.datasets import GroundTruth, detect_layout, load_pairs
 from fcn_label.export import export
+from fcn_label.train.data import SegmentationDataset
 from fcn_label.export.labelme import mask_to_shapes
-from fcn_label.io import InputError
+from fcn_label.errors import InputError
 
-from _export_helpers import classes, masks, run_cli
+from _export_helpers import open_corrections, classes, masks, run_cli
 
-pytest.importorskip("cv2", reason='labelme export needs OpenCV: pip install "fcn-label[labelme]"')
+pytest.importorskip("cv2", reason='labelme export needs OpenCV: pip install "fcn-label[export]"')
 
 
 def fill(doc: dict, names: list[str]) -> np.ndarray:

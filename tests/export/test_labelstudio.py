@@ -11,15 +11,14 @@ import xml.etree.ElementTree as ET
 import numpy as np
 import pytest
 
-from fcn_label.data import SegmentationDataset, detect_layout, load_pairs
-from fcn_label.datasets_ext import open_corrections
-from fcn_label.evaluate import GroundTruth
+from fcn_label.datasets import GroundTruth, detect_layout, load_pairs
 from fcn_label.export import export
-from fcn_label.io import InputError
+from fcn_label.train.data import SegmentationDataset
+from fcn_label.errors import InputError
 
-from _export_helpers import classes, masks, palette, run_cli
+from _export_helpers import open_corrections, classes, masks, palette, run_cli
 
-brush = pytest.importorskip("label_studio_sdk.converter.brush", reason='needs label-studio-sdk: pip install "fcn-label[labelstudio]"')
+brush = pytest.importorskip("label_studio_sdk.converter.brush", reason='needs label-studio-sdk: pip install "fcn-label[export]"')
 
 
 def sdk_decode(region: dict) -> np.ndarray:

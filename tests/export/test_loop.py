@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from fcn_label.cli import run_cli
-from fcn_label.weights import load_checkpoint
+from fcn_label.checkpoint import load_checkpoint
 
 from _export_helpers import classes, masks, palette
 

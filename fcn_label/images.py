@@ -1,0 +1,254 @@
+"""Reading images and masks, writing outputs atomically.
+
+Every reader raises :class:`InputError` with a one-line message that names the
+file and what to do, so batch jobs can report it and go on.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+import socket
+import stat
+import tempfile
+import threading
+import warnings
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .errors import InputError
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm")
+
+# Pillow's own bomb guard is a warning at 89 Mpx and an error at 179 Mpx; we
+# make the limit explicit and configurable and turn it into a clear error.
+DEFAULT_MAX_PIXELS = 250_000_000
+
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
+_PIL_GLOBALS = threading.Lock()
+
+# Pillow warns about oddities it recovers from (corrupt EXIF data, truncated metadata): on an
+# unattended job's console that is multi-line noise, not news. Filtered once here rather than
+# with catch_warnings around every decode, which swaps the process-wide filter list and is not
+# safe in the threads evaluate decodes in.
+warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.")
+
+
+def _open(path: Path, max_pixels: int) -> Image.Image:
+    path = Path(path)
+    try:
+        st = path.stat()
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise InputError(f"{path}: symbolic link loop; fix or remove the link") from None
+        if e.errno == errno.ENOENT and path.is_symlink():
+            raise InputError(f"{path}: broken symbolic link (to {os.readlink(path)}); fix or remove it") from None
+        raise InputError(f"{path}: cannot read ({e.strerror or e}); check the path and permissions") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise InputError(f"{path}: is a directory, not an image")
+    if not stat.S_ISREG(st.st_mode):  # a named pipe would block the whole job on open()
+        raise InputError(f"{path}: not a regular file (a pipe, socket or device); remove it from the inputs")
+    if st.st_size == 0:
+        raise InputError(f"{path}: empty file (0 bytes); re-export or remove it")
+    # Pillow's bomb limit and the warnings filter are process-wide: evaluate decodes in threads,
+    # so swapping them is serialised (only the header parse happens under the lock).
+    with _PIL_GLOBALS:
+        old = Image.MAX_IMAGE_PIXELS
+        try:
+            Image.MAX_IMAGE_PIXELS = None
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # e.g. "Corrupt EXIF data": noise on the console, not an error
+                im = Image.open(path)
+            w, h = im.size
+            if w * h > max_pixels:
+                im.close()
+                raise InputError(
+                    f"{path}: {w}x{h} pixels exceeds the limit of {max_pixels:,} pixels; "
+                    "raise --max-pixels if the image is genuine"
+                )
+            return im
+        except InputError:
+            raise
+        except UnidentifiedImageError:
+            raise InputError(f"{path}: not a recognised image format; check the file is an image") from None
+        except PermissionError:
+            raise InputError(f"{path}: permission denied; make the file readable") from None
+        except OSError as e:
+            raise InputError(f"{path}: cannot open image ({e}); re-export or remove it") from None
+        finally:
+            Image.MAX_IMAGE_PIXELS = old
+
+
+def image_size(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[int, int]:
+    """(width, height) from the header alone, with the same checks and messages as :func:`read_image`."""
+    path = Path(path)
+    with _open(path, max_pixels) as im:
+        return im.size
+
+
+def read_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """RGB uint8 (H, W, 3) as a viewer shows it: EXIF orientation applied, first frame only.
+
+    Greyscale, palette, alpha, CMYK and 16-bit images are converted to 8-bit RGB
+    (alpha is dropped, i.e. composited on nothing: the colour channels are kept).
+    """
+    path = Path(path)
+    im = _open(path, max_pixels)
+
+    def step(new: Image.Image) -> None:
+        """Move on to a converted image, freeing the previous one at once (huge photos: one copy at a time)."""
+        nonlocal im
+        if new is not im:
+            im.close()
+            im = new
+
+    try:
+        im.seek(0)
+        im.load()
+        if im.getexif().get(0x0112, 1) in (2, 3, 4, 5, 6, 7, 8):  # exif_transpose copies even when upright
+            step(ImageOps.exif_transpose(im))
+        if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+            a = np.asarray(im)
+            if a.size and a.max() > 255:  # 16-bit range: 65535 -> 255, exactly (v * 257 -> v)
+                a = a.astype(np.uint32 if a.dtype == np.uint16 else np.int64) * 255 // 65535
+            step(Image.fromarray(a.clip(0, 255).astype(np.uint8), mode="L"))
+        elif im.mode == "F":
+            a = np.asarray(im, dtype=np.float32)
+            a = a / a.max() * 255.0 if a.size and a.max() > 0 else a
+            step(Image.fromarray(a.clip(0, 255).astype(np.uint8), mode="L"))
+        if im.mode == "P" and "transparency" in im.info:
+            step(im.convert("RGBA"))
+        if im.mode != "RGB":
+            step(im.convert("RGB"))
+        arr = np.array(im, dtype=np.uint8)
+    except InputError:
+        raise
+    except (OSError, SyntaxError, ValueError) as e:
+        raise InputError(f"{path}: corrupt or truncated image ({e}); re-export or remove it") from None
+    finally:
+        im.close()
+    if arr.ndim != 3 or arr.shape[0] == 0 or arr.shape[1] == 0:
+        raise InputError(f"{path}: decoded to an empty image; re-export or remove it")
+    return np.ascontiguousarray(arr)
+
+
+def read_mask(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Class-index mask (H, W) uint8 from a palette ('P') or greyscale ('L') PNG.
+
+    Palette PNGs hold class indices directly (VOC); colour RGB masks are refused
+    because their colours would need a palette to be read as classes.
+    """
+    path = Path(path)
+    im = _open(path, max_pixels)
+    try:
+        with im:
+            im.load()
+            if im.mode in ("P", "L"):
+                arr = np.array(im, dtype=np.uint8)
+            elif im.mode in ("I", "I;16", "I;16B", "I;16L"):
+                a = np.asarray(im)
+                if a.size and a.max() > 255:
+                    raise InputError(f"{path}: mask values up to {a.max()} do not fit 8-bit class indices")
+                arr = a.astype(np.uint8)
+            elif im.mode == "LA":
+                arr = np.asarray(im.getchannel(0), dtype=np.uint8)
+            else:
+                raise InputError(
+                    f"{path}: mask is mode {im.mode!r}; expected a palette ('P') or greyscale ('L') "
+                    "PNG holding class indices"
+                )
+    except InputError:
+        raise
+    except (OSError, SyntaxError, ValueError) as e:
+        raise InputError(f"{path}: corrupt or truncated mask ({e}); re-export or remove it") from None
+    return np.ascontiguousarray(arr)
+
+
+# Temporary files are named ``.<name>.<random>.<host>~<pid>.tmp`` so that a later run can tell
+# the leftovers of a killed process (same host, pid gone) from the files of a live one.
+_HOST = re.sub(r"[^A-Za-z0-9-]", "", socket.gethostname())[:32] or "host"
+_TMP_RE = re.compile(r"^\..*\.(?P<host>[A-Za-z0-9-]*)~(?P<pid>\d+)\.tmp$")
+
+
+def _short(name: str, limit: int) -> str:
+    """``name`` cut to at most ``limit`` UTF-8 bytes without splitting a character."""
+    return name.encode("utf-8", "surrogateescape")[:limit].decode("utf-8", "ignore")
+
+
+@contextmanager
+def atomic_path(final: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside ``final``; rename it over ``final`` only on success.
+
+    A killed process leaves at most a hidden ``.tmp`` file (see :func:`remove_stale_temp`),
+    never a half-written output under the final name. The temporary name stays within
+    the 255-byte file-name limit whatever the length of ``final``'s name.
+    """
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{_short(final.name, 100)}.", suffix=f".{_HOST}~{os.getpid()}.tmp",
+                               dir=final.parent)
+    os.close(fd)
+    tmp = Path(tmp)
+    try:
+        yield tmp
+        os.chmod(tmp, 0o666 & ~_UMASK)
+        os.replace(tmp, final)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # EPERM: alive, someone else's
+        return True
+    return True
+
+
+def remove_stale_temp(folder: str | os.PathLike) -> int:
+    """Delete temporary files under ``folder`` left by killed processes of this host; return how many.
+
+    Files of live processes (a concurrent run on the same folder) and of other hosts
+    (a shared network folder) are left alone.
+    """
+    removed = 0
+    for dirpath, _, filenames in os.walk(folder):
+        for f in filenames:
+            m = _TMP_RE.match(f)
+            if m and m["host"] == _HOST and not _pid_alive(int(m["pid"])):
+                try:
+                    os.unlink(os.path.join(dirpath, f))
+                    removed += 1
+                except FileNotFoundError:
+                    pass
+    return removed
+
+
+def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def write_csv_atomic(df, path: str | os.PathLike, index: bool = False, float_format: str | None = None,
+                     lineterminator: str = "\n", na_rep: str = "") -> None:
+    """The one way reports are written as CSV: a pandas DataFrame, '\\n' line ends, temp file + rename."""
+    import io
+
+    buf = io.StringIO()
+    df.to_csv(buf, index=index, float_format=float_format, lineterminator=lineterminator, na_rep=na_rep)
+    write_text_atomic(path, buf.getvalue())

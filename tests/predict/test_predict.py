@@ -1,0 +1,313 @@
+"""predict: batching, tiling, formats and outputs, against plain references."""
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from pycocotools import mask as mask_utils
+
+from fcn_label.cli import run_cli
+from fcn_label.predict import PredictJob, PredictOptions, discover
+from fcn_label.model import FCN, FCNConfig
+from fcn_label.predict import Predictor
+from fcn_label.checkpoint import save_checkpoint
+from helpers import PALETTE, make_checkpoint, one_at_a_time, rand_image
+
+
+@pytest.mark.parametrize("padding,bn", [("caffe", False), ("same", True)])
+def test_batched_equals_one_at_a_time(padding, bn):
+    ck = make_checkpoint(padding, bn)
+    sizes = [(37, 53), (37, 53), (64, 48), (37, 53), (1, 1), (64, 48), (37, 53), (20, 90)]
+    imgs = [rand_image(h, w, i) for i, (h, w) in enumerate(sizes)]
+    preds = Predictor(ck, device="cpu").predict_arrays(imgs, batch_size=3)
+    for img, p in zip(imgs, preds):
+        ref = one_at_a_time(ck, img)
+        assert p.labels.shape == img.shape[:2]
+        assert (p.labels == ref).mean() == 1.0
+        assert p.confidence.min() >= 1.0 / 5 - 1e-6 and p.confidence.max() <= 1.0
+
+
+def naive_tiled(pred, img, tile, overlap):
+    """Reference slide inference: full-size accumulators, no banding."""
+    H, W = img.shape[:2]
+    stride = int(tile * (1 - overlap))
+    ys = sorted({min(y, H - tile) for y in range(0, max(1, H - tile + stride), stride)}) if H > tile else [0]
+    xs = sorted({min(x, W - tile) for x in range(0, max(1, W - tile + stride), stride)}) if W > tile else [0]
+    acc = torch.zeros(pred.num_classes, H, W)
+    cnt = torch.zeros(H, W)
+    for y in ys:
+        for x in xs:
+            t = img[y:y + tile, x:x + tile]
+            p = pred.forward(pred.preprocess([np.ascontiguousarray(t)]))[0]
+            acc[:, y:y + t.shape[0], x:x + t.shape[1]] += p
+            cnt[y:y + t.shape[0], x:x + t.shape[1]] += 1
+    assert cnt.min() >= 1
+    return (acc / cnt).argmax(0).numpy()
+
+
+def test_tiled_banding_equals_full_accumulator():
+    ck = make_checkpoint("same", True)
+    pred = Predictor(ck, device="cpu", tile=48, tile_overlap=0.25)
+    img = rand_image(150, 131, 7)
+    out = pred.predict_tiled(img)
+    assert out.labels.shape == (150, 131)
+    ref = naive_tiled(pred, img, 48, 0.25)
+    assert (out.labels == ref).mean() == 1.0
+
+
+def test_tile_larger_than_image_is_untiled():
+    ck = make_checkpoint()
+    img = rand_image(40, 60, 3)
+    a = Predictor(ck, device="cpu", tile=64).predict_arrays([img])[0]
+    assert (a.labels == one_at_a_time(ck, img)).all()
+    big = Predictor(ck, device="cpu", tile_threshold=1000)  # auto-tiles above 1000 pixels, 1024 tiles
+    assert big.needs_tiling(img.shape) and (big.predict_arrays([img])[0].labels == one_at_a_time(ck, img)).all()
+
+
+@pytest.fixture
+def model_file(tmp_path):
+    path = tmp_path / "model.pt"
+    save_checkpoint(make_checkpoint(), path)
+    return path
+
+
+def write_images(folder: Path, sizes):
+    folder.mkdir(parents=True, exist_ok=True)
+    out = []
+    for i, (h, w) in enumerate(sizes):
+        p = folder / f"img{i}.png"
+        Image.fromarray(rand_image(h, w, i)).save(p)
+        out.append(p)
+    return out
+
+
+def run_job(model_file, inputs, out, **kw):
+    from fcn_label.checkpoint import load_checkpoint
+    ck = load_checkpoint(model_file)
+    items, problems = discover([str(i) for i in inputs], out)
+    job = PredictJob(Predictor(ck, device="cpu"), PredictOptions(out=out, workers=kw.pop("workers", 0), **kw))
+    return job.run(items, problems)
+
+
+def test_outputs_png_coco_csv(tmp_path, model_file):
+    write_images(tmp_path / "in" / "a", [(37, 53), (64, 48)])
+    write_images(tmp_path / "in", [(30, 30)])
+    res = run_job(model_file, [tmp_path / "in"], tmp_path / "out", workers=2)
+    assert res.done == 3 and not res.failed
+    coco = json.loads((tmp_path / "out" / "predictions.json").read_text())
+    assert [c["id"] for c in coco["categories"]] == [1, 2, 3, 4, 5]
+    names = sorted(im["file_name"] for im in coco["images"])
+    assert names == ["a/img0.png", "a/img1.png", "img0.png"]
+    for im in coco["images"]:
+        png = Image.open(tmp_path / "out" / im["file_name"])
+        assert png.mode == "P" and png.size == (im["width"], im["height"])
+        assert png.getpalette()[:15] == [v for c in PALETTE for v in c]
+        labels = np.asarray(png)
+        anns = [a for a in coco["annotations"] if a["image_id"] == im["id"]]
+        assert sorted(a["category_id"] - 1 for a in anns) == sorted(np.unique(labels).tolist())
+        for a in anns:
+            decoded = mask_utils.decode(a["segmentation"])  # pycocotools is the reference decoder
+            assert np.array_equal(decoded.astype(bool), labels == a["category_id"] - 1)
+            assert a["area"] == int((labels == a["category_id"] - 1).sum())
+            x, y, w, h = a["bbox"]
+            ys, xs = np.nonzero(labels == a["category_id"] - 1)
+            assert (x, y, w, h) == (xs.min(), ys.min(), xs.max() - xs.min() + 1, ys.max() - ys.min() + 1)
+    rows = list(csv.DictReader(open(tmp_path / "out" / "predictions.csv")))
+    assert len(rows) == 3
+    for r in rows:
+        fr = dict(kv.split(":") for kv in r["classes"].split(";"))
+        assert abs(sum(float(v) for v in fr.values()) - 1) < 1e-3
+
+
+def test_palette_none_writes_L_and_values_are_class_indices(tmp_path, model_file):
+    (img,) = write_images(tmp_path / "in", [(33, 41)])
+    run_job(model_file, [img], tmp_path / "out", palette="none")
+    png = Image.open(tmp_path / "out" / "img0.png")
+    assert png.mode == "L"
+    from fcn_label.checkpoint import load_checkpoint
+    ref = one_at_a_time(load_checkpoint(model_file), np.asarray(Image.open(img).convert("RGB")))
+    assert np.array_equal(np.asarray(png), ref)
+
+
+def test_rerun_skips_done_and_overwrite_redoes(tmp_path, model_file):
+    write_images(tmp_path / "in", [(20, 20), (20, 30)])
+    first = run_job(model_file, [tmp_path / "in"], tmp_path / "out")
+    before = (tmp_path / "out" / "predictions.json").read_bytes()
+    (tmp_path / "out" / "img1.png").unlink()  # as if killed before this one finished
+    second = run_job(model_file, [tmp_path / "in"], tmp_path / "out")
+    assert (first.done, second.done, second.skipped) == (2, 1, 1)
+    assert (tmp_path / "out" / "predictions.json").read_bytes() == before
+    third = run_job(model_file, [tmp_path / "in"], tmp_path / "out", overwrite=True)
+    assert third.done == 2 and third.skipped == 0
+    assert not list((tmp_path / "out").rglob("*.tmp"))
+
+
+def test_formats_and_exif_orientation(tmp_path, model_file):
+    d = tmp_path / "in"
+    d.mkdir()
+    rgb = rand_image(30, 50, 1)
+    Image.fromarray(rgb).convert("L").save(d / "grey.png")
+    Image.fromarray(rgb).convert("RGBA").save(d / "rgba.png")
+    Image.fromarray(rgb).convert("CMYK").save(d / "cmyk.jpg")
+    Image.fromarray(rgb).convert("P").save(d / "pal.gif")
+    Image.fromarray((rgb[..., 0].astype(np.uint16) * 257)).save(d / "grey16.png")
+    Image.fromarray(rgb).save(d / "x.webp")
+    Image.fromarray(rgb).save(d / "x.tiff")
+    Image.fromarray(rgb).save(d / "x.bmp")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise for display
+    Image.fromarray(rgb).save(d / "rot.jpg", exif=exif)
+    res = run_job(model_file, [d], tmp_path / "out")
+    assert res.done == 9 and not res.failed
+    sizes = {f.stem: Image.open(f).size for f in (tmp_path / "out").glob("*.png")}
+    assert len(sizes) == 9
+    # (W, H): the stored 50x30 photo is shown rotated, 30 wide and 50 high, and its mask must match that
+    assert sizes.pop("rot") == (30, 50)
+    assert set(sizes.values()) == {(50, 30)}
+
+
+def test_shards_split_without_overlap(tmp_path, model_file):
+    write_images(tmp_path / "in", [(16, 16)] * 5)
+    a = run_job(model_file, [tmp_path / "in"], tmp_path / "out", shard=(0, 2))
+    b = run_job(model_file, [tmp_path / "in"], tmp_path / "out", shard=(1, 2))
+    assert (a.total, b.total, a.done + b.done) == (3, 2, 5)
+    assert len(list((tmp_path / "out").glob("img*.png"))) == 5
+    coco = json.loads((tmp_path / "out" / "predictions.json").read_text())
+    assert len(coco["images"]) == 5  # the last shard to finish assembles everything done so far
+
+
+def test_never_writes_outside_out(tmp_path, model_file):
+    (img,) = write_images(tmp_path / "elsewhere", [(16, 16)])
+    listdir = tmp_path / "lists" / "deep"
+    listdir.mkdir(parents=True)
+    (listdir / "files.txt").write_text(f"../../elsewhere/img0.png\n{img.resolve()}\nmissing.png\n")
+    out = tmp_path / "out"
+    res = run_job(model_file, [listdir / "files.txt"], out)
+    assert res.done == 1 and len(res.failed) == 1 and "missing.png" in res.failed[0][1]
+    written = [p for p in tmp_path.rglob("*") if p.is_file() and "out" not in p.relative_to(tmp_path).parts[:1]]
+    assert sorted(p.name for p in written) == ["files.txt", "img0.png", "model.pt"]
+    for p in out.rglob("*"):
+        assert out.resolve() in p.resolve().parents
+
+
+def test_output_folder_inside_input_is_not_read_back(tmp_path, model_file):
+    write_images(tmp_path / "in", [(16, 16), (16, 20)])
+    run_job(model_file, [tmp_path / "in"], tmp_path / "in" / "masks")
+    items, _ = discover([tmp_path / "in"], tmp_path / "in" / "masks")
+    assert [it.rel for it in items] == ["img0", "img1"]
+
+
+def test_duplicate_stems_do_not_collide(tmp_path, model_file):
+    d = tmp_path / "in"
+    d.mkdir()
+    Image.fromarray(rand_image(16, 16, 1)).save(d / "a.png")
+    Image.fromarray(rand_image(16, 24, 2)).save(d / "a.jpg")
+    res = run_job(model_file, [d], tmp_path / "out")
+    assert res.done == 2
+    sizes = sorted(Image.open(p).size for p in (tmp_path / "out").glob("a*.png"))
+    assert sizes == [(16, 16), (24, 16)]
+
+
+def test_gt_adds_per_image_iou(tmp_path, model_file):
+    (img,) = write_images(tmp_path / "in", [(24, 32)])
+    from fcn_label.checkpoint import load_checkpoint
+    ref = one_at_a_time(load_checkpoint(model_file), np.asarray(Image.open(img).convert("RGB")))
+    gt = ref.copy().astype(np.uint8)
+    gt[:12] = 255  # ignored
+    gt[12:14] = (gt[12:14] + 1) % 5  # two wrong rows
+    (tmp_path / "gt").mkdir()
+    Image.fromarray(gt, mode="L").save(tmp_path / "gt" / "img0.png")
+    run_job(model_file, [tmp_path / "in"], tmp_path / "out", gt=tmp_path / "gt")
+    row = next(csv.DictReader(open(tmp_path / "out" / "predictions.csv")))
+    assert float(row["pixel_accuracy"]) == pytest.approx((10 * 32) / (12 * 32), abs=1e-6)
+
+
+def cli(capsys, *args):
+    with pytest.raises(SystemExit) as e:
+        run_cli([str(a) for a in args])
+    return e.value.code, capsys.readouterr()
+
+
+def test_cli_summary_and_failures(tmp_path, model_file, capsys):
+    write_images(tmp_path / "in", [(16, 16)])
+    (tmp_path / "in" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    code, out = cli(capsys, "predict", tmp_path / "in", "--out", tmp_path / "out", "-w", model_file, "-q", "--workers", "0")
+    assert code == 1
+    assert "broken.jpg" in out.err and "done 1" in out.err and "failed 1" in out.err
+    assert "Traceback" not in out.err
+    rows = list(csv.DictReader(open(tmp_path / "out" / "failures.csv")))
+    assert len(rows) == 1 and rows[0]["path"].endswith("broken.jpg")
+
+
+def test_cli_user_errors_are_one_line(tmp_path, model_file, capsys):
+    code, out = cli(capsys, "predict", tmp_path / "nope", "--out", tmp_path / "out", "-w", model_file)
+    assert code == 2 and "nope" in out.err and "Traceback" not in out.err
+    code, out = cli(capsys, "predict", tmp_path, "--out", tmp_path / "out", "-w", tmp_path / "missing.pt")
+    assert code == 2 and "missing.pt" in out.err and "Traceback" not in out.err
+    code, out = cli(capsys, "predict", tmp_path, "--out", tmp_path / "out", "-w", model_file, "--palette", "rainbow")
+    assert code == 2 and "'model', 'voc', 'none'" in out.err
+
+
+def test_cli_classes_file_names_and_colours_a_bare_state_dict(tmp_path, capsys):
+    """A pytorch-fcn style state dict plus --classes: names reach the COCO file, colours the PNG palette."""
+    torch.manual_seed(0)
+    m = FCN(FCNConfig(arch="fcn16s", num_classes=3, width=0.0625, fc_channels=16))
+    torch.save(m.state_dict(), tmp_path / "fcn16s.pth")
+    (tmp_path / "classes.txt").write_text("ground 1 2 3\nsky blue 4 5 6\nthing 7 8 9\n")
+    write_images(tmp_path / "in", [(20, 24)])
+    code, out = cli(capsys, "predict", tmp_path / "in", "-o", tmp_path / "out", "-w", tmp_path / "fcn16s.pth",
+                    "--arch", "fcn16s", "--classes", tmp_path / "classes.txt", "-q", "--workers", "0")
+    assert code in (0, None), out.err
+    coco = json.loads((tmp_path / "out" / "predictions.json").read_text())
+    assert [c["name"] for c in coco["categories"]] == ["ground", "sky blue", "thing"]
+    assert Image.open(tmp_path / "out" / "img0.png").getpalette()[:9] == [1, 2, 3, 4, 5, 6, 7, 8, 9]
+
+
+@pytest.mark.parametrize("padding,bn", [("caffe", False), ("same", True)])
+def test_flip_averages_the_image_and_its_mirror(padding, bn):
+    ck = make_checkpoint(padding, bn)
+    imgs = [rand_image(37, 53, 0), rand_image(37, 53, 1), rand_image(64, 48, 2)]
+    pred = Predictor(ck, device="cpu", flip=True)
+    out = pred.predict_arrays(imgs, batch_size=2)
+    # reference: two plain forward passes, softmax, mirror the second back, average
+    m = ck.build()
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    for img, p in zip(imgs, out):
+        x = (torch.from_numpy(img.copy()).permute(2, 0, 1).float()[None] / 255.0 - mean) / std
+        with torch.no_grad():
+            ref = (torch.softmax(m(x), 1) + torch.softmax(m(x.flip(-1)), 1).flip(-1)) / 2
+        conf, labels = ref.max(1)
+        assert (p.labels == labels[0].numpy()).mean() >= 0.999
+        # NHWC vs NCHW summation order: a near-tie pixel of this random net may move a little
+        assert (np.abs(p.confidence - conf[0].numpy()) < 1e-4).mean() >= 0.999
+    # the averaged prediction of a mirrored image is the mirrored prediction
+    mirrored = pred.predict_arrays([np.ascontiguousarray(imgs[0][:, ::-1])])[0]
+    assert (mirrored.labels == out[0].labels[:, ::-1]).mean() >= 0.999
+    plain = Predictor(ck, device="cpu").predict_arrays(imgs[:1])[0]
+    assert not np.allclose(plain.confidence, out[0].confidence)  # flip did change something
+
+
+def test_gt_takes_any_layout_and_scores_like_the_mask_folder(tmp_path, fixtures_dir):
+    """predict --gt reads ground truth through the datasets package: a VOC root gives the same
+    per-image figures as its SegmentationClass/ folder, which is checked against a NumPy IoU."""
+    import pandas as pd
+
+    voc = fixtures_dir / "voc"
+    for name, gt in (("folder", voc / "SegmentationClass"), ("root", voc)):
+        with pytest.raises(SystemExit) as e:
+            run_cli(["predict", str(voc / "JPEGImages"), "--out", str(tmp_path / name), "--gt", str(gt), "-q"])
+        assert e.value.code == 0
+    folder = pd.read_csv(tmp_path / "folder" / "predictions.csv")
+    root = pd.read_csv(tmp_path / "root" / "predictions.csv")
+    cols = [c for c in folder.columns if c != "seconds"]
+    pd.testing.assert_frame_equal(folder[cols], root[cols])
+    row = folder.iloc[0]
+    gt = np.array(Image.open(voc / "SegmentationClass" / f"{Path(row['mask']).stem}.png"))
+    pred = np.array(Image.open(tmp_path / "folder" / row["mask"]))
+    valid = (gt != 11) & (gt < 11)  # the shipped CamVid model: 11 classes, ignore label 11
+    assert row["pixel_accuracy"] == pytest.approx((gt[valid] == pred[valid]).mean(), abs=1e-6)
