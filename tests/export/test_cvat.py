@@ -19,7 +19,8 @@ from _export_helpers import open_corrections, classes, masks, palette, run_cli
 
 
 def _datumaro_masks(root) -> dict[str, np.ndarray]:
-    dm = pytest.importorskip("datumaro")
+    dm = pytest.importorskip("datumaro", reason="reads the CVAT export back with datumaro (CVAT's importer); "
+                             'install it with: .venv/bin/pip install -e ".[interop-test]"')
     ds = dm.Dataset.import_from(str(root), "voc_segmentation")
     names = [c.name for c in ds.categories()[dm.AnnotationType.label].items]
     out = {}
