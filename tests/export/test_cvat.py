@@ -94,6 +94,21 @@ def test_corrections_read_back_exactly_the_edited_masks(pred_dir, tmp_path):
             assert np.array_equal(gt.load(k), expected[k])
 
 
+def test_cvat_with_photos_is_not_taken_for_voc(pred_dir, tmp_path):
+    """CVAT exports with images hold JPEGImages/ + SegmentationClass/ as VOC does; the colour masks must
+    still be read through labelmap.txt (as VOC, the RGB masks would not decode to class indices)."""
+    export(pred_dir, "cvat", tmp_path / "cvat")
+    src = tmp_path / "cvat"
+    shutil.copytree(pred_dir.parent / "photos", src / "JPEGImages")
+    assert detect_layout(src) == "cvat" and detect_layout(pred_dir / "predictions.json") == "coco"
+    want = masks(pred_dir)
+    pairs, problems, corr = load_pairs(src)  # no --images: the photos in JPEGImages/
+    assert problems == [] and sorted(p.key for p in pairs) == sorted(want)
+    assert all(p.image.parent == src / "JPEGImages" for p in pairs)
+    for p in pairs:
+        assert np.array_equal(corr.mask(p.key), want[p.key])
+
+
 def test_bad_cvat_files_name_the_file_and_field(pred_dir, tmp_path):
     export(pred_dir, "cvat", tmp_path / "cvat")
     lm = tmp_path / "cvat/labelmap.txt"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import shutil
 
@@ -70,6 +71,13 @@ def test_corrections_feed_finetune_and_evaluate(fmt, pred_dir, tmp_path, capsys)
     report = json.loads(capsys.readouterr().out)
     total = sum(v.size for v in want.values())
     assert report["summary"]["pixel_accuracy"] == pytest.approx(1 - changed / total, abs=1e-9)
+    # predict --gt: the same comparison per image, in predictions.csv (NumPy gives the reference)
+    again = tmp_path / "again"
+    assert _cli(["predict", str(photos), "--out", str(again), "--gt", str(gt)]) == 0
+    rows = {r["mask"][: -len(".png")]: r for r in csv.DictReader((again / "predictions.csv").open())}
+    assert sorted(rows) == sorted(want)
+    for k in want:
+        assert float(rows[k]["pixel_accuracy"]) == pytest.approx(float((want[k] == expected[k]).mean()), abs=1e-4)
     # finetune reads them, with the class names from the files
     run = tmp_path / "run"
     assert _cli(["finetune", str(gt), "--images", str(photos), "-o", str(run), "--epochs", "1", "-b", "1", *TINY]) == 0
