@@ -41,7 +41,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from fcn_label.data import pairs_from_list  # noqa: E402
-from fcn_label.io import write_text_atomic  # noqa: E402
+from fcn_label.images import write_text_atomic  # noqa: E402
 from fcn_label.job import PredictJob, PredictOptions, discover  # noqa: E402
 from fcn_label.predict import Predictor  # noqa: E402
 from fcn_label.review.collect import read_pred_folder  # noqa: E402

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .io import InputError, write_text_atomic
+from .images import InputError, write_text_atomic
 from .review.collect import PredFolder, Row, find_photo, read_pred_folder
 
 STRATEGIES = ("uncertainty", "diverse", "random")

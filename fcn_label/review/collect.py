@@ -15,7 +15,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..io import IMAGE_EXTENSIONS, InputError
+from ..images import IMAGE_EXTENSIONS, InputError
 
 CONFIDENCE_DIR, OVERLAY_DIR = "confidence", "overlays"
 

@@ -22,7 +22,7 @@ from urllib.parse import quote
 import numpy as np
 from PIL import Image
 
-from ..io import InputError, atomic_path, read_image, read_mask
+from ..images import InputError, atomic_path, read_image, read_mask
 from ..outputs import flat_palette
 from .collect import PredFolder, Row, find_photo, read_pred_folder
 

@@ -83,7 +83,7 @@ def test_missing_confidence_maps_say_how_to_get_them(tmp_path):
 
 
 def test_bad_sort_and_missing_folder_are_one_line_errors(tmp_path, pred_folder):
-    from fcn_label.io import InputError
+    from fcn_label.errors import InputError
 
     with pytest.raises(ValueError, match="choose confidence, low, iou, name"):
         build_review(pred_folder, tmp_path / "r", sort="best")
