@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 import urllib.parse
 from pathlib import Path
 
@@ -89,3 +90,12 @@ def test_photos_gone_is_a_note_not_silence(pred_copy, tmp_path):
     r = run_cli("export", str(pred_copy), "--format", "labelme", "--out", str(tmp_path / "lm"))
     assert r.returncode == 0
     assert r.stderr.count("not found; imagePath points where predict read it") == 3
+
+
+@pytest.mark.parametrize("fmt, module", [("labelme", "cv2"), ("labelstudio", "label_studio_sdk.converter.brush")])
+def test_missing_extra_is_one_line_naming_it(fmt, module, pred_dir, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, module, None)  # as if the package were not installed
+    r = run_cli("export", str(pred_dir), "--format", fmt, "--out", str(tmp_path / fmt))
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert 'pip install "fcn-label[export]"' in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / fmt).exists()  # checked before anything is written
