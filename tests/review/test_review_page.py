@@ -83,7 +83,7 @@ def test_missing_confidence_maps_say_how_to_get_them(tmp_path):
 
 
 def test_bad_sort_and_missing_folder_are_one_line_errors(tmp_path, pred_folder):
-    from fcn_label.io import InputError
+    from fcn_label.errors import InputError
 
     with pytest.raises(ValueError, match="choose confidence, low, iou, name"):
         build_review(pred_folder, tmp_path / "r", sort="best")
@@ -350,7 +350,7 @@ def test_odd_file_names_load_in_chromium(tmp_path, browser):
     names = ["a #1.png", "50% off?.png", "ünï cødé.png"]
     for i, n in enumerate(names):
         Image.fromarray(rand_image(32, 40, seed=i)).save(imgs / n)
-    from fcn_label.job import PredictJob, PredictOptions, discover
+    from fcn_label.predict import PredictJob, PredictOptions, discover
     from fcn_label.predict import Predictor
     from _review_folder import tempered
 
