@@ -40,14 +40,14 @@ from PIL import Image
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from fcn_label.data import pairs_from_list  # noqa: E402
+from fcn_label.datasets.listfile import pairs_from_list  # noqa: E402
 from fcn_label.images import write_text_atomic  # noqa: E402
-from fcn_label.job import PredictJob, PredictOptions, discover  # noqa: E402
+from fcn_label.predict import PredictJob, PredictOptions, discover  # noqa: E402
 from fcn_label.predict import Predictor  # noqa: E402
 from fcn_label.review.collect import read_pred_folder  # noqa: E402
 from fcn_label.selection import STRATEGIES, select  # noqa: E402
 from fcn_label.train import Trainer, TrainConfig  # noqa: E402
-from fcn_label.weights import load_checkpoint  # noqa: E402
+from fcn_label.checkpoint import load_checkpoint  # noqa: E402
 
 NUM_CLASSES, IGNORE = 11, 11
 

@@ -27,7 +27,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .images import InputError, write_text_atomic
+from .errors import InputError
+from .images import write_text_atomic
 from .review.collect import PredFolder, Row, find_photo, read_pred_folder
 
 STRATEGIES = ("uncertainty", "diverse", "random")
@@ -154,7 +155,7 @@ def write_selection(pred_dir: str | os.PathLike, out: str | os.PathLike, k: int,
         if p is not None and not p.is_dir():
             raise InputError(f"{what} {p}: folder not found")
     if not folder.rows:
-        raise InputError(f"{folder.root / 'predictions.csv'}: no predicted image to choose from")
+        raise InputError(f"{folder.layout.predictions_csv}: no predicted image to choose from")
     choices, problems = select(folder, k, strategy, seed, diversity, min_fraction)
     lines, more = list_lines(folder, choices, out, images, masks)
     write_text_atomic(out, "".join(f"{line}\n" for line in lines))

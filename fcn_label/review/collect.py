@@ -15,9 +15,9 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..images import IMAGE_EXTENSIONS, InputError
-
-CONFIDENCE_DIR, OVERLAY_DIR = "confidence", "overlays"
+from ..errors import InputError
+from ..images import IMAGE_EXTENSIONS
+from ..predict.layout import CONFIDENCE_DIR, OutputLayout
 
 
 @dataclass
@@ -46,15 +46,19 @@ class PredFolder:
     class_order_known: bool
     problems: list[str] = field(default_factory=list)
 
+    @property
+    def layout(self) -> OutputLayout:
+        return OutputLayout(self.root)
+
     def mask(self, row: Row) -> Path:
-        return self.root / f"{row.rel}.png"
+        return self.layout.mask(row.rel)
 
     def confidence(self, row: Row) -> Path | None:
-        p = self.root / CONFIDENCE_DIR / f"{row.rel}.png"
+        p = self.layout.confidence(row.rel)
         return p if p.is_file() else None
 
     def overlay(self, row: Row) -> Path | None:
-        p = self.root / OVERLAY_DIR / f"{row.rel}.jpg"
+        p = self.layout.overlay(row.rel)
         return p if p.is_file() else None
 
     @property
@@ -82,7 +86,8 @@ def parse_classes(cell: str) -> dict[str, float]:
 def read_pred_folder(pred_dir: str | os.PathLike) -> PredFolder:
     """Every image predict finished in ``pred_dir``; a malformed CSV row is one problem line, not a stop."""
     root = Path(pred_dir)
-    csv_path = root / "predictions.csv"
+    layout = OutputLayout(root)
+    csv_path = layout.predictions_csv
     if not root.is_dir():
         raise InputError(f"{root}: folder not found; give the --out folder of `fcn-label predict`")
     if not csv_path.is_file():
@@ -90,7 +95,7 @@ def read_pred_folder(pred_dir: str | os.PathLike) -> PredFolder:
                          "(run fcn-label predict IMAGES --out {root} first)")
     names: list[str] = []
     known = False
-    coco = root / "predictions.json"
+    coco = layout.predictions_json
     problems: list[str] = []
     if coco.is_file():
         try:

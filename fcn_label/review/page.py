@@ -22,8 +22,9 @@ from urllib.parse import quote
 import numpy as np
 from PIL import Image
 
-from ..images import InputError, atomic_path, read_image, read_mask
-from ..outputs import flat_palette
+from ..errors import InputError
+from ..images import atomic_path, read_image, read_mask
+from ..predict.outputs import flat_palette
 from .collect import PredFolder, Row, find_photo, read_pred_folder
 
 SORTS = {
@@ -105,7 +106,7 @@ def build_review(pred_dir: str | os.PathLike, out: str | os.PathLike, gt: str | 
         raise InputError(f"--gt {gt}: folder not found; give the folder of ground-truth index masks named like the "
                          "predicted masks")
     if gt is not None and not folder.class_order_known:
-        raise InputError(f"{folder.root / 'predictions.json'}: needed with --gt for the class order; re-run "
+        raise InputError(f"{folder.layout.predictions_json}: needed with --gt for the class order; re-run "
                          "predict without --no-coco")
     images = Path(images) if images is not None else None
     if images is not None and not images.is_dir():

@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from fcn_label.job import PredictJob, PredictOptions, discover
+from fcn_label.predict import PredictJob, PredictOptions, discover
 from fcn_label.predict import Predictor
 from helpers import make_checkpoint, rand_image
 

@@ -350,7 +350,7 @@ def test_odd_file_names_load_in_chromium(tmp_path, browser):
     names = ["a #1.png", "50% off?.png", "ünï cødé.png"]
     for i, n in enumerate(names):
         Image.fromarray(rand_image(32, 40, seed=i)).save(imgs / n)
-    from fcn_label.job import PredictJob, PredictOptions, discover
+    from fcn_label.predict import PredictJob, PredictOptions, discover
     from fcn_label.predict import Predictor
     from _review_folder import tempered
 

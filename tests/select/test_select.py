@@ -11,8 +11,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from fcn_label.data import pairs_from_list
-from fcn_label.job import discover
+from fcn_label.datasets.listfile import pairs_from_list
+from fcn_label.predict import discover
 from fcn_label.review.collect import read_pred_folder
 from fcn_label.selection import select, write_selection
 
