@@ -144,13 +144,25 @@ def main() -> None:
     if bad:
         ap.error(f"unknown variant(s) {bad}; choose from {','.join(VARIANTS)}")
     rows = []
+    name = torch.cuda.get_device_name() if device.type == "cuda" else "CPU"
+    print(f"device: {name}, torch {torch.__version__}, input {h}x{w}")
+    print("| model | batch | variant | network alone (img/s) | warm-up (s) |")
+    print("|---|---|---|---|---|", flush=True)
+
+    def show(r: dict) -> None:  # row by row, so a run cut short by its timeout still reports
+        rows.append(r)
+        if "skipped" in r:
+            print(f"| {r['model']} | {r['batch']} | {r['variant']} | skipped: {r['skipped']} | |", flush=True)
+        else:
+            print(f"| {r['model']} | {r['batch']} | {r['variant']} | {r['img_s']:.1f} | {r['warmup_s']:.1f} |", flush=True)
+
     for kind in a.model.split(","):
         base = build_model(kind, device)
         for bs in (int(b) for b in a.batch.split(",")):
             fns = {}
             for v in names:
                 if time.perf_counter() - t_start > a.budget:
-                    rows.append({"model": kind, "batch": bs, "variant": v, "skipped": "budget"})
+                    show({"model": kind, "batch": bs, "variant": v, "skipped": "budget"})
                     continue
                 try:
                     fn, dt, fmt = variant(base, v, device)
@@ -161,7 +173,7 @@ def main() -> None:
                     sync(device)
                     fns[v] = (fn, x, time.perf_counter() - t)
                 except Exception as e:  # one variant failing (e.g. no bf16 on this GPU) must not stop the rest
-                    rows.append({"model": kind, "batch": bs, "variant": v, "skipped": f"{type(e).__name__}: {e}"[:200]})
+                    show({"model": kind, "batch": bs, "variant": v, "skipped": f"{type(e).__name__}: {e}"[:200]})
             best = {v: float("inf") for v in fns}
             for _ in range(a.rounds):
                 if time.perf_counter() - t_start > a.budget * 1.2:
@@ -174,19 +186,10 @@ def main() -> None:
                     sync(device)
                     best[v] = min(best[v], (time.perf_counter() - t) / a.iters)
             for v, (fn, x, warm) in fns.items():
-                rows.append({"model": kind, "batch": bs, "variant": v, "img_s": bs / best[v], "warmup_s": warm})
+                show({"model": kind, "batch": bs, "variant": v, "img_s": bs / best[v], "warmup_s": warm})
             del fns
             if device.type == "cuda":
                 torch.cuda.empty_cache()
-    name = torch.cuda.get_device_name() if device.type == "cuda" else "CPU"
-    print(f"device: {name}, torch {torch.__version__}, input {h}x{w}")
-    print("| model | batch | variant | network alone (img/s) | warm-up (s) |")
-    print("|---|---|---|---|---|")
-    for r in rows:
-        if "skipped" in r:
-            print(f"| {r['model']} | {r['batch']} | {r['variant']} | skipped: {r['skipped']} | |")
-        else:
-            print(f"| {r['model']} | {r['batch']} | {r['variant']} | {r['img_s']:.1f} | {r['warmup_s']:.1f} |")
     out = {"device": name, "rows": rows}
     if a.decode:
         d = decode_bench(a.decode, device)
