@@ -16,7 +16,10 @@ Levers (each a callable with the FCN forward's contract, see fcn_label/accel.py)
 
 Speed: every lever is timed on the same normalised 480x360 CamVid val frame, batch 1, in
 interleaved rounds (each round runs every lever ``--iters`` times); the figure is the fastest
-call over all rounds, so a busy neighbour slows a round, not a lever. Accuracy: CamVid val mean
+call over all rounds, so a busy neighbour slows a round, not a lever. The process CPU time of
+the fastest call is reported too: with ``--threads 1`` it is the cost per image on one core and
+barely moves when other processes share the machine (with 2 threads it includes OpenMP's
+spin-waiting, which grows under contention). Accuracy: CamVid val mean
 IU (ignore label 11, 11 classes, fcn_label.metrics) on ``--val`` images, plus the share of pixel
 labels equal to plain fp32's. Warm-up: seconds to build (export, calibrate, convert) and first
 call, and the first call at a second size (333x257) after that, which shows whether a new size
@@ -134,13 +137,15 @@ def build(kind: str, ck, calib, example, tmp, threads):
     return make_backend(model, kind, calib)
 
 
-def timed(fn, x, iters: int) -> float:
-    best = float("inf")
+def timed(fn, x, iters: int) -> tuple[float, float]:
+    """Fastest wall time and fastest process CPU time (all threads) of ``iters`` calls."""
+    best = cpu = float("inf")
     for _ in range(iters):
-        t = time.perf_counter()
+        c, t = time.process_time(), time.perf_counter()
         fn(x)
         best = min(best, time.perf_counter() - t)
-    return best
+        cpu = min(cpu, time.process_time() - c)
+    return best, cpu
 
 
 def evaluate(fn, val_x, val_gt, ref_labels=None):
@@ -188,7 +193,7 @@ def main() -> None:
     ap.add_argument("--iters", type=int, default=3, help="calls per lever per round")
     ap.add_argument("--val", type=int, default=101, help="val images for mean IU (101 = all)")
     ap.add_argument("--calib", type=int, default=32, help="TRAIN images for int8 calibration")
-    ap.add_argument("--skip-accuracy", default="int8_eager", help="levers whose val accuracy is not measured")
+    ap.add_argument("--skip-accuracy", default="int8_eager", help="levers whose val accuracy is not measured ('all': none)")
     ap.add_argument("--e2e-images", type=int, default=48, help="0: no end-to-end runs")
     ap.add_argument("--e2e-kinds", default="eager,int8")
     ap.add_argument("--e2e-rounds", type=int, default=3)
@@ -238,20 +243,23 @@ def main() -> None:
         print(f"built {k}: {t1 - t:.1f} s to first output, {t2 - t1:.2f} s first call at 333x257", flush=True)
 
     best = {k: float("inf") for k in fns}
+    cpu = dict(best)
     for r in range(a.rounds):
         for k, fn in fns.items():
             it = 1 if k == "int8_eager" else a.iters
-            best[k] = min(best[k], timed(fn, x, it))
+            wall, c = timed(fn, x, it)
+            best[k], cpu[k] = min(best[k], wall), min(cpu[k], c)
         print(f"round {r + 1}/{a.rounds}: " + ", ".join(f"{k} {1 / best[k]:.2f}" for k in fns), flush=True)
 
     acc = {}
     ref = None
     skip = set(a.skip_accuracy.split(","))
-    ref_fn = fns.get("plain") or no_grad(ck.build())
-    miou, _, ref = evaluate(ref_fn, val_x, val_gt)
-    acc["plain"] = (miou, 1.0)
+    if "all" not in skip:
+        ref_fn = fns.get("plain") or no_grad(ck.build())
+        miou, _, ref = evaluate(ref_fn, val_x, val_gt)
+        acc["plain"] = (miou, 1.0)
     for k, fn in fns.items():
-        if k in EXACT or k in skip:
+        if k in EXACT or k in skip or "all" in skip:
             continue
         miou, agree, _ = evaluate(fn, val_x, val_gt, ref)
         acc[k] = (miou, agree)
@@ -272,16 +280,16 @@ def main() -> None:
           f"{a.threads} threads")
     print(f"\nhardware: {hw}; 480x360, batch 1, fastest of {a.rounds} interleaved rounds x {a.iters} calls;"
           f" mean IU on {len(val)} CamVid val images")
-    print("| lever | model only (img/s) | vs plain | val mean IU | same labels as fp32 | build + 1st call (s) | 1st call at 333x257 (s) | end to end (img/s) | e2e / plain |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| lever | model only (img/s) | vs plain | CPU ms per image (process time) | vs plain | val mean IU | same labels as fp32 | build + 1st call (s) | 1st call at 333x257 (s) | end to end (img/s) | e2e / plain |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     rows = []
     for k in fns:
         s = 1 / best[k]
         miou, agree = acc.get(k, (float("nan"), float("nan")))
         e = e2e_res.get(k)
-        rows.append({"lever": k, "img_s": s, "miou": miou, "agree": agree, "warmup_s": warm[k][0],
+        rows.append({"lever": k, "img_s": s, "cpu_ms": 1000 * cpu[k], "miou": miou, "agree": agree, "warmup_s": warm[k][0],
                      "second_size_s": warm[k][1], "e2e_img_s": e})
-        print(f"| {k} | {s:.2f} | {s / base:.2f}x | {miou:.4f} | {100 * agree:.2f}% | {warm[k][0]:.1f} | "
+        print(f"| {k} | {s:.2f} | {s / base:.2f}x | {1000 * cpu[k]:.0f} | {cpu['plain'] / cpu[k]:.2f}x | {miou:.4f} | {100 * agree:.2f}% | {warm[k][0]:.1f} | "
               f"{warm[k][1]:.2f} | {'' if e is None else f'{e:.2f}'} | "
               f"{'' if e is None or not base else f'{e / base:.2f}x'} |" if base else f"| {k} | {s:.2f} |")
     if a.json:
