@@ -18,7 +18,8 @@ Kinds (figures: benchmarks/cpu_backends.py):
   without compilation is many times slower than float32, so it is not offered.
 
 Shapes: the graph-capturing kinds (``compile``, ``int8``) see inputs zero-padded at the
-bottom/right to a multiple of 32 (what the FCN's "same" padding does itself) and their
+bottom/right to a multiple of 32 (``int8`` runs images with a side of 32 pixels or less in
+float32 instead) (what the FCN's "same" padding does itself) and their
 scores cropped back, and are captured with symbolic height, width and batch: any image
 size runs without recapturing or recalibrating. A new padded size may still cost one
 Inductor recompilation the first time it is seen (seconds); sizes repeat in practice.
@@ -65,7 +66,9 @@ def make_backend(model: FCN, kind: str = "eager", calib_images: Iterable[torch.T
                            "use --backend eager")
     if kind == "compile":
         return _Padded(torch.compile(m, dynamic=True))
-    return _Padded(_int8(m, list(calib_images)))
+    # torch.export specialises a padded side of exactly 32 away (a size-1 dimension deep in the
+    # net), so images that small run in float32: they cost next to nothing anyway.
+    return _Padded(_int8(m, list(calib_images)), small=_no_grad(m))
 
 
 def _folded_copy(model: FCN) -> FCN:
@@ -94,11 +97,13 @@ class _Padded:
     keeps the data-dependent padding amount out of the graph, so one capture serves every size.
     """
 
-    def __init__(self, fn: Callable[[torch.Tensor], torch.Tensor]):
-        self.fn = fn
+    def __init__(self, fn: Callable[[torch.Tensor], torch.Tensor], small: Callable[[torch.Tensor], torch.Tensor] | None = None):
+        self.fn, self.small = fn, small
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         H, W = x.shape[-2:]
+        if self.small is not None and min(H, W) <= MULTIPLE:
+            return self.small(x)
         with torch.no_grad():
             y = self.fn(_pad(x))
         return y[:, :, :H, :W].contiguous()
@@ -114,8 +119,8 @@ def _int8(m: FCN, calib: list[torch.Tensor]) -> Callable[[torch.Tensor], torch.T
         raise BackendError('backend "int8" needs torchao: pip install "fcn-label[fast]" (or choose --backend eager)') from None
     calib = [c if c.dim() == 4 else c.unsqueeze(0) for c in calib]
     example = _pad(calib[0])
-    h = torch.export.Dim("h32", min=1, max=1024)
-    w = torch.export.Dim("w32", min=1, max=1024)
+    h = torch.export.Dim("h32", min=2, max=1024)
+    w = torch.export.Dim("w32", min=2, max=1024)
     n = torch.export.Dim("n", min=1, max=256)
     with torch.no_grad():
         # batch 2 for export so the batch dimension is not specialised to 1
