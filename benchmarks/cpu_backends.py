@@ -46,7 +46,7 @@ from PIL import Image
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from fcn_label.accel import _Padded, _pad, make_backend  # noqa: E402
+from fcn_label.accel import _Padded, make_backend  # noqa: E402
 from fcn_label.metrics import confusion_matrix, scores  # noqa: E402
 from fcn_label.weights import SHIPPED, load_checkpoint  # noqa: E402
 
@@ -78,48 +78,6 @@ def no_grad(fn):
     return run
 
 
-# -- ONNX Runtime -------------------------------------------------------------------
-
-
-def build_ort(model, kind: str, calib: list[torch.Tensor], example: torch.Tensor, tmp: Path, threads: int):
-    import onnxruntime as ort
-
-    folded = make_backend.__globals__["_folded_copy"](model)
-    path = tmp / "fcn.onnx"
-    if not path.exists():
-        h, w = torch.export.Dim("h32", min=1, max=1024), torch.export.Dim("w32", min=1, max=1024)
-        n = torch.export.Dim("n", min=1, max=256)
-        x = _pad(example).expand(2, -1, -1, -1).contiguous()
-        torch.onnx.export(folded, (x,), str(path), input_names=["x"], output_names=["scores"], dynamo=True,
-                          dynamic_shapes={"x": {0: n, 2: 32 * h, 3: 32 * w}}, external_data=False)
-    if kind == "ort_int8":
-        from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantType, quant_pre_process,
-                                              quantize_static)
-
-        class Reader(CalibrationDataReader):
-            def __init__(self):
-                self.it = iter(calib)
-
-            def get_next(self):
-                c = next(self.it, None)
-                return None if c is None else {"x": _pad(c).contiguous().numpy()}
-
-        pre, q = tmp / "fcn_pre.onnx", tmp / "fcn_int8.onnx"
-        quant_pre_process(str(path), str(pre), skip_symbolic_shape=True)
-        quantize_static(str(pre), str(q), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
-        path = q
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    so.inter_op_num_threads = 1
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-
-    def run(x: torch.Tensor) -> torch.Tensor:
-        return torch.from_numpy(sess.run(None, {"x": x.contiguous().numpy()})[0])
-    return _Padded(run)
-
-
 # -- levers -------------------------------------------------------------------------
 
 
@@ -133,7 +91,7 @@ def build(kind: str, ck, calib, example, tmp, threads):
         b = make_backend(model, "int8", calib)
         return _Padded(b.fn._orig_mod)  # the quantized graph, not compiled
     if kind.startswith("ort_"):
-        return build_ort(model, kind, calib, example, tmp, threads)
+        return make_backend(model, "ort-int8" if kind == "ort_int8" else "ort", calib)
     return make_backend(model, kind, calib)
 
 

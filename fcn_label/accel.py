@@ -16,6 +16,11 @@ Kinds (figures: benchmarks/cpu_backends.py):
   ``calib_images``, then ``torch.compile``; not exact, accuracy stated in the README.
   Needs ``torchao`` and a C++ compiler (Inductor generates C++ kernels); eager int8
   without compilation is many times slower than float32, so it is not offered.
+* ``ort``: ONNX Runtime (CPU execution provider), float32; needs ``onnxruntime``, ``onnx``
+  and ``onnxscript`` (the exporter).
+* ``ort-int8``: ONNX Runtime with static QDQ int8 (per-channel weights, uint8
+  activations), calibrated on ``calib_images``; not exact. No C++ compiler needed, builds in
+  seconds: the cheapest int8 to deploy.
 
 Shapes: the graph-capturing kinds (``compile``, ``int8``) see inputs zero-padded at the
 bottom/right to a multiple of 32 (``int8`` runs images with a side of 32 pixels or less in
@@ -34,7 +39,7 @@ import torch.nn.functional as F
 
 from .model import FCN
 
-KINDS = ("eager", "bf16", "compile", "int8")
+KINDS = ("eager", "bf16", "compile", "int8", "ort", "ort-int8")
 MULTIPLE = 32  # the FCN's total stride: "same"-padded inputs are padded to this anyway
 
 Backend = Callable[[torch.Tensor], torch.Tensor]
@@ -66,6 +71,8 @@ def make_backend(model: FCN, kind: str = "eager", calib_images: Iterable[torch.T
                            "use --backend eager")
     if kind == "compile":
         return _Padded(torch.compile(m, dynamic=True))
+    if kind in ("ort", "ort-int8"):
+        return _Padded(_ort(m, kind == "ort-int8", list(calib_images), torch.get_num_threads()))
     # torch.export specialises a padded side of exactly 32 away (a size-1 dimension deep in the
     # net), so images that small run in float32: they cost next to nothing anyway.
     return _Padded(_int8(m, list(calib_images)), small=_no_grad(m))
@@ -133,3 +140,53 @@ def _int8(m: FCN, calib: list[torch.Tensor]) -> Callable[[torch.Tensor], torch.T
             prepared(_pad(c))
         converted = convert_pt2e(prepared)
     return torch.compile(converted, dynamic=True)
+
+
+def _ort(m: FCN, int8: bool, calib: list[torch.Tensor], threads: int) -> Callable[[torch.Tensor], torch.Tensor]:
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise BackendError('backend "ort" needs ONNX Runtime: pip install "fcn-label[onnx]" (or choose --backend eager)') from None
+    import tempfile
+    from pathlib import Path
+
+    if int8 and not calib:
+        raise ValueError("backend 'ort-int8' needs calibration images (about 32 training images)")
+    example = _pad(calib[0] if calib else torch.zeros(1, 3, 64, 64))
+    example = (example if example.dim() == 4 else example.unsqueeze(0)).expand(2, -1, -1, -1).contiguous()
+    with tempfile.TemporaryDirectory(prefix="fcn-label-ort-") as tmp:
+        path = Path(tmp) / "fcn.onnx"
+        h, w = torch.export.Dim("h32", min=2, max=1024), torch.export.Dim("w32", min=2, max=1024)
+        n = torch.export.Dim("n", min=1, max=256)
+        m = m.to(memory_format=torch.contiguous_format)
+        torch.onnx.export(m, (example,), str(path), input_names=["x"], output_names=["scores"], dynamo=True,
+                          dynamic_shapes={"x": {0: n, 2: MULTIPLE * h, 3: MULTIPLE * w}}, external_data=False,
+                          verbose=False)
+        if int8:
+            from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantType, quant_pre_process,
+                                                  quantize_static)
+
+            class Reader(CalibrationDataReader):
+                def __init__(self):
+                    self.it = iter(calib)
+
+                def get_next(self):
+                    c = next(self.it, None)
+                    if c is None:
+                        return None
+                    return {"x": _pad(c if c.dim() == 4 else c.unsqueeze(0)).contiguous().numpy()}
+
+            pre, q = Path(tmp) / "pre.onnx", Path(tmp) / "int8.onnx"
+            quant_pre_process(str(path), str(pre), skip_symbolic_shape=True)
+            quantize_static(str(pre), str(q), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+            path = q
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = threads
+        so.inter_op_num_threads = 1
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        sess = ort.InferenceSession(path.read_bytes(), so, providers=["CPUExecutionProvider"])
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(sess.run(None, {"x": x.float().contiguous().numpy()})[0])
+    return run

@@ -42,7 +42,7 @@ def _camvid_inputs(camvid, list_name: str, n: int):
 
 
 def test_unknown_kind_lists_choices():
-    with pytest.raises(ValueError, match="eager, bf16, compile, int8"):
+    with pytest.raises(ValueError, match="eager, bf16, compile, int8, ort, ort-int8"):
         make_backend(_tiny_model(), "fp8")
 
 
@@ -105,12 +105,15 @@ def test_bf16_agrees_with_fp32_on_camvid_val(camvid):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("kind", ["int8", "compile"])
+@pytest.mark.parametrize("kind", ["int8", "compile", "ort", "ort-int8"])
 def test_graph_backend_agrees_with_fp32_on_camvid_val(camvid, kind, tmp_path, monkeypatch):
     """Calibrated on TRAIN frames, checked on VAL frames: >= 99% of pixel labels as fp32; any size runs."""
     if kind == "int8":
         pytest.importorskip("torchao")
-    if shutil.which("g++") is None and shutil.which("c++") is None:
+    if kind.startswith("ort"):
+        pytest.importorskip("onnxruntime")
+        pytest.importorskip("onnxscript")
+    elif shutil.which("g++") is None and shutil.which("c++") is None:
         pytest.skip("torch.compile's CPU backend needs a C++ compiler")
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
     ck, calib = _camvid_inputs(camvid, "train.txt", 4)
