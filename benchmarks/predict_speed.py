@@ -1,6 +1,13 @@
 """End-to-end `predict` throughput vs the model alone vs a naive one-image loop.
 
-    python benchmarks/predict_speed.py [--model compact|vgg16|both] [--images N] [--device cpu|cuda] [--amp]
+    python benchmarks/predict_speed.py [--model compact|vgg16|both|none] [--images N] [--device cpu|cuda] [--amp]
+                                       [--workers 1,2]
+
+``--model none`` swaps the network for a stand-in that costs nothing (it replays the compact
+model's logits for each image size, computed once during warm-up, so label maps, PNGs and RLEs
+are as costly as real ones): end to end is then the host pipeline's ceiling (decoding,
+batching, softmax/argmax, palette PNG, RLE, records, reports). ``--workers`` takes a list
+(``1,2``) to run end to end once per value on the same images.
 
 Builds a folder of mixed-size images (CamVid val frames resized to several sizes
 when ../shared is present, else synthetic), then times:
@@ -64,13 +71,30 @@ def model_checkpoint(kind: str) -> Checkpoint:
     return Checkpoint(cfg, m.state_dict(), [f"c{i}" for i in range(cfg.num_classes)], voc_palette()[: cfg.num_classes])
 
 
+class StandIn(torch.nn.Module):
+    """A network that costs nothing: the real model's logits for a size, computed once and replayed."""
+
+    def __init__(self, real: torch.nn.Module):
+        super().__init__()
+        self.real, self.cache = real, {}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        key = tuple(x.shape[-2:])
+        if key not in self.cache:
+            self.cache[key] = self.real(x[:1])
+        y = self.cache[key]
+        return y.expand(x.shape[0], -1, -1, -1) if x.shape[0] > 1 else y
+
+
 def bench(kind: str, n: int, device: str, amp: bool, batch: int | None, workers: int, sizes=None) -> dict:
-    ck = model_checkpoint(kind)
+    ck = model_checkpoint("compact" if kind == "none" else kind)
     pred = Predictor(ck, device=device, amp=amp)
+    if kind == "none":
+        pred.model = StandIn(pred.model)
     batch = batch or pred.default_batch_size
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        folder = make_folder(tmp, n, sizes or (SIZES if kind == "compact" or device != "cpu" else SIZES[:2]))
+        folder = make_folder(tmp, n, sizes or (SIZES if kind in ("compact", "none") or device != "cpu" else SIZES[:2]))
         files = sorted(folder.iterdir())
         arrays = [np.asarray(Image.open(f).convert("RGB")) for f in files]
         pixels = sum(a.shape[0] * a.shape[1] for a in arrays)
@@ -119,30 +143,32 @@ def _sync(device: str) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="both", choices=["compact", "vgg16", "both"])
+    ap.add_argument("--model", default="both", choices=["compact", "vgg16", "both", "none"],
+                    help="none: a stand-in network that costs nothing (the host pipeline's ceiling)")
     ap.add_argument("--images", type=int, default=48)
     ap.add_argument("--vgg-images", type=int, default=8)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--amp", action="store_true")
     ap.add_argument("--batch-size", type=int, default=None, help="default: predict's (1 on CPU, 8 on GPU)")
-    ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--workers", default="1", help="decoding workers; a list (1,2) runs end to end once per value")
     ap.add_argument("--size", help="one size for every image, HxW (e.g. 360x480); default: mixed sizes")
     ap.add_argument("--json", type=Path)
     a = ap.parse_args()
     rows = []
     for kind in (["compact", "vgg16"] if a.model == "both" else [a.model]):
-        n = a.images if kind == "compact" else a.vgg_images
+        n = a.vgg_images if kind == "vgg16" else a.images
         sizes = [tuple(int(v) for v in a.size.lower().split("x"))] if a.size else None
-        rows.append(bench(kind, n, a.device, a.amp, a.batch_size, a.workers, sizes))
+        for workers in (int(w) for w in str(a.workers).split(",")):
+            rows.append(bench(kind, n, a.device, a.amp, a.batch_size, workers, sizes))
     hw = (torch.cuda.get_device_name() if a.device.startswith("cuda") else
           f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads")
     print(f"hardware: {hw}")
-    print("| model | device | images | Mpx/img | batch | model only (img/s) | naive loop (img/s) | end to end (img/s) | e2e / model |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| model | device | images | Mpx/img | batch | workers | model only (img/s) | naive loop (img/s) | end to end (img/s) | e2e / model |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['model']} | {r['device']}{' AMP' if r['amp'] else ''} | {r['images']} | {r['mpx_per_image']:.2f} | "
-              f"{r['batch']} | {r['model_only_img_s']:.2f} | {r['naive_img_s']:.2f} | {r['end_to_end_img_s']:.2f} | "
+              f"{r['batch']} | {r['workers']} | {r['model_only_img_s']:.2f} | {r['naive_img_s']:.2f} | {r['end_to_end_img_s']:.2f} | "
               f"{100 * r['e2e_vs_model']:.0f}% |")
     if a.json:
         a.json.write_text(json.dumps({"hardware": hw, "rows": rows}, indent=1))

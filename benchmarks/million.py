@@ -1,0 +1,153 @@
+"""A million-image job's bookkeeping: resume scan + report assembly, time and peak memory.
+
+    python benchmarks/million.py [--n 1000000] [--size 480x360] [--per-folder 1000] [--keep DIR]
+
+Builds a predict output folder as a finished job leaves it, without running the network: for
+``--n`` images, a mask PNG ``OUT/<rel>.png`` and a record ``OUT/.fcn-label/records/<rel>.json``
+(``rel`` = ``dddd/nnnnnnn``, ``--per-folder`` per folder). The records are real ones: the
+shipped model's outputs for a few CamVid val frames at ``--size`` (RLE and all), written by
+PredictJob._finish, replicated with each image's own path and name. Then, in a fresh child
+process (so the set-up does not count), it times ``PredictJob.run`` over the ``--n`` items
+with everything done: the resume scan (two stats per image) and write_reports
+(predictions.csv, predictions.json, failures.csv), reporting seconds per phase and the peak
+RSS (ru_maxrss) against the RSS before the job (imports and model). ``--keep DIR`` builds
+into DIR and keeps it, so a second measurement can skip the set-up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+CAMVID = Path(os.environ.get("FCN_LABEL_SHARED", REPO.parent / "shared")) / "data" / "camvid"
+
+
+def rel_of(i: int, per_folder: int) -> str:
+    return f"{i // per_folder:04d}/{i:07d}"
+
+
+def build(out: Path, n: int, size: tuple[int, int], per_folder: int) -> tuple[int, int]:
+    """Write n masks and records; returns (mean record bytes, mask bytes)."""
+    import numpy as np
+    from PIL import Image
+
+    from fcn_label.job import STATE_DIR, Item, PredictJob, PredictOptions
+    from fcn_label.predict import Predictor
+    from fcn_label.weights import SHIPPED, load_checkpoint
+
+    w, h = size
+    pred = Predictor(load_checkpoint(SHIPPED["fcn8s-compact-camvid"].path), device="cpu")
+    tpl_dir = out.parent / "templates"
+    job = PredictJob(pred, PredictOptions(out=tpl_dir))
+    rows = [line.split()[0] for line in (CAMVID / "val.txt").read_text().splitlines() if line.strip()][:: 25]
+    templates = []
+    for k, rel in enumerate(rows[:4]):
+        a = np.asarray(Image.open(CAMVID / rel).convert("RGB").resize((w, h), Image.BILINEAR))
+        p = pred.predict_arrays([a])[0]
+        it = Item(Path(f"/data/in/{k}.png"), f"t{k}")
+        job._finish(it, a, p, 0.05)
+        templates.append((json.loads(job.record_path(it).read_text()), job.mask_path(it).read_bytes()))
+    rec_bytes = 0
+    made = set()
+    for i in range(n):
+        rec, mask = templates[i % len(templates)]
+        rel = rel_of(i, per_folder)
+        d = rel.split("/")[0]
+        if d not in made:
+            (out / d).mkdir(parents=True, exist_ok=True)
+            (out / STATE_DIR / "records" / d).mkdir(parents=True, exist_ok=True)
+            made.add(d)
+        r = dict(rec, path=f"/data/in/{rel}.png", file_name=f"{rel}.png")
+        text = json.dumps(r)
+        rec_bytes += len(text)
+        with open(out / f"{rel}.png", "wb") as f:
+            f.write(mask)
+        with open(out / STATE_DIR / "records" / f"{rel}.json", "w") as f:
+            f.write(text)
+        if i and i % 100_000 == 0:
+            print(f"  built {i}", flush=True)
+    return rec_bytes // max(1, n), len(templates[0][1])
+
+
+def measure(out: Path, n: int, per_folder: int) -> dict:
+    """In this (fresh) process: the job over n done items; seconds per phase and peak RSS."""
+    from fcn_label.job import Item, JobResult, PredictJob, PredictOptions
+    from fcn_label.predict import Predictor
+    from fcn_label.weights import SHIPPED, load_checkpoint
+
+    pred = Predictor(load_checkpoint(SHIPPED["fcn8s-compact-camvid"].path), device="cpu")
+    items = [Item(Path(f"/data/in/{rel_of(i, per_folder)}.png"), rel_of(i, per_folder)) for i in range(n)]
+    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    job = PredictJob(pred, PredictOptions(out=out))
+    t = time.perf_counter()
+    done = sum(1 for it in items if job.is_done(it))
+    t_scan = time.perf_counter() - t
+    t = time.perf_counter()
+    recs = job.load_records(items)
+    t_load = time.perf_counter() - t
+    del recs
+    t = time.perf_counter()
+    res = job.run(items)  # the real thing: scan + reports (reads the records again)
+    t_run = time.perf_counter() - t
+    assert done == n and res.skipped == n and res.done == 0, (done, res.skipped)
+    rss1 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    sizes = {f: (out / f).stat().st_size for f in ("predictions.csv", "predictions.json", "failures.csv")}
+    return {"n": n, "scan_s": t_scan, "load_records_s": t_load, "job_run_s": t_run,
+            "reports_s_est": max(0.0, t_run - t_scan), "rss_before_mb": rss0 / 1024, "peak_rss_mb": rss1 / 1024,
+            "report_bytes": sizes}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--n", type=int, default=1_000_000)
+    ap.add_argument("--size", default="480x360", help="W x H of the images the records describe")
+    ap.add_argument("--per-folder", type=int, default=1000)
+    ap.add_argument("--keep", type=Path, help="build into (or reuse) this folder and keep it")
+    ap.add_argument("--measure", type=Path, help=argparse.SUPPRESS)  # the child process
+    a = ap.parse_args()
+    if a.measure:
+        print(json.dumps(measure(a.measure, a.n, a.per_folder)))
+        return
+    w, h = (int(v) for v in a.size.lower().split("x"))
+    root = a.keep or Path(tempfile.mkdtemp(prefix="fcn-million-"))
+    out = root / "out"
+    try:
+        marker = root / f"built-{a.n}-{a.size}-{a.per_folder}"
+        if not marker.exists():
+            shutil.rmtree(out, ignore_errors=True)
+            t = time.perf_counter()
+            rec_b, mask_b = build(out, a.n, (w, h), a.per_folder)
+            marker.write_text(json.dumps({"record_bytes": rec_b, "mask_bytes": mask_b}))
+            print(f"built {a.n} records (~{rec_b} B each) + masks ({mask_b} B) in {time.perf_counter() - t:.0f} s",
+                  flush=True)
+        info = json.loads(marker.read_text())
+        env = dict(os.environ, PYTHONPATH=str(REPO))
+        r = subprocess.run([sys.executable, __file__, "--measure", str(out), "--n", str(a.n),
+                            "--per-folder", str(a.per_folder)], check=True, env=env, capture_output=True, text=True)
+        m = json.loads(r.stdout.strip().splitlines()[-1])
+        print(f"\n{a.n} images of {a.size}, records ~{info['record_bytes']} B, {a.per_folder} per folder")
+        print("| phase | seconds |")
+        print("|---|---|")
+        print(f"| resume scan (is_done x n) | {m['scan_s']:.1f} |")
+        print(f"| load_records alone (read + parse every record) | {m['load_records_s']:.1f} |")
+        print(f"| PredictJob.run, all done (scan + reports) | {m['job_run_s']:.1f} |")
+        print(f"| peak RSS / before the job (MB) | {m['peak_rss_mb']:.0f} / {m['rss_before_mb']:.0f} |")
+        print("report sizes (bytes): " + ", ".join(f"{k} {v}" for k, v in m["report_bytes"].items()))
+    finally:
+        if not a.keep:
+            shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
