@@ -35,6 +35,12 @@ class InputError(Exception):
     """A user-side problem with one input file; the message is shown as is."""
 
 
+def why(e: BaseException) -> str:
+    """``Type: first line of the message``: one line for a failures.csv row, whatever raised."""
+    lines = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {lines[0][:300]}" if lines else type(e).__name__
+
+
 _PIL_GLOBALS = threading.Lock()
 
 # Pillow warns about oddities it recovers from (corrupt EXIF data, truncated metadata): on an
@@ -85,6 +91,8 @@ def _open(path: Path, max_pixels: int) -> Image.Image:
             raise InputError(f"{path}: permission denied; make the file readable") from None
         except OSError as e:
             raise InputError(f"{path}: cannot open image ({e}); re-export or remove it") from None
+        except Exception as e:  # any decoder error is this file's problem (zTXt bomb: ValueError)
+            raise InputError(f"{path}: cannot open image ({why(e)}); re-export or remove it") from None
         finally:
             Image.MAX_IMAGE_PIXELS = old
 
@@ -135,6 +143,8 @@ def read_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) ->
         raise
     except (OSError, SyntaxError, ValueError) as e:
         raise InputError(f"{path}: corrupt or truncated image ({e}); re-export or remove it") from None
+    except Exception as e:  # e.g. struct.error, IndexError, a DecompressionBombError from a plugin
+        raise InputError(f"{path}: cannot decode image ({why(e)}); re-export or remove it") from None
     finally:
         im.close()
     if arr.ndim != 3 or arr.shape[0] == 0 or arr.shape[1] == 0:
@@ -171,6 +181,8 @@ def read_mask(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> 
         raise
     except (OSError, SyntaxError, ValueError) as e:
         raise InputError(f"{path}: corrupt or truncated mask ({e}); re-export or remove it") from None
+    except Exception as e:
+        raise InputError(f"{path}: cannot decode mask ({why(e)}); re-export or remove it") from None
     return np.ascontiguousarray(arr)
 
 

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from .io import (DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, InputError, image_size, read_image, read_mask,
-                 remove_stale_temp, write_text_atomic)
+                 remove_stale_temp, why, write_text_atomic)
 from .metrics import confusion_matrix, scores
 from .outputs import coco_annotations, write_confidence, write_mask, write_overlay
 from .predict import Prediction, Predictor
@@ -276,17 +276,19 @@ class _Decode(torch.utils.data.Dataset):
         """``(i, RGB array, None)`` or ``(i, None, one-line reason)``."""
         try:
             return i, read_image(self.items[i].path, self.max_pixels), None
-        except InputError as e:
-            return i, None, str(e)
         except Exception as e:  # a decoder bug must not kill the batch
-            return i, None, f"{self.items[i].path}: cannot decode ({type(e).__name__}: {e}); re-export or remove it"
+            return i, None, self._reason(i, e)
+
+    def _reason(self, i: int, e: Exception) -> str:
+        return str(e) if isinstance(e, InputError) else \
+            f"{self.items[i].path}: cannot decode ({why(e)}); re-export or remove it"
 
     def __getitem__(self, i: int):
         if torch.utils.data.get_worker_info() is not None:
-            try:
+            try:  # one boundary for the whole file: any exception here would kill the DataLoader
                 w, h = image_size(self.items[i].path, self.max_pixels)
-            except InputError as e:
-                return i, None, str(e)
+            except Exception as e:
+                return i, None, self._reason(i, e)
             if w * h > self.worker_max_pixels:
                 return i, None, None  # too big to queue: the main process decodes it
         return self.decode(i)
