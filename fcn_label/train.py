@@ -36,7 +36,7 @@ from .data import (
     Augment, SegmentationDataset, detect_layout, find_class_file, load_pairs, mask_palette,
     median_frequency_weights, read_class_file,
 )
-from .io import InputError, atomic_path, remove_stale_temp
+from .io import InputError, atomic_path, remove_stale_temp, why
 from .metrics import confusion_matrix, scores
 from .model import ARCHS, FCN, FCNConfig
 from .predict import pick_device
@@ -135,6 +135,7 @@ class TrainConfig:
     loss: str = "mean"  # "mean" per valid pixel, or the paper's unnormalised "sum"
     val_every_steps: int = 0
     save_every: int = 1  # epochs between last.pt writes (also after each validation and at the end)
+    skip_bad: bool = False  # leave out unusable pairs (each listed) instead of stopping before training
 
     def apply_preset(self, explicit: set[str]) -> None:
         """Fill preset values for every option the user did not set explicitly.
@@ -332,34 +333,57 @@ class Trainer:
             self.val_ds = SegmentationDataset(vpairs, None, cache=cfg.cache, coco=vcoco)
 
     @staticmethod
-    def _scan_masks(ds: SegmentationDataset) -> tuple[np.ndarray, list[np.ndarray]]:
-        """Label histogram (256 bins) and the labels present in each mask; unreadable or
-        mis-sized pairs are an error naming the file."""
+    def _scan_masks(ds: SegmentationDataset) -> tuple[np.ndarray, list, list[tuple[int, str]]]:
+        """Label histogram (256 bins), ``(index, labels present, histogram)`` per readable pair, and
+        ``(index, one-line reason)`` per pair that cannot be used: any exception is that pair's problem."""
         counts = np.zeros(256, dtype=np.int64)
         present, bad = [], []
         for i in range(len(ds)):
             try:
                 _, m = ds.load(i)
-            except InputError as e:
-                bad.append(str(e))
+            except Exception as e:  # one boundary per pair: unreadable, bomb, mis-sized, bad COCO entry
+                p = ds.pairs[i]
+                bad.append((i, str(e) if isinstance(e, InputError)
+                            else f"{p.mask or p.image}: cannot read this pair ({why(e)}); re-export or remove it"))
                 continue
             c = np.bincount(m.ravel(), minlength=256)
             counts += c
-            present.append((i, np.nonzero(c)[0]))
-        if bad:
-            raise InputError(bad[0] + (f" (and {len(bad) - 1} more files)" if len(bad) > 1 else ""))
-        return counts, present
+            present.append((i, np.nonzero(c)[0], c))
+        return counts, present, bad
 
-    def _check_labels(self, ds: SegmentationDataset, present: list, n: int) -> None:
+    def _check_labels(self, ds: SegmentationDataset, present: list, n: int) -> list[tuple[int, str]]:
         bad = []
-        for i, labels in present:
+        for i, labels, _ in present:
             out = [int(v) for v in labels if v >= n and v != self.cfg.ignore_index]
             if out:
                 p = ds.pairs[i]
-                bad.append(f"{p.mask or p.image}: mask values {out[:5]} outside classes 0..{n - 1} and ignore "
-                           f"{self.cfg.ignore_index}; fix the mask or set --num-classes / --ignore-index / --classes")
-        if bad:
-            raise InputError(bad[0] + (f" (and {len(bad) - 1} more files)" if len(bad) > 1 else ""))
+                bad.append((i, f"{p.mask or p.image}: mask values {out[:5]} outside classes 0..{n - 1} and ignore "
+                               f"{self.cfg.ignore_index}; fix the mask or set --num-classes / --ignore-index / --classes"))
+        return bad
+
+    def _drop_bad(self, splits: list[tuple[str, SegmentationDataset | None, list[tuple[int, str]]]]) -> None:
+        """List every bad pair of every split; stop, or with --skip-bad leave them out and say how many."""
+        bad = [(name, ds, b) for name, ds, b in splits if ds is not None and b]
+        if not bad:
+            return
+        total = sum(len(b) for _, _, b in bad)
+        for _, _, b in bad:
+            for _, msg in sorted(b):
+                self.log(f"bad pair: {msg}")
+        if not self.cfg.skip_bad:
+            first = bad[0][2][0][1]
+            raise InputError((first if total == 1 else f"{total} pairs cannot be used (listed above)")
+                             + "; fix or remove them, or pass --skip-bad to train on the others")
+        for name, ds, b in bad:
+            drop = {i for i, _ in b}
+            keep = [i for i in range(len(ds)) if i not in drop]
+            if not keep:
+                raise InputError(f"--skip-bad: every one of the {len(ds)} {name} pairs is bad (listed above); "
+                                 "nothing is left to train on")
+            ds._cache = {new: ds._cache[old] for new, old in enumerate(keep) if old in ds._cache}
+            ds.pairs = [ds.pairs[i] for i in keep]
+            self.log(f"--skip-bad: left out {len(drop)} of {len(keep) + len(drop)} {name} pairs; "
+                     f"using the other {len(keep)}")
 
     def _class_names(self, init: Checkpoint | None, counts: np.ndarray) -> list[str]:
         cfg = self.cfg
@@ -442,13 +466,20 @@ class Trainer:
         self._datasets()
 
         init = load_checkpoint(resolve_weights(cfg.init)) if cfg.init else None
-        counts, present = self._scan_masks(self.train_ds)
+        counts, present, bad = self._scan_masks(self.train_ds)
+        if len(bad) == len(self.train_ds):  # nothing readable: say so before guessing classes from nothing
+            self._drop_bad([("train", self.train_ds, bad)])
         self.file_palette = None
         names = self._class_names(init, counts)
         n = len(names)
-        self._check_labels(self.train_ds, present, n)
+        bad += self._check_labels(self.train_ds, present, n)
+        dropped = {i for i, _ in bad}
+        counts = counts - sum((c for i, _, c in present if i in dropped), np.zeros(256, np.int64))
+        val_bad = []
         if self.val_ds is not None:
-            self._check_labels(self.val_ds, self._scan_masks(self.val_ds)[1], n)
+            _, val_present, val_bad = self._scan_masks(self.val_ds)
+            val_bad += self._check_labels(self.val_ds, val_present, n)
+        self._drop_bad([("train", self.train_ds, bad), ("val", self.val_ds, val_bad)])
         self.classes = names
         self.palette = self._palette(names, init)
         counts = counts[:n]

@@ -172,7 +172,7 @@ def byte_run(rng, data, name, pool):
 
 
 def truncate(rng, data, name, pool):
-    return data[: rng.randrange(1, len(data))]
+    return data[: rng.randrange(1, len(data))] if len(data) > 1 else b""
 
 
 def _segments(data: bytes):
@@ -219,7 +219,7 @@ def chunk_duplicate(rng, data, name, pool):
 
 def splice(rng, data, name, pool):
     other = pool[rng.choice(sorted(pool))]
-    return data[: rng.randrange(1, len(data))] + other[rng.randrange(len(other)):]
+    return data[: rng.randrange(1, max(2, len(data)))] + other[rng.randrange(len(other)):]
 
 
 def _dims(rng, w: int, h: int, bits: int) -> int:
@@ -319,7 +319,7 @@ def oversized_metadata(rng, data, name, pool):
             return png_join([c for c in chunks if c[0] != b"IDAT" and c[0] != b"IEND"] + [(b"IDAT", idat), (b"IEND", b"")])
         else:  # many small bombs: each under the per-chunk limit, together past MAX_TEXT_MEMORY's spirit
             new = [(b"zTXt", b"k%d\x00\x00" % i + zlib.compress(b"C" * (MAX_TEXT_CHUNK - 64), 9)) for i in range(80)]
-        at = rng.randrange(1, len(chunks)) if rng.random() < 0.3 else 1  # usually before IDAT: read at open
+        at = rng.randrange(1, max(2, len(chunks))) if rng.random() < 0.3 else 1  # usually before IDAT: read at open
         return png_join(chunks[:at] + new + chunks[at:])
     segs = _segments(data)
     if segs:
