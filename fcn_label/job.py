@@ -20,6 +20,7 @@ import threading
 import time
 from collections import Counter
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Callable, Sequence
@@ -34,6 +35,7 @@ from .outputs import coco_annotations, write_confidence, write_mask, write_overl
 from .predict import Prediction, Predictor
 
 STATE_DIR = ".fcn-label"
+FAILURE_DIR = "failures"  # under STATE_DIR: one JSON per failed input, so every shard's reports list them all
 OVERLAY_DIR, CONFIDENCE_DIR = "overlays", "confidence"
 LIST_SUFFIXES = (".txt", ".lst", ".list")
 
@@ -316,6 +318,25 @@ def release_free_memory() -> None:
         _malloc_trim(0)
 
 
+def _check_record(rec) -> None:
+    """Raise unless ``rec`` has every field the reports read, with the right types."""
+    if not isinstance(rec, dict):
+        raise ValueError("not an object")
+    for k, t in (("path", str), ("file_name", str), ("width", int), ("height", int), ("seconds", (int, float)),
+                 ("classes", dict), ("mean_confidence", (int, float)), ("low_confidence_fraction", (int, float))):
+        if not isinstance(rec.get(k), t):
+            raise ValueError(f"field {k}")
+    if not all(isinstance(v, (int, float)) for v in rec["classes"].values()):
+        raise ValueError("field classes")
+    if not isinstance(rec.get("annotations", []), list) or not all(isinstance(a, dict) for a in rec.get("annotations", [])):
+        raise ValueError("field annotations")
+    g = rec.get("gt", {})
+    if not isinstance(g, dict) or (g and "error" not in g and not (
+            isinstance(g.get("pixel_accuracy"), (int, float)) and isinstance(g.get("mean_iou"), (int, float))
+            and isinstance(g.get("iou"), list))):
+        raise ValueError("field gt")
+
+
 def _collate(batch):
     return batch[0]
 
@@ -366,6 +387,10 @@ class PredictJob:
         path.parent.mkdir(parents=True, exist_ok=True)
         return path
 
+    def failure_path(self, path: str) -> Path:
+        """Where a failed input's reason is kept, named by a hash of its path (inputs from any shard)."""
+        return self.out / STATE_DIR / FAILURE_DIR / (hashlib.sha1(shown(str(path)).encode("utf-8")).hexdigest()[:20] + ".json")
+
     def is_done(self, it: Item) -> bool:
         return self.record_path(it).is_file() and self.mask_path(it).is_file()
 
@@ -397,6 +422,7 @@ class PredictJob:
             rec["gt"] = self._gt_metrics(it, pred.labels)
         self._checked(self.record_path(it))
         write_text_atomic(self.record_path(it), json.dumps(rec))
+        self.failure_path(str(it.path)).unlink(missing_ok=True)  # it failed in an earlier run: no longer
 
     def _gt_metrics(self, it: Item, labels: np.ndarray) -> dict:
         gt_path = None
@@ -449,7 +475,8 @@ class PredictJob:
             self._predict(todo, res)
         res.seconds = time.perf_counter() - t0
         try:
-            self.write_reports(all_items, res)
+            with self._reports_lock():  # shards finishing together: the last one sees every record
+                self.write_reports(all_items, res)
         except OSError as e:
             raise InputError(f"--out {self.out}: cannot write the reports ({e.strerror or e}); make room and re-run "
                              "the same command: finished images are kept and skipped") from None
@@ -460,7 +487,27 @@ class PredictJob:
         msg = reason if reason.startswith(path) else f"{path}: {reason}"
         with self._lock:
             res.failed.append((str(path), msg))
+        try:  # kept as a record too, so the other shards' failures.csv lists it
+            write_text_atomic(self._checked(self.failure_path(path)), json.dumps({"path": path, "reason": msg}))
+        except (OSError, InputError):
+            pass  # still in this run's failures.csv
         self.on_failure(str(path), msg)
+
+    @contextmanager
+    def _reports_lock(self):
+        """An exclusive lock on OUT/.fcn-label/reports.lock (POSIX; elsewhere no lock)."""
+        try:
+            import fcntl
+        except ImportError:
+            yield
+            return
+        path = self._checked(self.out / STATE_DIR / "reports.lock")
+        with open(path, "a") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
 
     def _predict(self, todo: list[Item], res: JobResult) -> None:
         workers = max(0, self.o.workers)
@@ -486,10 +533,10 @@ class PredictJob:
             t = time.perf_counter()
             try:
                 preds = list(self.p.predict_groups([(i, images[i]) for i in idxs], bs))
-            except (RuntimeError, MemoryError) as e:
-                # out of memory on one size: report the images, keep going
+            except Exception as e:
+                # out of memory on one size (or anything else): report the images, keep going
                 for i in idxs:
-                    self._fail(res, str(todo[i].path), f"inference failed ({str(e).splitlines()[0]}); try --tile 512 or a smaller --batch-size")
+                    self._fail(res, str(todo[i].path), f"inference failed ({why(e)}); try --tile 512 or a smaller --batch-size")
                     images.pop(i, None)
                 return
             per = (time.perf_counter() - t) / max(1, len(idxs))
@@ -556,6 +603,9 @@ class PredictJob:
                 return
             self._fail(res, str(it.path), f"cannot write output ({e.strerror or e}); check free space and permissions of --out")
             return
+        except Exception as e:  # one boundary per image: nothing raised for it stops the job
+            self._fail(res, str(it.path), f"cannot write output ({why(e)})")
+            return
         with self._lock:
             res.done += 1
             done_count[0] += 1
@@ -569,10 +619,29 @@ class PredictJob:
             p = self.record_path(it)
             if p.is_file() and self.mask_path(it).is_file():
                 try:
-                    recs.append((it, json.loads(p.read_text(encoding="utf-8"))))
-                except (OSError, json.JSONDecodeError):
-                    continue  # a damaged record: the image is simply predicted again next time
+                    rec = json.loads(p.read_text(encoding="utf-8"))
+                    _check_record(rec)
+                    recs.append((it, rec))
+                except Exception:  # a damaged record: removed, so the image is predicted again next time
+                    p.unlink(missing_ok=True)
         return recs
+
+    def _other_failures(self, items: Sequence[Item], res: JobResult, done: set[int]) -> list[tuple[str, str]]:
+        """Failure records of items this run did not report (other shards, earlier runs) and that are not done."""
+        mine = {p for p, _ in res.failed}
+        rows = []
+        for it in items:
+            path = shown(str(it.path))
+            if id(it) in done or path in mine:
+                continue
+            try:
+                d = json.loads(self.failure_path(path).read_text(encoding="utf-8"))
+                rows.append((str(d["path"]), str(d["reason"])))
+            except FileNotFoundError:
+                continue
+            except Exception:  # a damaged record: the image is retried by its shard next time anyway
+                continue
+        return rows
 
     def write_reports(self, items: Sequence[Item], res: JobResult) -> None:
         """predictions.csv, predictions.json and failures.csv from all finished records."""
@@ -614,4 +683,5 @@ class PredictJob:
         w = csv.writer(buf, lineterminator="\n")
         w.writerow(["path", "reason"])
         w.writerows(res.failed)
+        w.writerows(self._other_failures(items, res, {id(it) for it, _ in recs}))
         write_text_atomic(self.out / "failures.csv", buf.getvalue())
