@@ -347,6 +347,11 @@ def median_frequency_weights(counts: np.ndarray) -> np.ndarray:
 # Class names and palette: from a file, or found beside the dataset.
 
 CLASS_FILE_NAME = "classes.txt"
+# labelme's labelme2voc writes class_names.txt, '_background_' first; its labels.txt may start with
+# '__ignore__' (label -1, saved in the masks as 255, the default ignore label): not a class.
+CLASS_FILE_NAMES = (CLASS_FILE_NAME, "class_names.txt")
+LABELME_RENAMES = {"_background_": "background"}
+LABELME_IGNORE = "__ignore__"
 
 
 def read_class_file(path: str | Path) -> tuple[list[str], list[tuple[int, int, int]] | None]:
@@ -362,7 +367,7 @@ def read_class_file(path: str | Path) -> tuple[list[str], list[tuple[int, int, i
     names, colours = [], []
     for n, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
         parts = line.split()
-        if not parts or parts[0].startswith("#"):
+        if not parts or parts[0].startswith("#") or line.strip() == LABELME_IGNORE:
             continue
         rgb = tuple(int(v) for v in parts[-3:]) if len(parts) >= 4 and all(v.isdigit() for v in parts[-3:]) else None
         if rgb is None:
@@ -372,6 +377,7 @@ def read_class_file(path: str | Path) -> tuple[list[str], list[tuple[int, int, i
             raise InputError(f"{path}:{n}: colour {rgb} out of range; expected 'name r g b' with 0-255 values")
         names.append(" ".join(parts[:-3]))
         colours.append(rgb)
+    names = [LABELME_RENAMES.get(n, n) for n in names]
     if not names:
         raise InputError(f"{path}: no class names; write one name per line, in class index order")
     if colours and len(colours) != len(names):
@@ -380,10 +386,14 @@ def read_class_file(path: str | Path) -> tuple[list[str], list[tuple[int, int, i
 
 
 def find_class_file(source: str | Path) -> Path | None:
-    """A ``classes.txt`` shipped with the dataset: inside a dataset folder, or beside a list file."""
+    """A ``classes.txt`` (or labelme's ``class_names.txt``) shipped with the dataset: inside a dataset
+    folder, or beside a list file."""
     source = Path(source)
-    p = (source if source.is_dir() else source.parent) / CLASS_FILE_NAME
-    return p if p.is_file() else None
+    for name in CLASS_FILE_NAMES:
+        p = (source if source.is_dir() else source.parent) / name
+        if p.is_file():
+            return p
+    return None
 
 
 def mask_palette(path: str | Path | None) -> list[tuple[int, int, int]] | None:
