@@ -539,7 +539,8 @@ def run_round(root: Path, items: list[Mutant], model: Path, timeout: float = 600
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--mutants", type=int, default=5000, help="mutants in all (default 5000)")
+    ap.add_argument("--mutants", type=int, default=5000, help="mutated files in all (default 5000); each round "
+                    "also runs the unmutated seeds as controls")
     ap.add_argument("--per-round", type=int, default=500, help="mutants per predict/evaluate pair (bounds disk use)")
     ap.add_argument("--seed", type=int, default=1, help="random seed: the same seed makes the same mutants")
     ap.add_argument("--keep", type=Path, default=None, help="keep the rounds' folders here (default: deleted)")
@@ -548,13 +549,15 @@ def main(argv: list[str] | None = None) -> int:
     base = Path(tempfile.mkdtemp(prefix="fcn-fuzz-")) if a.keep is None else a.keep
     base.mkdir(parents=True, exist_ok=True)
     model = tiny_model(base / "model.pt")
-    total = {"tried": 0, "predict_decoded": 0, "predict_refused": 0, "eval_scored": 0, "eval_refused": 0,
+    total = {"tried": 0, "mutants": 0, "controls": 0, "predict_decoded": 0, "predict_refused": 0, "eval_scored": 0, "eval_refused": 0,
              "crashes": 0, "max_rss_mb": 0.0, "max_image_seconds": 0.0, "seconds": 0.0}
     k, rnd = 0, 0
     ops = {}
     while k < a.mutants:
         n = min(a.per_round, a.mutants - k)
-        items = mutants(n, seed=a.seed * 100_000 + rnd, pool=pool)
+        items = mutants(n + len(pool), seed=a.seed * 100_000 + rnd, pool=pool)  # controls come on top
+        total["mutants"] += sum(1 for m in items if m.ops)
+        total["controls"] += sum(1 for m in items if not m.ops)
         for m in items:
             for op in m.ops or ["control"]:
                 ops[op] = ops.get(op, 0) + 1
@@ -575,7 +578,7 @@ def main(argv: list[str] | None = None) -> int:
                           "evaluate_rss_mb": round(r.evaluate.max_rss_mb)}), flush=True)
         if a.keep is None:
             shutil.rmtree(base / f"round{rnd}", ignore_errors=True)
-        k += n
+        k += sum(1 for m in items if m.ops)
         rnd += 1
     total["mutations"] = ops
     print(json.dumps(total, indent=1))
