@@ -38,7 +38,7 @@ from typing import Callable, Iterable, Iterator, Sequence
 import numpy as np
 
 from .data import CocoRasteriser, _files_by_stem, decode_segmentation, detect_layout, load_pairs
-from .io import IMAGE_EXTENSIONS, InputError, atomic_path, read_image, read_mask, write_text_atomic
+from .io import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, InputError, atomic_path, read_image, read_mask, write_text_atomic
 from .metrics import Scores, count_pixels, scores
 
 MASK_EXTENSIONS = (".png", ".bmp", ".tif", ".tiff")
@@ -125,6 +125,7 @@ class GroundTruth:
         self.source = source
         self.coco: CocoRasteriser | None = None
         self.problems: list[str] = []
+        self.max_pixels = DEFAULT_MAX_PIXELS  # per mask: the decompression-bomb guard, as predict's
         if not source.exists():
             raise InputError(f"{source}: ground truth not found; give a folder of masks, a VOC root, a list file "
                              "of 'image mask' lines or a COCO instances JSON")
@@ -185,9 +186,13 @@ class GroundTruth:
     def load(self, key: str) -> np.ndarray:
         it = self.items[key]
         if it.mask is not None:
-            return read_mask(it.mask)
+            return read_mask(it.mask, self.max_pixels)
         im = self.coco.images[key]
-        return self.coco.mask(key, (int(im["height"]), int(im["width"])))
+        h, w = int(im["height"]), int(im["width"])
+        if h * w > self.max_pixels:
+            raise InputError(f"{self.path(key)}: {w}x{h} pixels exceeds the limit of {self.max_pixels:,} pixels; "
+                             "raise --max-pixels if the image is genuine")
+        return self.coco.mask(key, (h, w))
 
 
 # ---------------------------------------------------------------------------
@@ -213,6 +218,7 @@ class PngPredictions:
                              "recursively; give the folder `fcn-label predict` wrote, or its predictions.json")
         self.files = files
         self.problems: list[Failure] = []
+        self.max_pixels = DEFAULT_MAX_PIXELS
 
     def keys(self) -> list[str]:
         return list(self.files)
@@ -221,7 +227,7 @@ class PngPredictions:
         return str(self.files[key])
 
     def load(self, key: str, shape: tuple[int, int]) -> np.ndarray:
-        return read_mask(self.files[key])
+        return read_mask(self.files[key], self.max_pixels)
 
 
 def category_map(categories: list[dict] | None, num_classes: int, class_names: Sequence[str] | None,
@@ -347,6 +353,9 @@ class CocoPredictions:
             sizes = [a["segmentation"].get("size") for a in self.anns[key] if isinstance(a.get("segmentation"), dict)]
             h, w = sizes[0] if sizes and sizes[0] else shape
         h, w = int(h), int(w)
+        if h * w > getattr(self, "max_pixels", DEFAULT_MAX_PIXELS):
+            raise InputError(f"{self.source}: {name}: {w}x{h} pixels exceeds the limit of "
+                             f"{self.max_pixels:,} pixels; raise --max-pixels if the image is genuine")
         out = np.zeros((h, w), dtype=np.uint8)
         for a in self.anns[key]:
             cid = a.get("category_id")
@@ -386,7 +395,7 @@ class ModelPredictions:
         return str(self.images[key])
 
     def load(self, key: str, shape: tuple[int, int]) -> np.ndarray:
-        img = read_image(self.images[key])
+        img = read_image(self.images[key], getattr(self, "max_pixels", DEFAULT_MAX_PIXELS))
         if img.shape[:2] != tuple(shape):
             raise InputError(f"{self.images[key]}: image is {img.shape[1]}x{img.shape[0]} but its ground truth is "
                              f"{shape[1]}x{shape[0]}; masks must match their images")

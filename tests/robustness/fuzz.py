@@ -520,7 +520,7 @@ def run_round(root: Path, items: list[Mutant], model: Path, timeout: float = 600
         (gt / f"{key}.png").write_bytes(m.data if k % 2 == 0 else good)
         (pred / f"{key}.png").write_bytes(good if k % 2 == 0 else m.data)
     r.evaluate = e = run_cli(["evaluate", "--gt", str(gt), "--pred", str(pred), "--out", str(rep), "--num-classes",
-                              str(NUM_CLASSES), "--format", "json", "--quiet"], timeout)
+                              str(NUM_CLASSES), "--max-pixels", str(MAX_PIXELS), "--format", "json", "--quiet"], timeout)
     if e.returncode not in (0, 1):
         r.problems.append(f"evaluate exit status {e.returncode}: {e.stderr[-2000:]}")
     if "Traceback" in e.stderr:
