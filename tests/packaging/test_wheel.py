@@ -9,6 +9,7 @@ they live in .venv, on a developer machine possibly in another venv.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import venv
@@ -35,7 +36,12 @@ def _has_build_backend() -> bool:
 
 
 def _build_wheel(dest: Path) -> Path:
-    cmd = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--wheel-dir", str(dest), str(REPO)]
+    """pip wheel from a copy of what the build reads, so the build's build/ folder stays out of the checkout."""
+    src = dest / "src"
+    shutil.copytree(REPO / "fcn_label", src / "fcn_label", ignore=shutil.ignore_patterns("__pycache__"))
+    for f in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / f, src / f)
+    cmd = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--wheel-dir", str(dest), str(src)]
     if _has_build_backend():
         cmd.insert(4, "--no-build-isolation")  # no download needed: the backend is here
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=dest)
