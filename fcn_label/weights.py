@@ -25,7 +25,7 @@ from .io import atomic_path
 from .model import ARCHS, FCN, FCNConfig
 
 FORMAT = "fcn-label/1"
-# Shipped weights are package data, so a wheel, an sdist or a git-URL install carries them;
+# Shipped weights are package data, so a wheel (and a pip install from a git URL) carries them;
 # the repository's top-level pretrained/ links here for people browsing it.
 PRETRAINED_DIR = Path(str(importlib.resources.files("fcn_label") / "pretrained"))
 
