@@ -68,12 +68,12 @@ def test_mutants_are_seeded_and_cover_every_format_and_mutation():
     assert [m.data for m in fuzz.mutants(120, seed=6)] != [m.data for m in a]
     big = fuzz.mutants(CI_MUTANTS, seed=12)
     assert {op for m in big for op in m.ops} >= set(fuzz.MUTATORS)
-    formats = set()
-    for d in fuzz.seeds().values():
+    formats, pool = set(), fuzz.seeds()
+    for d in pool.values():
         with Image.open(io.BytesIO(d)) as im:
             formats.add(im.format)
     assert formats >= {"PNG", "JPEG", "GIF", "TIFF", "WEBP", "BMP"}
-    assert sum(m.data != fuzz.seeds().get(m.seed) for m in big if m.ops) > 0.9 * sum(1 for m in big if m.ops)
+    assert sum(m.data != pool[m.seed] for m in big if m.ops) > 0.9 * sum(1 for m in big if m.ops)
 
 
 def test_predict_and_evaluate_survive_every_mutant(fuzz_round):
