@@ -3,7 +3,7 @@
     python benchmarks/memory.py [--scenario big|folder|agreement|all] [--images 200] [--big 12000x9000]
 
 Each scenario runs in a fresh Python process (so one scenario's peak cannot hide
-another's) through the real :class:`~fcn_label.job.PredictJob` with the CLI's
+another's) through the real :class:`~fcn_label.predict.PredictJob` with the CLI's
 defaults (2 decoding workers, batch 8, 1024-pixel tiles above 2 Mpx), and reports:
 
 * ``main peak``: VmHWM of the predicting process (exact, from /proc/self/status);
@@ -90,7 +90,8 @@ class Sampler(threading.Thread):
 
 def checkpoint():
     from fcn_label.model import FCN, FCNConfig
-    from fcn_label.weights import SHIPPED, Checkpoint, load_checkpoint, voc_palette
+    from fcn_label.checkpoint import SHIPPED, Checkpoint, load_checkpoint
+    from fcn_label.classes import voc_palette
 
     path = SHIPPED["fcn8s-compact-camvid"].path
     if path.is_file():
@@ -123,7 +124,7 @@ def scene(h: int, w: int, seed: int) -> Image.Image:
 def child_predict(folder: Path, out: Path) -> dict:
     import torch
 
-    from fcn_label.job import PredictJob, PredictOptions, discover
+    from fcn_label.predict import PredictJob, PredictOptions, discover
     from fcn_label.predict import Predictor
 
     ck, source = checkpoint()
@@ -151,7 +152,7 @@ def child_predict(folder: Path, out: Path) -> dict:
 
 
 def child_agreement(path: Path) -> dict:
-    from fcn_label.io import read_image
+    from fcn_label.images import read_image
     from fcn_label.predict import Predictor
 
     ck, source = checkpoint()

@@ -30,10 +30,11 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from fcn_label.job import PredictJob, PredictOptions, discover  # noqa: E402
+from fcn_label.predict import PredictJob, PredictOptions, discover  # noqa: E402
 from fcn_label.model import FCN, FCNConfig  # noqa: E402
 from fcn_label.predict import Predictor  # noqa: E402
-from fcn_label.weights import SHIPPED, Checkpoint, load_checkpoint, voc_palette  # noqa: E402
+from fcn_label.checkpoint import SHIPPED, Checkpoint, load_checkpoint  # noqa: E402
+from fcn_label.classes import voc_palette  # noqa: E402
 
 SIZES = [(360, 480), (375, 500), (480, 640), (257, 333), (360, 480), (375, 500)]
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from fcn_label.weights import SHIPPED, load_checkpoint, save_checkpoint  # noqa: E402
+from fcn_label.checkpoint import SHIPPED, load_checkpoint, save_checkpoint  # noqa: E402
 
 # How the shipped file was made (scripts/gpu_session.sh, run B, on an H200 in 4.5 minutes);
 # without a GPU drop --device/--amp/--channels-last (about 75 s per epoch on 2 CPU cores).

@@ -49,7 +49,7 @@ cat logs/bench.log
 python3 - "$OUT" <<'EOF'
 import sys
 from pathlib import Path
-from fcn_label.weights import load_checkpoint, save_checkpoint
+from fcn_label.checkpoint import load_checkpoint, save_checkpoint
 out = Path(sys.argv[1])
 for run in ("A", "B"):
     for which in ("best", "last"):

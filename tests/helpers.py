@@ -6,7 +6,7 @@ import torch
 from PIL import Image
 
 from fcn_label.model import FCN, FCNConfig
-from fcn_label.weights import Checkpoint
+from fcn_label.checkpoint import Checkpoint
 
 PALETTE = [(10, 20, 30), (200, 0, 0), (0, 200, 0), (0, 0, 200), (90, 90, 90)]
 
@@ -40,3 +40,24 @@ def one_at_a_time(ck, img, model=None):
     std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
     with torch.no_grad():
         return m((x - mean) / std).argmax(1)[0].numpy()
+
+
+def write_vgg16_file(path):
+    """A torchvision-VGG16-shaped state dict (conv n filled with n, fc6 rows one random vector) that stays
+    small on disk (expanded tensors); returns fc6's row."""
+    convs = [(3, 64), (64, 64), (64, 128), (128, 128), (128, 256), (256, 256), (256, 256),
+             (256, 512), (512, 512), (512, 512), (512, 512), (512, 512), (512, 512)]
+    idx = [0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28]  # torchvision's features.N of each conv
+    sd = {}
+    for n, (i, (cin, cout)) in enumerate(zip(idx, convs)):
+        sd[f"features.{i}.weight"] = torch.full((), float(n + 1)).expand(cout, cin, 3, 3)
+        sd[f"features.{i}.bias"] = torch.full((cout,), -float(n + 1))
+    row = torch.randn(25088)
+    sd["classifier.0.weight"] = row.expand(4096, 25088)
+    sd["classifier.0.bias"] = torch.arange(4096.0)
+    sd["classifier.3.weight"] = torch.full((), 0.5).expand(4096, 4096)
+    sd["classifier.3.bias"] = torch.zeros(4096)
+    sd["classifier.6.weight"] = torch.zeros(()).expand(1000, 4096)
+    sd["classifier.6.bias"] = torch.zeros(1000)
+    torch.save(sd, path)
+    return row

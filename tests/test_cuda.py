@@ -18,7 +18,7 @@ from PIL import Image
 from fcn_label.cli import run_cli
 from fcn_label.predict import Predictor
 from fcn_label.train import Trainer
-from fcn_label.weights import load_checkpoint, resolve_weights, save_checkpoint
+from fcn_label.checkpoint import load_checkpoint, resolve_weights, save_checkpoint
 from _synth import tiny_config, write_list_dataset
 from helpers import make_checkpoint, one_at_a_time, rand_image
 

@@ -6,7 +6,8 @@ import pytest
 from fcn_label import load_checkpoint, read_image, read_mask
 from fcn_label.metrics import confusion_matrix, scores
 from fcn_label.predict import Predictor
-from fcn_label.weights import CAMVID_CLASSES, CAMVID_PALETTE, DEFAULT_WEIGHTS, SHIPPED, resolve_weights
+from fcn_label.checkpoint import DEFAULT_WEIGHTS, SHIPPED, resolve_weights
+from fcn_label.classes import CAMVID_CLASSES, CAMVID_PALETTE
 
 # Five val frames spread over the sequence. The shipped file scores 92.7% pixel accuracy and
 # 68.4 mean IU on them; thresholds a few points lower catch a broken export, a wrong

@@ -10,6 +10,8 @@ from . import predict as _predict  # noqa: F401,E402  (registers commands)
 from . import evaluate as _evaluate  # noqa: F401,E402
 from . import finetune as _finetune  # noqa: F401,E402
 from . import models as _models  # noqa: F401,E402
+from . import review as _review  # noqa: F401,E402
+from . import select as _select  # noqa: F401,E402
 
 
 def main() -> None:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import sys
+from enum import Enum
+from typing import Sequence
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 
-from ..io import InputError
-from ..weights import WeightsError
+from ..errors import UserError
 
 app = typer.Typer(
     name="fcn-label",
@@ -21,7 +22,19 @@ app = typer.Typer(
 )
 console = Console(stderr=True, highlight=False)
 
-USER_ERRORS = (InputError, WeightsError, FileNotFoundError, NotADirectoryError, PermissionError, ValueError)
+# A user's mistake: one red line, exit 2. Anything else is a bug and keeps its traceback (exit 1);
+# a bare ValueError is deliberately not here (see fcn_label.errors).
+USER_ERRORS = (UserError, FileNotFoundError, NotADirectoryError, PermissionError)
+
+
+def choice(name: str, values: Sequence[str]) -> type[Enum]:
+    """A Typer enum for a choice option: --help lists the values, a wrong one exits 2 naming them."""
+    return Enum(name, [(v, v) for v in values], type=str)
+
+
+def value(v):
+    """An enum member's string (what TrainConfig and the library take), anything else as is."""
+    return v.value if isinstance(v, Enum) else v
 
 
 def fail(message: str, code: int = 2) -> "typer.Exit":
@@ -31,12 +44,30 @@ def fail(message: str, code: int = 2) -> "typer.Exit":
 
 
 def run_cli(argv: list[str] | None = None) -> None:
-    """Run the app; user mistakes end as one line on stderr and exit status 2, never a traceback."""
+    """Run the app; user mistakes end as one line on stderr and exit status 2, bugs as a traceback (exit 1).
+
+    Typer's own usage errors (a bad choice, a missing option) are user mistakes
+    too: one line naming the option and the valid values, not a box.
+    """
     try:
-        app(args=argv, standalone_mode=True)
+        from typer._click import exceptions as click_errors  # the click Typer vendors
+    except ImportError:  # older Typer: plain click
+        from click import exceptions as click_errors
+    try:
+        rv = app(args=argv, standalone_mode=False)
+    except click_errors.NoArgsIsHelpError as e:
+        e.show()
+        sys.exit(e.exit_code)
+    except click_errors.ClickException as e:
+        console.print(f"[bold red]error:[/] {escape(e.format_message())}", soft_wrap=True)
+        sys.exit(e.exit_code)
+    except typer.Abort:
+        console.print("[yellow]aborted[/]")
+        sys.exit(1)
     except USER_ERRORS as e:
         console.print(f"[bold red]error:[/] {escape(str(e))}", soft_wrap=True)
         sys.exit(2)
     except KeyboardInterrupt:
         console.print("[yellow]interrupted[/]: finished outputs are kept; re-run the same command to resume")
         sys.exit(130)
+    sys.exit(rv if isinstance(rv, int) else 0)

@@ -14,8 +14,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from .. import evaluate as ev
-from ..io import DEFAULT_MAX_PIXELS
-from ._common import app, console, fail
+from ..images import DEFAULT_MAX_PIXELS
+from ._common import app, choice, console, fail
+
+Format = choice("Format", ("table", "json"))
 
 stdout = Console(highlight=False)
 
@@ -82,7 +84,7 @@ def evaluate(
                                 "in parallel."),
     worst: int = typer.Option(8, "--worst", min=0, max=100, help="How many lowest-mean-IoU images to show in "
                               "worst_images.png (0: none)."),
-    fmt: str = typer.Option("table", "--format", "-f", help="Terminal output: table (rich tables) or json (one JSON "
+    fmt: Format = typer.Option("table", "--format", "-f", help="Terminal output: table (rich tables) or json (one JSON "
                             "document on stdout: summary, per-class figures, absent classes, failures)."),
     device: str = typer.Option("auto", help="With --weights: auto (CUDA when available, else CPU), cpu or cuda:N."),
     flip: bool = typer.Option(False, "--flip", help="With --weights: also predict each mirrored image and average "
@@ -105,8 +107,7 @@ def evaluate(
 
       fcn-label evaluate --weights fcn8s-compact-camvid --gt camvid/val.txt --out report/
     """
-    if fmt not in ("table", "json"):
-        raise fail(f"--format {fmt!r}: choose table or json")
+    fmt = fmt.value
     if (pred is None) == (weights is None):
         raise fail("give exactly one of --pred (masks or COCO JSON to score) and --weights (predict, then score)")
     if out is not None and out.exists() and not out.is_dir():
@@ -115,7 +116,7 @@ def evaluate(
         raise fail("--flip changes how a model predicts: use it with --weights (or predict --flip, then --pred)")
     ck = None
     if weights is not None:
-        from ..weights import load_checkpoint, resolve_weights
+        from ..checkpoint import load_checkpoint, resolve_weights
 
         ck = load_checkpoint(resolve_weights(weights))
     ignore = ignore_index if ignore_index is not None else (ck.ignore_index if ck is not None else 255)

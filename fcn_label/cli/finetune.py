@@ -7,7 +7,6 @@ the command line override it, so the command maps one-to-one onto
 
 from __future__ import annotations
 
-import os
 from dataclasses import fields
 from pathlib import Path
 from typing import Optional
@@ -15,9 +14,10 @@ from typing import Optional
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from ..data import read_class_file
+from ..classes import read_class_file
 from ..train import CHOICES, PAPER_SUM_LOSS, PRESETS, VGG16_MODEL, Trainer, TrainConfig
-from ._common import app, console, fail
+from ..train.distributed import dist_info
+from ._common import app, choice, console, fail, value
 
 _DEFAULT = {f.name: f.default for f in fields(TrainConfig)}
 _MODEL_OPTIONS = ("width", "fc_channels", "batch_norm", "padding", "dropout")
@@ -35,6 +35,12 @@ def _d(name: str) -> str:
 
 def _choices(name: str) -> str:
     return ", ".join(CHOICES[name])
+
+
+Preset, Arch, Padding, Optimizer, Schedule, ClassWeights, Loss = (
+    choice(n, CHOICES[k]) for n, k in (("Preset", "preset"), ("Arch", "arch"), ("Padding", "padding"),
+                                       ("Optimizer", "optimizer"), ("Schedule", "schedule"),
+                                       ("ClassWeights", "class_weights"), ("Loss", "loss")))
 
 
 def _pair(text: str, sep: str, cast, option: str, example: str) -> tuple:
@@ -94,7 +100,7 @@ def finetune(
                                               "label + 1)."),
     ignore_index: int = typer.Option(_DEFAULT["ignore_index"], "--ignore-index", help="Mask label left out of the "
                                      "loss and the metrics: 255 for VOC, 11 for CamVid."),
-    arch: Optional[str] = typer.Option(None, "--arch", help=f"{_choices('arch')} (default: fcn8s, or --init's "
+    arch: Optional[Arch] = typer.Option(None, "--arch", help=f"{_choices('arch')} (default: fcn8s, or --init's "
                                        "architecture). A finer one than --init's (32s -> 16s -> 8s) stages training: "
                                        "shared layers are kept, new skip scorers start at zero."),
     width: Optional[float] = typer.Option(None, "--width", help=f"Channel multiplier of VGG16 (1 = the paper's). "
@@ -102,27 +108,29 @@ def finetune(
     fc_channels: Optional[int] = typer.Option(None, "--fc-channels", help=f"Width of fc6/fc7. {_d('fc_channels')}"),
     batch_norm: Optional[bool] = typer.Option(None, "--batch-norm/--no-batch-norm", help="BatchNorm after every "
                                               f"convolution. {_d('batch_norm')}"),
-    padding: Optional[str] = typer.Option(None, "--padding", help="caffe (pad 100, the reference net) or same "
+    padding: Optional[Padding] = typer.Option(None, "--padding", help="caffe (pad 100, the reference net) or same "
                                           f"(pad to a multiple of 32: half the compute). {_d('padding')}"),
     dropout: Optional[float] = typer.Option(None, "--dropout", help=f"Dropout after fc6/fc7. {_d('dropout')}"),
     init: Optional[str] = typer.Option(None, "--init", help="Start from a model: an fcn-label checkpoint, a shipped "
                                        "model name (see `fcn-label models`) or a pytorch-fcn .pth state dict. Its "
                                        "architecture and width are kept; with another class count the score and "
                                        "upsampling layers are re-initialised."),
-    init_backbone: Optional[str] = typer.Option(None, "--init-backbone", help="Start from a torchvision VGG16 ImageNet "
-                                                "state dict (vgg16-397923af.pth): conv layers and fc6/fc7; implies "
+    init_backbone: Optional[str] = typer.Option(None, "--init-backbone", help="Start from VGG16 ImageNet weights: "
+                                                "'imagenet' (torchvision's VGG16_Weights.IMAGENET1K_V1, from "
+                                                "TORCH_HOME's cache, downloaded when online) or a torchvision VGG16 "
+                                                "state dict file (vgg16-397923af.pth): conv layers and fc6/fc7; implies "
                                                 f"the full model ({', '.join(f'{k} {v}' for k, v in VGG16_MODEL.items())})."),
-    preset: str = typer.Option(_DEFAULT["preset"], "--preset", help=f"Training recipe: {_choices('preset')}. paper: "
+    preset: Preset = typer.Option(_DEFAULT["preset"], "--preset", help=f"Training recipe: {_choices('preset')}. paper: "
                                "the FCN paper (SGD, fixed lr, full VGG16); modern: AdamW, poly schedule, class "
                                "weights, EMA, compact BN model. Options given explicitly override it."),
-    optimizer: Optional[str] = typer.Option(None, "--optimizer", help=f"{_choices('optimizer')}. {_d('optimizer')}"),
+    optimizer: Optional[Optimizer] = typer.Option(None, "--optimizer", help=f"{_choices('optimizer')}. {_d('optimizer')}"),
     lr: Optional[float] = typer.Option(None, "--lr", help=f"Base learning rate. {_d('lr')}; paper with --loss sum: "
                                        f"{PAPER_SUM_LOSS['lr']}"),
     momentum: Optional[float] = typer.Option(None, "--momentum", help=f"SGD momentum. {_d('momentum')}; paper with "
                                              f"--loss sum: {PAPER_SUM_LOSS['momentum']}"),
     weight_decay: Optional[float] = typer.Option(None, "--weight-decay", help="Weight decay (never on biases and "
                                                  f"norms). {_d('weight_decay')}"),
-    schedule: Optional[str] = typer.Option(None, "--schedule", help=f"lr schedule: {_choices('schedule')}. "
+    schedule: Optional[Schedule] = typer.Option(None, "--schedule", help=f"lr schedule: {_choices('schedule')}. "
                                            f"{_d('schedule')}"),
     warmup_epochs: Optional[int] = typer.Option(None, "--warmup-epochs", help="Linear lr warm-up (poly/cosine). "
                                                 f"{_d('warmup_epochs')}"),
@@ -131,12 +139,12 @@ def finetune(
     freeze_upsampling: Optional[bool] = typer.Option(None, "--freeze-upsampling/--train-upsampling", help="Keep the "
                                                      "final upsampling fixed bilinear, as the paper does (intermediate "
                                                      f"ones always learn). {_d('freeze_upsampling')}"),
-    class_weights: Optional[str] = typer.Option(None, "--class-weights", help=f"Loss weights per class: "
+    class_weights: Optional[ClassWeights] = typer.Option(None, "--class-weights", help=f"Loss weights per class: "
                                                 f"{_choices('class_weights')} (median frequency balancing, or its "
                                                 f"square root). {_d('class_weights')}"),
     ema: Optional[float] = typer.Option(None, "--ema", help="Decay of the weight average that is validated and saved "
                                         f"(0 = off). {_d('ema')}"),
-    loss: str = typer.Option(_DEFAULT["loss"], "--loss", help=f"Per-pixel multinomial logistic loss: "
+    loss: Loss = typer.Option(_DEFAULT["loss"], "--loss", help=f"Per-pixel multinomial logistic loss: "
                              f"{_choices('loss')} over valid pixels (sum = the paper's unnormalised loss)."),
     epochs: int = typer.Option(_DEFAULT["epochs"], "--epochs", help="Passes over the training data."),
     batch_size: int = typer.Option(_DEFAULT["batch_size"], "--batch-size", "-b", help="Crops per step (per process "
@@ -186,7 +194,7 @@ def finetune(
     # so it holds for click's ParameterSource and the copy Typer vendors
     given = {k for k in ctx.params if getattr(ctx.get_parameter_source(k), "name", "DEFAULT") not in ("DEFAULT", "DEFAULT_MAP")}
     params = dict(ctx.params)
-    kw = {_FIELD.get(k, k): params[k] for k in given if k not in ("data", "classes", "crop", "scale", "resume")}
+    kw = {_FIELD.get(k, k): value(params[k]) for k in given if k not in ("data", "classes", "crop", "scale", "resume")}
     if "crop" in given:
         kw["crop"] = _pair(crop, "x", int, "--crop", "288x384")
     if "scale" in given:
@@ -207,7 +215,7 @@ def finetune(
     if not resume and last.is_file():
         raise fail(f"{last}: a run already exists there; add --resume to continue it, or choose another --out")
 
-    is_main = int(os.environ.get("RANK", 0)) == 0
+    is_main = dist_info()[0] == 0
     columns = (TextColumn("epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("loss {task.fields[loss]:.4f}"), TimeElapsedColumn(), TextColumn("ETA"),
                TimeRemainingColumn())

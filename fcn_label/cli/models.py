@@ -7,7 +7,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ..model import ARCHS
-from ..weights import SHIPPED, WeightsError, load_checkpoint
+from ..checkpoint import SHIPPED, WeightsError, load_checkpoint
 from ._common import app
 
 

@@ -9,11 +9,10 @@ import typer
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from ..data import read_class_file
-from ..io import DEFAULT_MAX_PIXELS
-from ..job import PredictJob, PredictOptions, discover, shard_from_env
-from ..predict import Predictor
-from ..weights import DEFAULT_WEIGHTS, load_checkpoint, resolve_weights
+from ..checkpoint import DEFAULT_WEIGHTS, load_checkpoint, resolve_weights
+from ..classes import read_class_spec
+from ..images import DEFAULT_MAX_PIXELS
+from ..predict import Palette, PredictJob, PredictOptions, Predictor, discover, shard_from_env
 from ._common import app, console, fail
 
 
@@ -54,13 +53,14 @@ def predict(
     tile_overlap: float = typer.Option(0.25, min=0.0, max=0.9, help="Fraction of a tile shared with its neighbour; "
                                        "overlapping probabilities are averaged."),
     tile_threshold: int = typer.Option(2_000_000, help="Images with more pixels than this are tiled automatically."),
-    palette: str = typer.Option("model", help="Mask colours: model (the model's palette), voc (VOC colour map) or "
+    palette: Palette = typer.Option(Palette.model, help="Mask colours: model (the model's palette), voc (VOC colour map) or "
                                 "none (plain greyscale index PNG)."),
     coco: bool = typer.Option(True, "--coco/--no-coco", help="Write predictions.json: COCO results with compressed RLE per class."),
     overlay: bool = typer.Option(False, "--overlay", help="Also write colour overlays under OUT/overlays/ for eyeballing."),
     probs: bool = typer.Option(False, "--probs", help="Also write per-pixel confidence (8-bit, 255 = certain) under OUT/confidence/."),
-    gt: Optional[Path] = typer.Option(None, help="Ground-truth mask folder with the same relative names: adds "
-                                      "pixel accuracy and per-class IoU to predictions.csv."),
+    gt: Optional[Path] = typer.Option(None, help="Ground truth with the same relative names (a mask folder, or any "
+                                      "layout evaluate reads: VOC root, images/ + masks/, list file, COCO JSON): "
+                                      "adds pixel accuracy and per-class IoU to predictions.csv."),
     ignore_index: Optional[int] = typer.Option(None, help="Ground-truth label to ignore (default: the model's, "
                                                "e.g. 11 for CamVid, 255 for VOC)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Redo images already done (default: skip them, so a "
@@ -78,18 +78,15 @@ def predict(
 
     Example: fcn-label predict examples/ --out masks/
     """
-    if palette not in ("model", "voc", "none"):
-        raise fail(f"--palette {palette!r}: choose model, voc or none")
     shard_i, shard_n = _parse_shard(shard)
-    names, colours = read_class_file(classes) if classes is not None else (None, None)
+    spec = read_class_spec(classes) if classes is not None else None  # an explicit file: its names and colours
     weights_path = resolve_weights(weights)
-    ck = load_checkpoint(weights_path, arch=arch, num_classes=num_classes, classes=names)
-    if names:
-        ck.classes = names
-    if colours:
-        ck.palette = colours
-    if gt is not None and not gt.is_dir():
-        raise fail(f"--gt {gt}: folder not found; give the folder of ground-truth masks")
+    ck = load_checkpoint(weights_path, arch=arch, num_classes=num_classes, classes=spec.names if spec else None)
+    if spec is not None:
+        ck.classes = spec.names
+        ck.palette = spec.palette or ck.palette
+    if gt is not None and not gt.exists():
+        raise fail(f"--gt {gt}: not found; give the folder of ground-truth masks (or a VOC root, list file, COCO JSON)")
     predictor = Predictor(ck, device=device, amp=amp, tile=tile or None, tile_overlap=tile_overlap,
                           tile_threshold=tile_threshold, flip=flip)
     if amp and predictor.device.type != "cuda":

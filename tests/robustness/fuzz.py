@@ -398,7 +398,7 @@ def tiny_model(path: Path) -> Path:
     import torch
 
     from fcn_label.model import FCN, FCNConfig
-    from fcn_label.weights import Checkpoint, save_checkpoint
+    from fcn_label.checkpoint import Checkpoint, save_checkpoint
 
     torch.manual_seed(0)
     cfg = FCNConfig(arch="fcn8s", num_classes=NUM_CLASSES, width=0.0625, fc_channels=16, padding="same")

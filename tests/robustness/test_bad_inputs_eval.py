@@ -21,7 +21,7 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 
 from fcn_label.cli import run_cli
-from fcn_label.weights import save_checkpoint
+from fcn_label.checkpoint import save_checkpoint
 from helpers import make_checkpoint, rand_image
 
 N = 5

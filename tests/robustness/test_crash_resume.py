@@ -19,8 +19,8 @@ import pytest
 from PIL import Image
 
 from fcn_label.cli import run_cli
-from fcn_label.io import _HOST
-from fcn_label.weights import save_checkpoint
+from fcn_label.images import _HOST
+from fcn_label.checkpoint import save_checkpoint
 from helpers import make_checkpoint, rand_image
 
 N = 40
@@ -161,7 +161,7 @@ def test_finetune_killed_while_writing_its_checkpoint_resumes_from_the_last_whol
     run; this one aims at the write itself.)
     """
     from _synth import write_list_dataset
-    from fcn_label.weights import load_checkpoint
+    from fcn_label.checkpoint import load_checkpoint
 
     data = write_list_dataset(tmp_path / "d", n=8)
     out = tmp_path / "run"
@@ -196,7 +196,7 @@ def test_disk_full_stops_the_job_keeps_finished_work_and_resumes(tmp_path, monke
     """ENOSPC is not one bad file: stop at once (no hour of doomed predictions), keep what is done."""
     import errno
 
-    import fcn_label.outputs as outputs
+    import fcn_label.predict.outputs as outputs
 
     for i in range(12):
         Image.fromarray(rand_image(16, 20, i)).save(tmp_path / f"im{i:02d}.png")

@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from _synth import make_arrays, tiny_config
-from fcn_label.data import find_class_file, read_class_file
+from fcn_label.classes import find_class_file, read_class_file
 from fcn_label.evaluate import GroundTruth, resolve_classes
 from fcn_label.train import Trainer
 

@@ -17,9 +17,10 @@ import pytest
 import torch
 from PIL import Image
 
-import fcn_label.job as job_mod
-import fcn_label.predict as predict_mod
-from fcn_label.job import Item, PredictJob, PredictOptions, _Decode, discover
+import fcn_label.predict.job as job_mod
+import fcn_label.predict.predictor as predict_mod
+from fcn_label.predict import Item, PredictJob, PredictOptions, discover
+from fcn_label.predict.job import _Decode
 from fcn_label.predict import Predictor
 from helpers import make_checkpoint, one_at_a_time, rand_image
 

@@ -8,10 +8,11 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from fcn_label.io import atomic_path, remove_stale_temp
-from fcn_label.job import Item, PredictJob, PredictOptions, _dedupe, discover
+from fcn_label.images import atomic_path, remove_stale_temp
+from fcn_label.predict import Item, PredictJob, PredictOptions, discover
+from fcn_label.predict.discover import _dedupe
 from fcn_label.predict import Predictor
-from fcn_label.weights import save_checkpoint
+from fcn_label.checkpoint import save_checkpoint
 from helpers import make_checkpoint, rand_image
 
 

@@ -14,7 +14,7 @@ import numpy as np
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from fcn_label.weights import save_checkpoint
+from fcn_label.checkpoint import save_checkpoint
 from helpers import make_checkpoint, rand_image
 
 

@@ -1,19 +1,16 @@
-"""Dataset layouts, class files and paired augmentation."""
+"""Dataset layouts: every layout loads the same pairs; what is missing is named."""
 
 from __future__ import annotations
 
 import json
-import random
 import shutil
 from pathlib import Path
 
 import numpy as np
-import pytest
-import torch
 from PIL import Image
 
-from fcn_label.data import Augment, SegmentationDataset, load_pairs, mask_palette, read_class_file
-from fcn_label.io import InputError
+from fcn_label.datasets import load_pairs
+from fcn_label.train import SegmentationDataset
 
 from _synth import make_arrays
 
@@ -88,52 +85,3 @@ def test_missing_partners_are_reported_with_their_names(tmp_path):
     (src["folders"] / "masks" / "sub" / "img01.png").unlink()
     pairs, problems, _ = load_pairs(src["folders"])
     assert len(pairs) == 3 and len(problems) == 1 and "img01.jpg" in problems[0]
-
-
-def test_class_file_names_and_optional_palette(tmp_path):
-    f = tmp_path / "classes.txt"
-    f.write_text("# road scenes\nsky\ntraffic light\nroad\n")
-    assert read_class_file(f) == (["sky", "traffic light", "road"], None)
-    f.write_text("sky 128 128 128\ntraffic light 250 170 30\n")
-    assert read_class_file(f) == (["sky", "traffic light"], [(128, 128, 128), (250, 170, 30)])
-    f.write_text("sky 128 128 128\nroad\n")
-    with pytest.raises(InputError, match=r"classes.txt: 1 of 2 classes have a colour"):
-        read_class_file(f)
-    f.write_text("sky 128 128 300\n")
-    with pytest.raises(InputError, match=r"classes.txt:1: colour"):
-        read_class_file(f)
-    with pytest.raises(InputError, match="not found"):
-        read_class_file(tmp_path / "nope.txt")
-
-
-def test_mask_palette_read_from_palette_png(tmp_path):
-    im = Image.fromarray(np.zeros((4, 4), np.uint8), mode="P")
-    im.putpalette([0, 0, 0, 128, 0, 0, 0, 128, 0])
-    im.save(tmp_path / "m.png")
-    pal = mask_palette(tmp_path / "m.png")
-    assert pal[:3] == [(0, 0, 0), (128, 0, 0), (0, 128, 0)] and len(pal) == 256
-    Image.fromarray(np.zeros((4, 4), np.uint8), mode="L").save(tmp_path / "l.png")
-    assert mask_palette(tmp_path / "l.png") is None
-
-
-def test_augmentation_moves_image_and_mask_together():
-    """Scale, crop and flip the same way: the class read back from each pixel's colour matches the mask."""
-    _, img, mask = make_arrays(1, classes=3, seed=5)[0]
-    colours = np.array([[0, 0, 0], [255, 0, 0], [0, 255, 0]], np.uint8)
-    img = colours[mask]
-    aug = Augment(crop=(40, 56), scale=(0.6, 1.8), jitter=0.0, blur_p=0.0, ignore_index=255)
-    t = torch.from_numpy(img).permute(2, 0, 1).float() / 255
-    m = torch.from_numpy(mask.astype(np.int64))
-    padded = 0
-    for seed in range(6):
-        a_img, a_mask = aug(t, m, random.Random(seed))
-        assert a_img.shape == (3, 40, 56) and a_mask.shape == (40, 56)
-        a_mask = a_mask.numpy()
-        assert set(np.unique(a_mask)) <= {0, 1, 2, 255}  # nearest: no blended labels
-        valid = a_mask != 255
-        read = np.abs(a_img.permute(1, 2, 0).numpy()[:, :, None, :] * 255 - colours[None, None]).sum(-1).argmin(-1)
-        assert (read[valid] == a_mask[valid]).mean() > 0.9, seed  # bilinear image edges may differ by a pixel
-        # the source has no ignore pixels: every ignore pixel is padding, grey in the image
-        assert np.allclose(a_img.numpy()[:, ~valid], 0.45)
-        padded += int((~valid).any())
-    assert 0 < padded < 6  # both small (padded) and large (cropped) scales were drawn

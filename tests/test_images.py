@@ -5,7 +5,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 from PIL import Image
 
-from fcn_label.io import read_image, read_mask
+from fcn_label.images import read_image, read_mask
 
 
 def test_concurrent_reads_leave_pillow_bomb_guard_in_place(tmp_path):

@@ -21,6 +21,8 @@ from typing import Iterator
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from .errors import InputError
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm")
 
 # Pillow's own bomb guard is a warning at 89 Mpx and an error at 179 Mpx; we
@@ -31,16 +33,6 @@ _UMASK = os.umask(0)
 os.umask(_UMASK)
 
 
-class InputError(Exception):
-    """A user-side problem with one input file; the message is shown as is."""
-
-
-def why(e: BaseException) -> str:
-    """``Type: first line of the message``: one line for a failures.csv row, whatever raised."""
-    lines = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {lines[0][:300]}" if lines else type(e).__name__
-
-
 _PIL_GLOBALS = threading.Lock()
 
 # Pillow warns about oddities it recovers from (corrupt EXIF data, truncated metadata): on an
@@ -48,6 +40,13 @@ _PIL_GLOBALS = threading.Lock()
 # with catch_warnings around every decode, which swaps the process-wide filter list and is not
 # safe in the threads evaluate decodes in.
 warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.")
+
+
+def check_pixels(name: object, w: int, h: int, max_pixels: int) -> None:
+    """The decompression-bomb guard, from a header's (or a COCO entry's) size before any pixel is decoded."""
+    if w * h > max_pixels:
+        raise InputError(f"{name}: {w}x{h} pixels exceeds the limit of {max_pixels:,} pixels; "
+                         "raise --max-pixels if the image is genuine")
 
 
 def _open(path: Path, max_pixels: int) -> Image.Image:
@@ -76,12 +75,11 @@ def _open(path: Path, max_pixels: int) -> Image.Image:
                 warnings.simplefilter("ignore")  # e.g. "Corrupt EXIF data": noise on the console, not an error
                 im = Image.open(path)
             w, h = im.size
-            if w * h > max_pixels:
+            try:
+                check_pixels(path, w, h, max_pixels)
+            except InputError:
                 im.close()
-                raise InputError(
-                    f"{path}: {w}x{h} pixels exceeds the limit of {max_pixels:,} pixels; "
-                    "raise --max-pixels if the image is genuine"
-                )
+                raise
             return im
         except InputError:
             raise
@@ -91,8 +89,6 @@ def _open(path: Path, max_pixels: int) -> Image.Image:
             raise InputError(f"{path}: permission denied; make the file readable") from None
         except OSError as e:
             raise InputError(f"{path}: cannot open image ({e}); re-export or remove it") from None
-        except Exception as e:  # any decoder error is this file's problem (zTXt bomb: ValueError)
-            raise InputError(f"{path}: cannot open image ({why(e)}); re-export or remove it") from None
         finally:
             Image.MAX_IMAGE_PIXELS = old
 
@@ -143,8 +139,6 @@ def read_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) ->
         raise
     except (OSError, SyntaxError, ValueError) as e:
         raise InputError(f"{path}: corrupt or truncated image ({e}); re-export or remove it") from None
-    except Exception as e:  # e.g. struct.error, IndexError, a DecompressionBombError from a plugin
-        raise InputError(f"{path}: cannot decode image ({why(e)}); re-export or remove it") from None
     finally:
         im.close()
     if arr.ndim != 3 or arr.shape[0] == 0 or arr.shape[1] == 0:
@@ -181,8 +175,6 @@ def read_mask(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> 
         raise
     except (OSError, SyntaxError, ValueError) as e:
         raise InputError(f"{path}: corrupt or truncated mask ({e}); re-export or remove it") from None
-    except Exception as e:
-        raise InputError(f"{path}: cannot decode mask ({why(e)}); re-export or remove it") from None
     return np.ascontiguousarray(arr)
 
 
@@ -256,3 +248,13 @@ def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
     write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def write_csv_atomic(df, path: str | os.PathLike, index: bool = False, float_format: str | None = None,
+                     lineterminator: str = "\n", na_rep: str = "") -> None:
+    """The one way reports are written as CSV: a pandas DataFrame, '\\n' line ends, temp file + rename."""
+    import io
+
+    buf = io.StringIO()
+    df.to_csv(buf, index=index, float_format=float_format, lineterminator=lineterminator, na_rep=na_rep)
+    write_text_atomic(path, buf.getvalue())

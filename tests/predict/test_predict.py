@@ -11,10 +11,10 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 
 from fcn_label.cli import run_cli
-from fcn_label.job import PredictJob, PredictOptions, discover
+from fcn_label.predict import PredictJob, PredictOptions, discover
 from fcn_label.model import FCN, FCNConfig
 from fcn_label.predict import Predictor
-from fcn_label.weights import save_checkpoint
+from fcn_label.checkpoint import save_checkpoint
 from helpers import PALETTE, make_checkpoint, one_at_a_time, rand_image
 
 
@@ -86,7 +86,7 @@ def write_images(folder: Path, sizes):
 
 
 def run_job(model_file, inputs, out, **kw):
-    from fcn_label.weights import load_checkpoint
+    from fcn_label.checkpoint import load_checkpoint
     ck = load_checkpoint(model_file)
     items, problems = discover([str(i) for i in inputs], out)
     job = PredictJob(Predictor(ck, device="cpu"), PredictOptions(out=out, workers=kw.pop("workers", 0), **kw))
@@ -128,7 +128,7 @@ def test_palette_none_writes_L_and_values_are_class_indices(tmp_path, model_file
     run_job(model_file, [img], tmp_path / "out", palette="none")
     png = Image.open(tmp_path / "out" / "img0.png")
     assert png.mode == "L"
-    from fcn_label.weights import load_checkpoint
+    from fcn_label.checkpoint import load_checkpoint
     ref = one_at_a_time(load_checkpoint(model_file), np.asarray(Image.open(img).convert("RGB")))
     assert np.array_equal(np.asarray(png), ref)
 
@@ -214,7 +214,7 @@ def test_duplicate_stems_do_not_collide(tmp_path, model_file):
 
 def test_gt_adds_per_image_iou(tmp_path, model_file):
     (img,) = write_images(tmp_path / "in", [(24, 32)])
-    from fcn_label.weights import load_checkpoint
+    from fcn_label.checkpoint import load_checkpoint
     ref = one_at_a_time(load_checkpoint(model_file), np.asarray(Image.open(img).convert("RGB")))
     gt = ref.copy().astype(np.uint8)
     gt[:12] = 255  # ignored
@@ -249,7 +249,7 @@ def test_cli_user_errors_are_one_line(tmp_path, model_file, capsys):
     code, out = cli(capsys, "predict", tmp_path, "--out", tmp_path / "out", "-w", tmp_path / "missing.pt")
     assert code == 2 and "missing.pt" in out.err and "Traceback" not in out.err
     code, out = cli(capsys, "predict", tmp_path, "--out", tmp_path / "out", "-w", model_file, "--palette", "rainbow")
-    assert code == 2 and "model, voc or none" in out.err
+    assert code == 2 and "'model', 'voc', 'none'" in out.err
 
 
 def test_cli_classes_file_names_and_colours_a_bare_state_dict(tmp_path, capsys):
@@ -290,3 +290,24 @@ def test_flip_averages_the_image_and_its_mirror(padding, bn):
     assert (mirrored.labels == out[0].labels[:, ::-1]).mean() >= 0.999
     plain = Predictor(ck, device="cpu").predict_arrays(imgs[:1])[0]
     assert not np.allclose(plain.confidence, out[0].confidence)  # flip did change something
+
+
+def test_gt_takes_any_layout_and_scores_like_the_mask_folder(tmp_path, fixtures_dir):
+    """predict --gt reads ground truth through the datasets package: a VOC root gives the same
+    per-image figures as its SegmentationClass/ folder, which is checked against a NumPy IoU."""
+    import pandas as pd
+
+    voc = fixtures_dir / "voc"
+    for name, gt in (("folder", voc / "SegmentationClass"), ("root", voc)):
+        with pytest.raises(SystemExit) as e:
+            run_cli(["predict", str(voc / "JPEGImages"), "--out", str(tmp_path / name), "--gt", str(gt), "-q"])
+        assert e.value.code == 0
+    folder = pd.read_csv(tmp_path / "folder" / "predictions.csv")
+    root = pd.read_csv(tmp_path / "root" / "predictions.csv")
+    cols = [c for c in folder.columns if c != "seconds"]
+    pd.testing.assert_frame_equal(folder[cols], root[cols])
+    row = folder.iloc[0]
+    gt = np.array(Image.open(voc / "SegmentationClass" / f"{Path(row['mask']).stem}.png"))
+    pred = np.array(Image.open(tmp_path / "folder" / row["mask"]))
+    valid = (gt != 11) & (gt < 11)  # the shipped CamVid model: 11 classes, ignore label 11
+    assert row["pixel_accuracy"] == pytest.approx((gt[valid] == pred[valid]).mean(), abs=1e-6)

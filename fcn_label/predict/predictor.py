@@ -19,8 +19,9 @@ from typing import Iterable, Sequence
 import numpy as np
 import torch
 
-from .model import FCN
-from .weights import Checkpoint
+from ..checkpoint import Checkpoint
+from ..errors import ConfigError
+from ..model import FCN
 
 DEFAULT_TILE = 1024
 DEFAULT_TILE_THRESHOLD = 2_000_000  # pixels; above this an image is tiled
@@ -43,9 +44,9 @@ def pick_device(name: str = "auto", local_rank: int = 0) -> torch.device:
     try:
         dev = torch.device(name)
     except RuntimeError:
-        raise ValueError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
+        raise ConfigError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {name}: CUDA is not available on this machine; use --device cpu")
+        raise ConfigError(f"--device {name}: CUDA is not available on this machine; use --device cpu")
     if dev.type == "cuda" and dev.index is None:
         dev = torch.device("cuda", local_rank)  # torch.cuda.set_device and DDP need an index
     return dev
@@ -72,7 +73,7 @@ class Predictor:
         self.flip = flip
         self.tile = tile
         if not 0 <= tile_overlap < 1:
-            raise ValueError(f"tile overlap must be in [0, 1), got {tile_overlap}")
+            raise ConfigError(f"tile overlap must be in [0, 1), got {tile_overlap}")
         self.tile_overlap = tile_overlap
         self.tile_threshold = tile_threshold
         self.norm = checkpoint.normalization

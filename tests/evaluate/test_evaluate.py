@@ -247,7 +247,7 @@ def _rle(mask):
 
 
 def test_coco_json_and_png_predictions_give_identical_reports(tmp_path):
-    from fcn_label.outputs import coco_annotations
+    from fcn_label.predict.outputs import coco_annotations
 
     n = 5
     gts, preds = random_set(tmp_path, n=n, count=5, seed=4)
@@ -535,7 +535,7 @@ def _model_and_data(tmp_path, n=5, count=3):
     """A tiny random checkpoint, images, ground truth, and the plain reference predictions."""
     from helpers import make_checkpoint, one_at_a_time, rand_image
 
-    from fcn_label.weights import save_checkpoint
+    from fcn_label.checkpoint import save_checkpoint
 
     ck = make_checkpoint(n=n)
     save_checkpoint(ck, tmp_path / "m.pt")

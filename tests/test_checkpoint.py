@@ -9,10 +9,10 @@ import torch.nn.functional as F
 import torchvision
 
 from fcn_label.model import FCN, FCNConfig
-from fcn_label.weights import (
-    CAFFE_BGR, VOC_CLASSES, Checkpoint, WeightsError, load_checkpoint, resolve_weights, save_checkpoint,
-    vgg16_backbone_state, voc_palette,
+from fcn_label.checkpoint import (
+    CAFFE_BGR, Checkpoint, WeightsError, load_checkpoint, resolve_weights, save_checkpoint, vgg16_backbone_state,
 )
+from fcn_label.classes import VOC_CLASSES, voc_palette
 
 TINY = dict(width=0.0625, fc_channels=16)
 

@@ -1,0 +1,188 @@
+"""Inputs -> items: folders, files, globs and list files, each with an output name nothing can collide with."""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import os
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Sequence
+
+from ..images import IMAGE_EXTENSIONS
+from .layout import OUTPUT_SUFFIXES, RESERVED_DIRS, output_files
+
+LIST_SUFFIXES = (".txt", ".lst", ".list")
+
+
+@dataclass(frozen=True)
+class Item:
+    path: Path
+    rel: str  # output path relative to --out, without suffix, POSIX separators
+
+
+def _safe_rel(path: Path, base: Path | None) -> str:
+    """Output-relative name for ``path``: relative to ``base`` when inside it, never with '..'."""
+    p = Path(os.path.normpath(os.path.abspath(path)))
+    if base is not None:
+        b = Path(os.path.normpath(os.path.abspath(base)))
+        try:
+            rel = p.relative_to(b)
+            return rel.with_suffix("").as_posix()
+        except ValueError:
+            pass
+    parts = [x for x in p.parts[1:] if x not in ("..", ".", "")]  # drop the anchor: never absolute
+    return PurePosixPath(*parts).with_suffix("").as_posix() if parts else p.stem
+
+
+def _walk(root: Path, skip: Path | None) -> list[Path]:
+    found = []
+    skip_abs = os.path.normpath(os.path.abspath(skip)) if skip else None
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+        if skip_abs and os.path.normpath(os.path.abspath(dirpath)) == skip_abs:
+            dirnames[:] = []
+            continue
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and
+                             (not skip_abs or os.path.normpath(os.path.abspath(os.path.join(dirpath, d))) != skip_abs))
+        for f in sorted(filenames):
+            if f.startswith(".") or not f.lower().endswith(IMAGE_EXTENSIONS):
+                continue
+            found.append(Path(dirpath) / f)
+    return found
+
+
+def discover(inputs: Sequence[str | os.PathLike], out: Path | None = None) -> tuple[list[Item], list[tuple[str, str]]]:
+    """Items to predict from folders, files, globs and list files, in a stable order.
+
+    Returns the items and ``(path, reason)`` for every input that cannot be used;
+    the output folder itself is never read back as input.
+    """
+    items: list[Item] = []
+    problems: list[tuple[str, str]] = []
+    for raw in inputs:
+        raw = str(raw)
+        p = Path(raw)
+        if any(ch in raw for ch in "*?[") and not p.exists():
+            matches = sorted(glob.glob(raw, recursive=True))
+            base = Path(raw.split("*")[0].split("?")[0].split("[")[0])
+            base = base if raw.endswith(os.sep) or base.is_dir() else base.parent
+            files = [Path(m) for m in matches if Path(m).is_file() and not _inside(Path(m), out)]
+            if not files:
+                problems.append((raw, "glob matched no files; check the pattern and quote it"))
+            items += [Item(f, _safe_rel(f, base)) for f in files]
+        elif p.is_dir() and _inside(p, out):
+            problems.append((raw, f"is the output folder {out} or inside it, and outputs are never read back as "
+                                  "inputs; choose an --out outside the input folder"))
+        elif p.is_dir():
+            files = _walk(p, out)
+            if not files:
+                problems.append((raw, f"folder holds no images ({', '.join(IMAGE_EXTENSIONS)})"))
+            items += [Item(f, _safe_rel(f, p)) for f in files]
+        elif p.is_file() and p.suffix.lower() in LIST_SUFFIXES:
+            for n, line in enumerate(p.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+                entry = line.strip()
+                if not entry or entry.startswith("#"):
+                    continue
+                entry = entry.split()[0] if not Path(p.parent / entry).exists() and len(entry.split()) == 2 else entry
+                f = Path(entry) if Path(entry).is_absolute() else p.parent / entry
+                if not f.is_file():
+                    problems.append((str(f), f"listed in {p}:{n} but not found; fix the list or the path"))
+                    continue
+                items.append(Item(f, _safe_rel(f, p.parent)))
+        elif p.is_file():
+            items.append(Item(p, p.stem))
+        elif p.is_symlink():
+            problems.append((raw, "broken symbolic link; fix or remove it"))
+        else:
+            problems.append((raw, "not found; check the path (folders, files, globs and .txt lists are accepted)"))
+    return _dedupe(items, out), problems
+
+
+def _inside(path: Path, folder: Path | None) -> bool:
+    if folder is None:
+        return False
+    a, b = os.path.abspath(path), os.path.abspath(folder)
+    return a == b or a.startswith(b.rstrip(os.sep) + os.sep)
+
+
+MAX_NAME_BYTES = 255 - max(len(s) for s in OUTPUT_SUFFIXES)
+
+
+def shown(s: str) -> str:
+    """``s`` as valid UTF-8 text: bytes of a non-UTF-8 file name (held as surrogates) become ``\\xNN``.
+
+    Reports and output names use this, so one such name cannot stop the CSV and JSON
+    from being written.
+    """
+    return s.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def _fit(rel: str) -> str:
+    """Shorten the last part of ``rel`` to fit the file-name limit, keeping its start and a hash of the whole."""
+    head, _, name = rel.rpartition("/")
+    raw = name.encode("utf-8", "surrogateescape")
+    if len(raw) <= MAX_NAME_BYTES:
+        return rel
+    tag = "~" + hashlib.sha1(raw).hexdigest()[:10]
+    name = raw[: MAX_NAME_BYTES - 40].decode("utf-8", "ignore") + tag
+    return f"{head}/{name}" if head else name
+
+
+def _dedupe(items: list[Item], out: Path | None = None) -> list[Item]:
+    """Drop repeats of the same file and give every item an output name nothing else can collide with.
+
+    a.jpg and a.png become a_jpg and a_png; a name still taken (by another such name,
+    by a folder of outputs: a file 'x.bmp' next to a folder 'x.png/', or by an input
+    file: ``predict a.png --out .``) gets '~2', '~3'... An input folder named like one of
+    predict's own (confidence/, overlays/, .fcn-label/) becomes 'confidence~2/'. Names
+    compare case-insensitively, as on macOS and Windows volumes. The result depends only
+    on the (sorted) inputs, so a re-run finds the same names.
+    """
+    seen, unique = set(), []
+    for it in items:
+        key = os.path.abspath(it.path)
+        if key not in seen:
+            seen.add(key)
+            unique.append(it)
+    rels = [_unreserve(shown(it.rel)) for it in unique]
+    stems = Counter(r.lower() for r in rels)
+    folders = {p.lower() for r in rels for p in _ancestors(r)}
+    root = os.path.realpath(out) if out is not None else None
+    inputs = {os.path.realpath(it.path) for it in unique} if root else set()
+
+    def clashes(rel: str) -> bool:
+        if rel.lower() in taken or any(f"{rel}{s}".lower() in folders for s in OUTPUT_SUFFIXES):
+            return True
+        return bool(inputs) and any(os.path.join(root, p) in inputs for p in output_files(rel))
+
+    taken: set[str] = set()
+    result = []
+    for it, base in zip(unique, rels):
+        if stems[base.lower()] > 1:
+            base = f"{base}{it.path.suffix.lower().replace('.', '_')}"
+        base = _fit(base)
+        rel, n = base, 1
+        while clashes(rel):
+            n += 1
+            rel = _fit(f"{base}~{n}")
+        taken.add(rel.lower())
+        result.append(it if rel == it.rel else Item(it.path, rel))
+    return result
+
+
+def _unreserve(rel: str) -> str:
+    head, sep, rest = rel.partition("/")
+    return f"{head}~2/{rest}" if sep and head.lower() in RESERVED_DIRS else rel
+
+
+def _ancestors(rel: str) -> list[str]:
+    parts = rel.split("/")[:-1]
+    return ["/".join(parts[: i + 1]) for i in range(len(parts))]
+
+
+def shard_from_env() -> tuple[int, int]:
+    """torchrun's RANK / WORLD_SIZE, so N launched processes split one job."""
+    from ..train.distributed import rank_and_world
+
+    return rank_and_world()

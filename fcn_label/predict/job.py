@@ -1,0 +1,419 @@
+"""A predict job over many items: resume, background decoding, inference by size, outputs, records.
+
+Each finished image leaves a small JSON record (see :mod:`.layout`) written
+after its mask. A re-run skips images whose record exists, and the reports are
+always assembled from the records (:mod:`.reports`).
+
+Per image, the work is three stages, each a method, so that they can later run
+in worker processes: :meth:`PredictJob.decode` (file -> RGB array, behind the
+per-file guard), :meth:`PredictJob.infer` (same-size arrays -> predictions) and
+:meth:`PredictJob.write` (prediction -> mask, extras and record). :meth:`run`
+only schedules them.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+from ..classes import voc_palette
+from ..errors import ConfigError
+from ..guard import failure_message, first_line, guarded
+from ..images import DEFAULT_MAX_PIXELS, InputError, image_size, read_image, remove_stale_temp, write_text_atomic
+from ..metrics import confusion_matrix, scores
+from .discover import Item, shown
+from .layout import OutputLayout
+from .outputs import coco_annotations, write_confidence, write_mask, write_overlay
+from .predictor import Prediction, Predictor
+from .reports import load_records, reports_lock, write_reports
+
+
+class Palette(str, Enum):
+    """Mask colours: the model's palette, the VOC colour map, or none (plain greyscale index PNG)."""
+
+    model = "model"
+    voc = "voc"
+    none = "none"
+
+
+@dataclass
+class PredictOptions:
+    out: Path
+    batch_size: int | None = None  # None: the predictor's default for its device
+    workers: int = 1
+    palette: Palette | str = Palette.model
+    coco: bool = True
+    overlay: bool = False
+    probs: bool = False
+    gt: Path | None = None
+    ignore_index: int | None = None
+    overwrite: bool = False
+    shard: tuple[int, int] = (0, 1)
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    low_confidence: float = 0.5
+
+
+@dataclass
+class JobResult:
+    total: int = 0
+    done: int = 0
+    skipped: int = 0
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    seconds: float = 0.0
+    stopped: str = ""  # why the job stopped before the end (disk full...); empty when it ran through
+
+    @property
+    def images_per_second(self) -> float:
+        return self.done / self.seconds if self.seconds > 0 else 0.0
+
+
+# Write errors that say --out as a whole is unusable, not this one image.
+_OUT_UNUSABLE = {errno.ENOSPC, errno.EDQUOT, errno.EROFS}
+
+# ---------------------------------------------------------------------------
+# Decoding in background workers
+
+
+# Decoding workers hand over images up to this many pixels (48 MB as RGB); larger ones are only
+# looked at (header) and decoded by the main process when their turn comes. Up to 2 x workers x
+# batch-size decoded images wait between the workers and the model, so this bounds that queue
+# (about 0.8 GB at the defaults) whatever the size of the photos.
+WORKER_MAX_PIXELS = 16_000_000
+
+
+class _Decode(torch.utils.data.Dataset):
+    def __init__(self, items: Sequence[Item], max_pixels: int, worker_max_pixels: int = WORKER_MAX_PIXELS):
+        self.items, self.max_pixels, self.worker_max_pixels = list(items), max_pixels, worker_max_pixels
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def decode(self, i: int):
+        """``(i, RGB array, None)`` or ``(i, None, one-line reason)``; never raises."""
+        path = self.items[i].path
+        arr, err = guarded(path, read_image, path, self.max_pixels)
+        return i, arr, err
+
+    def __getitem__(self, i: int):
+        """In a worker: the header first (behind the guard), so a huge image is left to the main process."""
+        if torch.utils.data.get_worker_info() is not None:
+            path = self.items[i].path
+            size, err = guarded(path, image_size, path, self.max_pixels)
+            if err is not None:
+                return i, None, err
+            if size[0] * size[1] > self.worker_max_pixels:
+                return i, None, None  # too big to queue: the main process decodes it
+        return self.decode(i)
+
+
+# glibc's allocator keeps the freed memory of mixed-size images and batches as holes in its
+# heap, so the peak RSS crept up image after image (+400 MB over 200 images, benchmarks/memory.py);
+# handing free pages back after every ~8 Mpx predicted keeps it flat.
+TRIM_EVERY_PIXELS = 8_000_000
+_malloc_trim = None
+
+
+def release_free_memory() -> None:
+    """Return freed heap pages to the OS (glibc's malloc_trim); a no-op elsewhere."""
+    global _malloc_trim
+    if _malloc_trim is None:
+        try:
+            import ctypes
+            import ctypes.util
+
+            _malloc_trim = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+        except (OSError, AttributeError):
+            _malloc_trim = False
+    if _malloc_trim:
+        _malloc_trim(0)
+
+
+def _collate(batch):
+    return batch[0]
+
+
+# ---------------------------------------------------------------------------
+
+
+class PredictJob:
+    """Predict every item, writing outputs under ``options.out`` and never elsewhere."""
+
+    def __init__(self, predictor: Predictor, options: PredictOptions,
+                 on_progress: Callable[[int, int], None] | None = None,
+                 on_failure: Callable[[str, str], None] | None = None):
+        self.p = predictor
+        self.o = options
+        self.out = Path(options.out)
+        self.on_progress = on_progress or (lambda done, total: None)
+        self.on_failure = on_failure or (lambda path, reason: None)
+        self.layout = OutputLayout(self.out)
+        ck = predictor.checkpoint
+        self.classes = list(ck.classes)
+        try:
+            palette = Palette(getattr(options.palette, "value", options.palette))
+        except ValueError:
+            raise ConfigError(f"unknown palette {options.palette!r}; choose model, voc or none") from None
+        self.palette = {Palette.model: ck.palette, Palette.voc: voc_palette(), Palette.none: None}[palette]
+        self.ignore_index = ck.ignore_index if options.ignore_index is None else options.ignore_index
+        self.gt = None
+        if options.gt is not None:  # any layout the datasets package knows, read once
+            from ..datasets import GroundTruth
+
+            self.gt = GroundTruth(options.gt, ignore_index=self.ignore_index)
+        self._lock = threading.Lock()
+
+    # -- paths -----------------------------------------------------------------
+    def mask_path(self, it: Item) -> Path:
+        return self.layout.mask(it.rel)
+
+    def record_path(self, it: Item) -> Path:
+        return self.layout.record(it.rel)
+
+    def _checked(self, path: Path) -> Path:
+        """Create ``path``'s folder, refusing one that resolves outside --out (e.g. through a symlinked folder).
+
+        The check runs before anything is created (resolve() follows the links of the
+        part that exists), so not even an empty folder appears outside --out.
+        """
+        root = self.out.resolve()
+        real = path.parent.resolve()
+        if real != root and root not in real.parents:
+            raise InputError(f"{path}: would be written outside --out {self.out} (through a symbolic link); remove the link")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def is_done(self, it: Item) -> bool:
+        return self.record_path(it).is_file() and self.mask_path(it).is_file()
+
+    # -- the three per-image stages ----------------------------------------------
+    def decode(self, it: Item) -> tuple[np.ndarray | None, str | None]:
+        """File -> RGB array, or the one-line reason it cannot be used; never raises."""
+        return guarded(it.path, read_image, it.path, self.o.max_pixels)
+
+    def infer(self, arrays: list[tuple[int, np.ndarray]]) -> list[tuple[int, Prediction]]:
+        """``(key, Prediction)`` for one batch the loop formed: same-size arrays within the predictor's
+        batch limit, or a single image to tile. The loop's window is the only batching by size."""
+        keys, batch = [k for k, _ in arrays], [a for _, a in arrays]
+        if len(batch) == 1 and self.p.needs_tiling(batch[0].shape):
+            return [(keys[0], self.p.predict_tiled(batch[0]))]
+        return list(zip(keys, self.p.postprocess(self.p.forward(self.p.preprocess(batch)))))
+
+    def write(self, it: Item, image: np.ndarray, pred: Prediction, seconds: float) -> None:
+        """Mask, --overlay, --probs, then the record (last: its presence means the image is done)."""
+        self._finish(it, image, pred, seconds)
+
+    def _finish(self, it: Item, image: np.ndarray, pred: Prediction, seconds: float) -> None:
+        mask_path = self._checked(self.mask_path(it))
+        write_mask(mask_path, pred.labels, self.palette)
+        if self.o.overlay:
+            write_overlay(self._checked(self.layout.overlay(it.rel)), image, pred.labels,
+                          self.palette or self.p.checkpoint.palette)
+        if self.o.probs:
+            write_confidence(self._checked(self.layout.confidence(it.rel)), pred.confidence)
+        n = len(self.classes)
+        h, w = pred.labels.shape
+        counts = np.bincount(pred.labels.ravel(), minlength=n)
+        rec = {
+            "path": shown(str(it.path)),
+            "file_name": f"{it.rel}.png",
+            "width": int(w),
+            "height": int(h),
+            "seconds": round(seconds, 4),
+            "classes": {self.classes[c]: round(float(counts[c]) / (h * w), 6) for c in np.nonzero(counts)[0]},
+            "mean_confidence": round(float(pred.confidence.mean()), 6),
+            "low_confidence_fraction": round(float((pred.confidence < self.o.low_confidence).mean()), 6),
+        }
+        if self.o.coco:
+            rec["annotations"] = coco_annotations(pred.labels, pred.confidence, n)
+        if self.gt is not None:
+            rec["gt"] = self._gt_metrics(it, pred.labels)
+        self._checked(self.record_path(it))
+        write_text_atomic(self.record_path(it), json.dumps(rec))
+        self.layout.failure(shown(str(it.path))).unlink(missing_ok=True)  # it failed in an earlier run: no longer
+
+    def _gt_metrics(self, it: Item, labels: np.ndarray) -> dict:
+        if it.rel not in self.gt.items:
+            where = self.gt.source / f"{it.rel}.png" if self.gt.layout == "masks" else f"named {it.rel} in {self.gt.source}"
+            return {"error": f"no ground truth {where}"}
+        gt_path = self.gt.path(it.rel)
+        gt, err = guarded(gt_path, self.gt.load, it.rel)
+        if err is not None:
+            return {"error": err}
+        if gt.shape != labels.shape:
+            return {"error": f"{gt_path}: ground truth is {gt.shape[1]}x{gt.shape[0]}, image {labels.shape[1]}x{labels.shape[0]}"}
+        s = scores(confusion_matrix(gt, labels, len(self.classes), self.ignore_index))
+        return {
+            "pixel_accuracy": s.pixel_accuracy,
+            "mean_iou": s.mean_iou,
+            "iou": [None if np.isnan(v) else float(v) for v in s.iou],
+        }
+
+    # -- the run ---------------------------------------------------------------
+    def run(self, items: Sequence[Item], problems: Sequence[tuple[str, str]] = ()) -> JobResult:
+        t0 = time.perf_counter()
+        if self.out.exists() and not self.out.is_dir():
+            raise InputError(f"--out {self.out}: is a file, not a folder; choose another --out")
+        try:
+            self.out.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise InputError(f"--out {self.out}: cannot create the folder ({e.strerror or e}); check the path") from None
+        rank, world = self.o.shard
+        if not 0 <= rank < world:
+            raise ConfigError(f"--shard {rank}/{world}: index must be in 0..{world - 1}")
+        all_items = list(items)
+        mine = [it for i, it in enumerate(all_items) if i % world == rank]
+        res = JobResult(total=len(mine))
+        remove_stale_temp(self.out)  # what a killed run was writing; a live concurrent run's files are kept
+        for path, reason in problems:
+            self._fail(res, path, reason)
+        todo = []
+        for it in mine:
+            if not self.o.overwrite and self.is_done(it):
+                res.skipped += 1
+            else:
+                todo.append(it)
+        self.on_progress(res.skipped, res.total)
+        if todo:
+            self._predict(todo, res)
+        res.seconds = time.perf_counter() - t0
+        try:
+            self._checked(self.layout.reports_lock)  # never through a symlinked .fcn-label outside --out
+            with reports_lock(self.layout):  # shards finishing together: the last one sees every record
+                self.write_reports(all_items, res)
+        except OSError as e:
+            raise InputError(f"--out {self.out}: cannot write the reports ({e.strerror or e}); make room and re-run "
+                             "the same command: finished images are kept and skipped") from None
+        return res
+
+    def _fail(self, res: JobResult, path: str, reason: str) -> None:
+        path, reason = shown(str(path)), shown(reason)
+        msg = reason if reason.startswith(path) else f"{path}: {reason}"
+        with self._lock:
+            res.failed.append((str(path), msg))
+        try:  # kept as a record too, so the other shards' failures.csv lists it
+            write_text_atomic(self._checked(self.layout.failure(path)), json.dumps({"path": path, "reason": msg}))
+        except (OSError, InputError):
+            pass  # still in this run's failures.csv
+        self.on_failure(str(path), msg)
+
+    def _predict(self, todo: list[Item], res: JobResult) -> None:
+        workers = max(0, self.o.workers)
+        bs = max(1, self.o.batch_size or self.p.default_batch_size)
+        dataset = _Decode(todo, self.o.max_pixels, WORKER_MAX_PIXELS)
+        loader = torch.utils.data.DataLoader(
+            dataset, batch_size=1, collate_fn=_collate, num_workers=workers,
+            prefetch_factor=max(2, bs) if workers else None, shuffle=False,
+        )
+        writer = ThreadPoolExecutor(max_workers=2, thread_name_prefix="fcn-label-writer")
+        inflight: list[Future] = []
+        images: dict[int, np.ndarray] = {}
+        window: dict[tuple, list[int]] = {}
+        buffered = 0
+        done_count = [res.skipped]
+        since_trim = [0]
+
+        def run_group(idxs: list[int]) -> None:
+            if res.stopped:  # --out cannot take more: predicting would only waste time
+                for i in idxs:
+                    images.pop(i, None)
+                return
+            t = time.perf_counter()
+            try:
+                preds = self.infer([(i, images[i]) for i in idxs])
+            except Exception as e:  # the batch's boundary: out of memory on one size, or anything else
+                for i in idxs:
+                    self._fail(res, str(todo[i].path), f"inference failed ({type(e).__name__}: {first_line(e)}); "
+                               "try --tile 512 or a smaller --batch-size")
+                    images.pop(i, None)
+                return
+            per = (time.perf_counter() - t) / max(1, len(idxs))
+            since_trim[0] += sum(images[i].shape[0] * images[i].shape[1] for i in idxs)
+            if since_trim[0] >= TRIM_EVERY_PIXELS:
+                since_trim[0] = 0
+                release_free_memory()
+            for i, pred in preds:
+                img = images.pop(i)
+                inflight.append(writer.submit(self._write_one, todo[i], img, pred, per, res, done_count))
+            while len(inflight) > 2 * bs:
+                inflight.pop(0).result()
+
+        def drain() -> None:
+            """Wait for pending writes: before a large image, so two large images are never held at once."""
+            while inflight:
+                inflight.pop(0).result()
+
+        try:
+            for i, arr, err in loader:
+                if res.stopped:
+                    break
+                if arr is None and err is None:  # a large image the worker left to us
+                    drain()
+                    arr, err = self.decode(todo[i])
+                if err is not None:
+                    self._fail(res, str(todo[i].path), err)
+                    continue
+                if self.p.needs_tiling(arr.shape):
+                    drain()
+                    images[i] = arr
+                    run_group([i])
+                    continue
+                images[i] = arr
+                key = arr.shape
+                window.setdefault(key, []).append(i)
+                buffered += 1
+                if len(window[key]) >= self.p.batch_limit(key, bs):
+                    buffered -= len(window[key])
+                    run_group(window.pop(key))
+                elif buffered >= 4 * bs:
+                    # many sizes in flight: run the fullest group to bound memory
+                    key = max(window, key=lambda k: len(window[k]))
+                    buffered -= len(window[key])
+                    run_group(window.pop(key))
+            for key in list(window):
+                run_group(window.pop(key))
+            for f in inflight:
+                f.result()
+        finally:
+            writer.shutdown(wait=True)
+
+    def _write_one(self, it: Item, image: np.ndarray, pred: Prediction, seconds: float, res: JobResult,
+                   done_count: list[int]) -> None:
+        try:
+            self.write(it, image, pred, seconds)
+        except InputError as e:
+            self._fail(res, str(it.path), str(e))
+            return
+        except OSError as e:
+            if e.errno in _OUT_UNUSABLE:  # no image after this one could be written either: stop, keep what is done
+                res.stopped = (f"--out {self.out}: {e.strerror}; make room (or fix --out) and re-run the same "
+                               "command: finished images are kept and skipped")
+                return
+            self._fail(res, str(it.path), f"cannot write output ({e.strerror or e}); check free space and permissions of --out")
+            return
+        except Exception as e:  # the image's boundary: nothing raised for it (an encoder bug) stops the job
+            self._fail(res, str(it.path), failure_message(it.path, e))
+            return
+        with self._lock:
+            res.done += 1
+            done_count[0] += 1
+            n = done_count[0]
+        self.on_progress(n, res.total)
+
+    # -- reports ---------------------------------------------------------------
+    def load_records(self, items: Sequence[Item]) -> list[tuple[Item, dict]]:
+        return load_records(self.layout, items)
+
+    def write_reports(self, items: Sequence[Item], res: JobResult) -> None:
+        """predictions.csv, predictions.json and failures.csv from all finished records."""
+        write_reports(self.layout, items, res.failed, self.classes, coco=self.o.coco, gt=self.gt is not None,
+                      model_name=self.p.checkpoint.metadata.get("name", ""))
