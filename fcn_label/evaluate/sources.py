@@ -19,7 +19,7 @@ import numpy as np
 
 from ..datasets import MASK_EXTENSIONS, CocoRasteriser, GroundTruth, decode_segmentation, files_by_stem
 from ..guard import guarded
-from ..images import DEFAULT_MAX_PIXELS, InputError, check_pixels, read_image, read_mask
+from ..images import DEFAULT_MAX_PIXELS, InputError, check_pixels, read_mask
 from ..predict.layout import AUX_DIRS, OutputLayout
 
 # failure kinds; all but "extra" make the evaluation incomplete (exit status 1)
@@ -253,7 +253,9 @@ class ModelPredictions:
         return str(self.images[key])
 
     def load(self, key: str, shape: tuple[int, int]) -> np.ndarray:
-        img = read_image(self.images[key], self.max_pixels)
+        from ..predict.predictor import read_for_model
+
+        img = read_for_model(self.images[key], self.max_pixels)
         if img.shape[:2] != tuple(shape):
             raise InputError(f"{self.images[key]}: image is {img.shape[1]}x{img.shape[0]} but its ground truth is "
                              f"{shape[1]}x{shape[0]}; masks must match their images")

@@ -29,12 +29,12 @@ import torch
 from ..classes import voc_palette
 from ..errors import ConfigError
 from ..guard import failure_message, first_line, guarded
-from ..images import DEFAULT_MAX_PIXELS, InputError, image_size, read_image, remove_stale_temp, write_text_atomic
+from ..images import DEFAULT_MAX_PIXELS, InputError, image_size, remove_stale_temp, write_text_atomic
 from ..metrics import confusion_matrix, scores
 from .discover import Item, shown
 from .layout import OutputLayout
 from .outputs import coco_annotations, write_confidence, write_mask, write_overlay
-from .predictor import Prediction, Predictor
+from .predictor import Prediction, Predictor, read_for_model
 from .reports import load_records, reports_lock, write_reports
 
 
@@ -101,7 +101,7 @@ class _Decode(torch.utils.data.Dataset):
     def decode(self, i: int):
         """``(i, RGB array, None)`` or ``(i, None, one-line reason)``; never raises."""
         path = self.items[i].path
-        arr, err = guarded(path, read_image, path, self.max_pixels)
+        arr, err = guarded(path, read_for_model, path, self.max_pixels)
         return i, arr, err
 
     def __getitem__(self, i: int):
@@ -198,7 +198,7 @@ class PredictJob:
     # -- the three per-image stages ----------------------------------------------
     def decode(self, it: Item) -> tuple[np.ndarray | None, str | None]:
         """File -> RGB array, or the one-line reason it cannot be used; never raises."""
-        return guarded(it.path, read_image, it.path, self.o.max_pixels)
+        return guarded(it.path, read_for_model, it.path, self.o.max_pixels)
 
     def infer(self, arrays: list[tuple[int, np.ndarray]]) -> list[tuple[int, Prediction]]:
         """``(key, Prediction)`` for one batch the loop formed: same-size arrays within the predictor's
