@@ -106,6 +106,6 @@ def test_wheel_ships_the_default_model_and_predicts_from_anywhere(tmp_path, camv
 
 @pytest.fixture
 def camvid_or_none():
-    from conftest import CAMVID
-
-    return CAMVID if (CAMVID / "valannot").is_dir() else None
+    # not `from conftest import`: in a full run that name may be another folder's conftest (tests/review)
+    camvid = Path(os.environ.get("FCN_LABEL_SHARED", REPO.parent / "shared")) / "data" / "camvid"
+    return camvid if (camvid / "valannot").is_dir() else None
