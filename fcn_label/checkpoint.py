@@ -9,6 +9,7 @@ training metadata; a training checkpoint also carries ``train_state`` for
 
 from __future__ import annotations
 
+import importlib.resources
 import io
 import os
 import pickle
@@ -26,7 +27,9 @@ from .images import atomic_path
 from .model import ARCHS, FCN, FCNConfig
 
 FORMAT = "fcn-label/1"
-PRETRAINED_DIR = Path(__file__).resolve().parent.parent / "pretrained"
+# Shipped weights are package data, so a wheel (and a pip install from a git URL) carries them;
+# the repository's top-level pretrained/ links here for people browsing it.
+PRETRAINED_DIR = Path(str(importlib.resources.files("fcn_label") / "pretrained"))
 
 @dataclass(frozen=True)
 class Normalization:
@@ -280,7 +283,7 @@ def vgg16_backbone_state(path: str | os.PathLike, config: FCNConfig) -> dict[str
 @dataclass(frozen=True)
 class WeightsInfo:
     name: str
-    file: str  # relative to pretrained/
+    file: str  # relative to PRETRAINED_DIR (fcn_label/pretrained/ inside the installed package)
     description: str
     license: str
 

@@ -121,7 +121,7 @@ def mask_palette(path: str | Path | None) -> list[Colour] | None:
     try:
         with Image.open(path) as im:
             pal = im.getpalette() if im.mode == "P" else None
-    except OSError:
+    except Exception:  # only a hint for colours: the label scan reports a broken mask, with its file
         return None
     if not pal:
         return None

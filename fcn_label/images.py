@@ -42,6 +42,13 @@ _PIL_GLOBALS = threading.Lock()
 warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.")
 
 
+def check_pixels(name: object, w: int, h: int, max_pixels: int) -> None:
+    """The decompression-bomb guard, from a header's (or a COCO entry's) size before any pixel is decoded."""
+    if w * h > max_pixels:
+        raise InputError(f"{name}: {w}x{h} pixels exceeds the limit of {max_pixels:,} pixels; "
+                         "raise --max-pixels if the image is genuine")
+
+
 def _open(path: Path, max_pixels: int) -> Image.Image:
     path = Path(path)
     try:
@@ -68,12 +75,11 @@ def _open(path: Path, max_pixels: int) -> Image.Image:
                 warnings.simplefilter("ignore")  # e.g. "Corrupt EXIF data": noise on the console, not an error
                 im = Image.open(path)
             w, h = im.size
-            if w * h > max_pixels:
+            try:
+                check_pixels(path, w, h, max_pixels)
+            except InputError:
                 im.close()
-                raise InputError(
-                    f"{path}: {w}x{h} pixels exceeds the limit of {max_pixels:,} pixels; "
-                    "raise --max-pixels if the image is genuine"
-                )
+                raise
             return im
         except InputError:
             raise

@@ -14,6 +14,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from .. import evaluate as ev
+from ..images import DEFAULT_MAX_PIXELS
 from ._common import app, choice, console, fail
 
 Format = choice("Format", ("table", "json"))
@@ -88,6 +89,8 @@ def evaluate(
     device: str = typer.Option("auto", help="With --weights: auto (CUDA when available, else CPU), cpu or cuda:N."),
     flip: bool = typer.Option(False, "--flip", help="With --weights: also predict each mirrored image and average "
                               "(as predict --flip)."),
+    max_pixels: int = typer.Option(DEFAULT_MAX_PIXELS, "--max-pixels", min=1, help="Refuse masks (and, with "
+                                   "--weights, images) larger than this, from the header (decompression-bomb guard)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Score predicted masks against ground truth with the FCN paper's metrics.
@@ -118,6 +121,7 @@ def evaluate(
         ck = load_checkpoint(resolve_weights(weights))
     ignore = ignore_index if ignore_index is not None else (ck.ignore_index if ck is not None else 255)
     truth = ev.GroundTruth(gt, images=images, split=split, ignore_index=ignore)
+    truth.max_pixels = max_pixels
     spec = ev.resolve_classes(num_classes, classes, ck, truth, pred)
     n, names = spec.num, spec.names
     if ck is not None:
@@ -129,6 +133,7 @@ def evaluate(
             raise fail(f"--gt {gt}: no images to predict on; give the image folder with --images")
     else:
         source = ev.open_predictions(pred, truth, n, names, report_dir=out)
+    source.max_pixels = max_pixels
 
     if fmt == "table":
         console.print(f"evaluate: {len(truth.items)} ground-truth masks ({truth.layout}), "

@@ -180,6 +180,8 @@ def finetune(
     max_steps: int = typer.Option(0, "--max-steps", help="Stop after this many optimiser steps in all (smoke runs); "
                                   "0 = run all epochs. The lr schedule still spans --epochs."),
     threads: int = typer.Option(0, "--threads", help="CPU threads per process (0 = torch's default)."),
+    skip_bad: bool = typer.Option(False, "--skip-bad", help="Leave out image/mask pairs that cannot be used "
+                                  "(each is listed) and train on the rest; without it the data check stops there."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from last.pt: model, optimiser, "
                                 "schedule, epoch and position in it, best score and logs."),
 ) -> None:

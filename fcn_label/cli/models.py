@@ -24,7 +24,7 @@ def models(
     t.add_row("fcn16s", "FCN-32s + pool4 skip, 16x upsampling (FCN-16s)")
     t.add_row("fcn8s", "FCN-16s + pool3 skip, 8x upsampling (FCN-8s); compact variants set width / BatchNorm")
     out.print(t)
-    t = Table(title="Shipped weights (pretrained/)")
+    t = Table(title="Shipped weights (inside the package: fcn_label/pretrained/)")
     for col in ("name", "arch", "classes", "val mean IU", "val pixel acc", "file", "license"):
         t.add_column(col)
     for info in SHIPPED.values():
@@ -36,6 +36,9 @@ def models(
         t.add_row(info.name, ck.config.arch, str(ck.config.num_classes), _pct(m.get("val_mean_iou")),
                   _pct(m.get("val_pixel_accuracy")), info.file, info.license.split(" (")[0])
     out.print(t)
+    for info in SHIPPED.values():  # an installed wheel and a source checkout load from different places
+        out.print(f"{info.name} is loaded from {info.path}" if info.path.is_file()
+                  else f"{info.name}: missing, expected at {info.path}", soft_wrap=True)
     if weights:
         ck = load_checkpoint(weights)
         out.print(f"[bold]{weights}[/]: {ck.config.arch}, width {ck.config.width}, "

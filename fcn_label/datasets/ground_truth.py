@@ -6,13 +6,15 @@ from pathlib import Path
 
 import numpy as np
 
-from ..images import IMAGE_EXTENSIONS, InputError, read_mask
+from ..images import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, InputError, check_pixels, read_mask
 from .base import Pair, files_by_stem
 from .matching import match_keys
 
 
 class GroundTruth:
     """Every ground-truth mask of ``source`` (any layout or a bare mask folder), keyed by relative stem."""
+
+    max_pixels = DEFAULT_MAX_PIXELS  # per mask (evaluate --max-pixels): the decompression-bomb guard, as predict's
 
     def __init__(self, source: str | Path, images: str | Path | None = None, split: str | None = None,
                  ignore_index: int = 255):
@@ -59,6 +61,8 @@ class GroundTruth:
     def load(self, key: str) -> np.ndarray:
         it = self.items[key]
         if it.mask is not None:
-            return read_mask(it.mask)
+            return read_mask(it.mask, self.max_pixels)
         im = self.coco.images[key]
-        return self.coco.mask(key, (int(im["height"]), int(im["width"])))
+        h, w = int(im["height"]), int(im["width"])
+        check_pixels(self.path(key), w, h, self.max_pixels)
+        return self.coco.mask(key, (h, w))

@@ -19,7 +19,7 @@ import numpy as np
 
 from ..datasets import MASK_EXTENSIONS, CocoRasteriser, GroundTruth, decode_segmentation, files_by_stem
 from ..guard import guarded
-from ..images import InputError, read_image, read_mask
+from ..images import DEFAULT_MAX_PIXELS, InputError, check_pixels, read_mask
 from ..predict.layout import AUX_DIRS, OutputLayout
 
 # failure kinds; all but "extra" make the evaluation incomplete (exit status 1)
@@ -50,6 +50,8 @@ class PredictionSource(Protocol):
 class PngPredictions:
     """Index masks in a folder (searched recursively), keyed by relative path without suffix."""
 
+    max_pixels = DEFAULT_MAX_PIXELS  # evaluate --max-pixels: refused from the header / the COCO size
+
     missing_reason = "no prediction for this ground truth"
 
     def __init__(self, folder: str | Path, exclude: str | Path | None = None):
@@ -76,7 +78,7 @@ class PngPredictions:
         return str(self.files[key])
 
     def load(self, key: str, shape: tuple[int, int]) -> np.ndarray:
-        return read_mask(self.files[key])
+        return read_mask(self.files[key], self.max_pixels)
 
 
 def category_map(categories: list[dict] | None, num_classes: int, class_names: Sequence[str] | None,
@@ -122,6 +124,8 @@ class CocoPredictions:
     with the higher ``score`` wins (ties: the later one), which is how instance
     results are usually flattened; predict's own files never overlap.
     """
+
+    max_pixels = DEFAULT_MAX_PIXELS  # evaluate --max-pixels: refused from the header / the COCO size
 
     missing_reason = "no prediction for this ground truth"
 
@@ -202,6 +206,7 @@ class CocoPredictions:
             sizes = [a["segmentation"].get("size") for a in self.anns[key] if isinstance(a.get("segmentation"), dict)]
             h, w = sizes[0] if sizes and sizes[0] else shape
         h, w = int(h), int(w)
+        check_pixels(f"{self.source}: {name}", w, h, self.max_pixels)
         out = np.zeros((h, w), dtype=np.uint8)
         for a in self.anns[key]:
             cid = a.get("category_id")
@@ -231,6 +236,8 @@ def _score(a: dict) -> float:
 class ModelPredictions:
     """Predictions made on the fly by a :class:`fcn_label.predict.Predictor` (one forward pass at a time)."""
 
+    max_pixels = DEFAULT_MAX_PIXELS  # evaluate --max-pixels: refused from the header / the COCO size
+
     missing_reason = "no image found for this ground truth; give the image folder with --images"
 
     def __init__(self, predictor, images: dict[str, Path]):
@@ -246,7 +253,9 @@ class ModelPredictions:
         return str(self.images[key])
 
     def load(self, key: str, shape: tuple[int, int]) -> np.ndarray:
-        img = read_image(self.images[key])
+        from ..predict.predictor import read_for_model
+
+        img = read_for_model(self.images[key], self.max_pixels)
         if img.shape[:2] != tuple(shape):
             raise InputError(f"{self.images[key]}: image is {img.shape[1]}x{img.shape[0]} but its ground truth is "
                              f"{shape[1]}x{shape[0]}; masks must match their images")

@@ -28,14 +28,14 @@ import torch
 
 from ..classes import voc_palette
 from ..errors import ConfigError
-from ..guard import guarded
-from ..images import DEFAULT_MAX_PIXELS, InputError, image_size, read_image, remove_stale_temp, write_text_atomic
+from ..guard import failure_message, first_line, guarded
+from ..images import DEFAULT_MAX_PIXELS, InputError, image_size, remove_stale_temp, write_text_atomic
 from ..metrics import confusion_matrix, scores
 from .discover import Item, shown
 from .layout import OutputLayout
 from .outputs import coco_annotations, write_confidence, write_mask, write_overlay
-from .predictor import Prediction, Predictor
-from .reports import load_records, write_reports
+from .predictor import Prediction, Predictor, read_for_model
+from .reports import load_records, reports_lock, write_reports
 
 
 class Palette(str, Enum):
@@ -101,7 +101,7 @@ class _Decode(torch.utils.data.Dataset):
     def decode(self, i: int):
         """``(i, RGB array, None)`` or ``(i, None, one-line reason)``; never raises."""
         path = self.items[i].path
-        arr, err = guarded(path, read_image, path, self.max_pixels)
+        arr, err = guarded(path, read_for_model, path, self.max_pixels)
         return i, arr, err
 
     def __getitem__(self, i: int):
@@ -198,7 +198,7 @@ class PredictJob:
     # -- the three per-image stages ----------------------------------------------
     def decode(self, it: Item) -> tuple[np.ndarray | None, str | None]:
         """File -> RGB array, or the one-line reason it cannot be used; never raises."""
-        return guarded(it.path, read_image, it.path, self.o.max_pixels)
+        return guarded(it.path, read_for_model, it.path, self.o.max_pixels)
 
     def infer(self, arrays: list[tuple[int, np.ndarray]]) -> list[tuple[int, Prediction]]:
         """``(key, Prediction)`` for one batch the loop formed: same-size arrays within the predictor's
@@ -239,6 +239,7 @@ class PredictJob:
             rec["gt"] = self._gt_metrics(it, pred.labels)
         self._checked(self.record_path(it))
         write_text_atomic(self.record_path(it), json.dumps(rec))
+        self.layout.failure(shown(str(it.path))).unlink(missing_ok=True)  # it failed in an earlier run: no longer
 
     def _gt_metrics(self, it: Item, labels: np.ndarray) -> dict:
         if it.rel not in self.gt.items:
@@ -286,7 +287,9 @@ class PredictJob:
             self._predict(todo, res)
         res.seconds = time.perf_counter() - t0
         try:
-            self.write_reports(all_items, res)
+            self._checked(self.layout.reports_lock)  # never through a symlinked .fcn-label outside --out
+            with reports_lock(self.layout):  # shards finishing together: the last one sees every record
+                self.write_reports(all_items, res)
         except OSError as e:
             raise InputError(f"--out {self.out}: cannot write the reports ({e.strerror or e}); make room and re-run "
                              "the same command: finished images are kept and skipped") from None
@@ -297,6 +300,10 @@ class PredictJob:
         msg = reason if reason.startswith(path) else f"{path}: {reason}"
         with self._lock:
             res.failed.append((str(path), msg))
+        try:  # kept as a record too, so the other shards' failures.csv lists it
+            write_text_atomic(self._checked(self.layout.failure(path)), json.dumps({"path": path, "reason": msg}))
+        except (OSError, InputError):
+            pass  # still in this run's failures.csv
         self.on_failure(str(path), msg)
 
     def _predict(self, todo: list[Item], res: JobResult) -> None:
@@ -323,10 +330,10 @@ class PredictJob:
             t = time.perf_counter()
             try:
                 preds = self.infer([(i, images[i]) for i in idxs])
-            except (RuntimeError, MemoryError) as e:
-                # out of memory on one size: report the images, keep going
+            except Exception as e:  # the batch's boundary: out of memory on one size, or anything else
                 for i in idxs:
-                    self._fail(res, str(todo[i].path), f"inference failed ({str(e).splitlines()[0]}); try --tile 512 or a smaller --batch-size")
+                    self._fail(res, str(todo[i].path), f"inference failed ({type(e).__name__}: {first_line(e)}); "
+                               "try --tile 512 or a smaller --batch-size")
                     images.pop(i, None)
                 return
             per = (time.perf_counter() - t) / max(1, len(idxs))
@@ -392,6 +399,9 @@ class PredictJob:
                                "command: finished images are kept and skipped")
                 return
             self._fail(res, str(it.path), f"cannot write output ({e.strerror or e}); check free space and permissions of --out")
+            return
+        except Exception as e:  # the image's boundary: nothing raised for it (an encoder bug) stops the job
+            self._fail(res, str(it.path), failure_message(it.path, e))
             return
         with self._lock:
             res.done += 1

@@ -7,16 +7,21 @@ hold pictures, not masks), and export (later) finds masks and records by it.
     OUT/overlays/<rel>.jpg             --overlay
     OUT/confidence/<rel>.png           --probs
     OUT/.fcn-label/records/<rel>.json  one record per finished image (resume, reports)
+    OUT/.fcn-label/failures/<sha1>.json  one record per failed input (so every shard's failures.csv lists all)
+    OUT/.fcn-label/reports.lock        flock'ed while a shard assembles the reports
     OUT/predictions.csv, predictions.json, failures.csv
 """
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
 STATE_DIR = ".fcn-label"
 RECORDS_DIR = f"{STATE_DIR}/records"
+FAILURES_DIR = f"{STATE_DIR}/failures"  # named by a hash of the input path: inputs come from anywhere
+REPORTS_LOCK = f"{STATE_DIR}/reports.lock"
 OVERLAY_DIR, CONFIDENCE_DIR = "overlays", "confidence"
 AUX_DIRS = (CONFIDENCE_DIR, OVERLAY_DIR)  # beside the masks; their PNGs are not class masks
 RESERVED_DIRS = (STATE_DIR, OVERLAY_DIR, CONFIDENCE_DIR)  # an input folder so named is renamed 'name~2'
@@ -53,6 +58,18 @@ class OutputLayout:
     @property
     def records_dir(self) -> Path:
         return self.out / RECORDS_DIR
+
+    def failure(self, path: str) -> Path:
+        """The failure record of input ``path`` (as shown in failures.csv)."""
+        return self.out / FAILURES_DIR / (hashlib.sha1(str(path).encode("utf-8")).hexdigest()[:20] + ".json")
+
+    @property
+    def failures_dir(self) -> Path:
+        return self.out / FAILURES_DIR
+
+    @property
+    def reports_lock(self) -> Path:
+        return self.out / REPORTS_LOCK
 
     @property
     def predictions_csv(self) -> Path:

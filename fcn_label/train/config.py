@@ -97,6 +97,7 @@ class TrainConfig:
     loss: str = "mean"  # "mean" per valid pixel, or the paper's unnormalised "sum"
     val_every_steps: int = 0
     save_every: int = 1  # epochs between last.pt writes (also after each validation and at the end)
+    skip_bad: bool = False  # leave out unusable pairs (each listed) instead of stopping before training
 
     def apply_preset(self, explicit: set[str]) -> None:
         """Fill preset values for every option the user did not set explicitly.

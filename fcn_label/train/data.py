@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import random
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -12,6 +12,15 @@ from ..datasets import CocoRasteriser, Pair
 from ..guard import guarded
 from ..images import InputError, read_image, read_mask
 from .augment import Augment
+
+
+def _named(path, reader):
+    """``reader(path)``, any failure raised as an InputError naming ``path``: a pair has two files, and the
+    scan's guard (and a training worker's error) must say which of them is broken."""
+    value, err = guarded(path, reader, path)
+    if err is not None:
+        raise InputError(err)
+    return value
 
 
 class SegmentationDataset(torch.utils.data.Dataset):
@@ -34,8 +43,8 @@ class SegmentationDataset(torch.utils.data.Dataset):
         if i in self._cache:
             return self._cache[i]
         p = self.pairs[i]
-        img = read_image(p.image)
-        mask = self.coco.mask(p.key, img.shape[:2]) if self.coco else read_mask(p.mask)
+        img = _named(p.image, read_image)
+        mask = self.coco.mask(p.key, img.shape[:2]) if self.coco else _named(p.mask, read_mask)
         if mask.shape != img.shape[:2]:
             raise InputError(
                 f"{p.mask}: mask is {mask.shape[1]}x{mask.shape[0]} but image {p.image} is "
@@ -63,11 +72,15 @@ def median_frequency_weights(counts: np.ndarray) -> np.ndarray:
     return np.where(f > 0, med / np.maximum(f, 1e-12), 0.0)
 
 
-def scan_masks(ds: SegmentationDataset) -> tuple[np.ndarray, list[tuple[int, np.ndarray]]]:
-    """Label histogram (256 bins) and the labels present in each mask.
+Bad = list[tuple[int, str]]  # (pair index, one-line reason naming the file)
 
-    Each pair is read behind the per-file guard: an unreadable, mis-sized or
-    otherwise broken pair is an error naming the file (and how many more), not a traceback.
+
+def scan_masks(ds: SegmentationDataset) -> tuple[np.ndarray, list[tuple[int, np.ndarray, np.ndarray]], Bad]:
+    """Label histogram (256 bins), ``(index, labels present, histogram)`` per readable pair, and the
+    pairs that cannot be used.
+
+    Each pair is read behind the per-file guard, so every broken pair (unreadable,
+    bomb, mis-sized, bad COCO entry) is listed before training, not only the first.
     """
     counts = np.zeros(256, dtype=np.int64)
     present, bad = [], []
@@ -75,23 +88,46 @@ def scan_masks(ds: SegmentationDataset) -> tuple[np.ndarray, list[tuple[int, np.
         p = ds.pairs[i]
         loaded, err = guarded(p.mask or p.image, ds.load, i)
         if err is not None:
-            bad.append(err)
+            bad.append((i, err))
             continue
         c = np.bincount(loaded[1].ravel(), minlength=256)
         counts += c
-        present.append((i, np.nonzero(c)[0]))
-    if bad:
-        raise InputError(bad[0] + (f" (and {len(bad) - 1} more files)" if len(bad) > 1 else ""))
-    return counts, present
+        present.append((i, np.nonzero(c)[0], c))
+    return counts, present, bad
 
 
-def check_labels(ds: SegmentationDataset, present: list, n: int, ignore_index: int) -> None:
+def check_labels(ds: SegmentationDataset, present: list, n: int, ignore_index: int) -> Bad:
+    """Pairs whose masks hold labels outside ``0..n-1`` and the ignore label."""
     bad = []
-    for i, labels in present:
+    for i, labels, _ in present:
         out = [int(v) for v in labels if v >= n and v != ignore_index]
         if out:
             p = ds.pairs[i]
-            bad.append(f"{p.mask or p.image}: mask values {out[:5]} outside classes 0..{n - 1} and ignore "
-                       f"{ignore_index}; fix the mask or set --num-classes / --ignore-index / --classes")
-    if bad:
-        raise InputError(bad[0] + (f" (and {len(bad) - 1} more files)" if len(bad) > 1 else ""))
+            bad.append((i, f"{p.mask or p.image}: mask values {out[:5]} outside classes 0..{n - 1} and ignore "
+                           f"{ignore_index}; fix the mask or set --num-classes / --ignore-index / --classes"))
+    return bad
+
+
+def drop_bad(splits: Sequence[tuple[str, SegmentationDataset | None, Bad]], skip_bad: bool,
+             log: Callable[[str], None]) -> None:
+    """List every bad pair of every split; stop with one line, or (``skip_bad``) leave them out and say how many."""
+    bad = [(name, ds, b) for name, ds, b in splits if ds is not None and b]
+    if not bad:
+        return
+    total = sum(len(b) for _, _, b in bad)
+    for _, _, b in bad:
+        for _, msg in sorted(b):
+            log(f"bad pair: {msg}")
+    if not skip_bad:
+        first = bad[0][2][0][1]
+        raise InputError((first if total == 1 else f"{total} pairs cannot be used (listed above)")
+                         + "; fix or remove them, or pass --skip-bad to train on the others")
+    for name, ds, b in bad:
+        drop = {i for i, _ in b}
+        keep = [i for i in range(len(ds)) if i not in drop]
+        if not keep:
+            raise InputError(f"--skip-bad: every one of the {len(ds)} {name} pairs is bad (listed above); "
+                             "nothing is left to train on")
+        ds._cache = {new: ds._cache[old] for new, old in enumerate(keep) if old in ds._cache}  # indices shift
+        ds.pairs = [ds.pairs[i] for i in keep]
+        log(f"--skip-bad: left out {len(drop)} of {len(keep) + len(drop)} {name} pairs; using the other {len(keep)}")

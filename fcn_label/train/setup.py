@@ -23,7 +23,7 @@ from ..model import FCN, FCNConfig
 from .augment import Augment
 from .backbone import backbone_file, backbone_state
 from .config import TrainConfig
-from .data import SegmentationDataset, check_labels, median_frequency_weights, scan_masks
+from .data import SegmentationDataset, check_labels, drop_bad, median_frequency_weights, scan_masks
 
 
 @dataclass
@@ -162,12 +162,19 @@ def build(cfg: TrainConfig, device: torch.device, log: Callable[[str], None] = p
     backbone = backbone_file(cfg.init_backbone) if cfg.init_backbone else None  # before the long data scan
     train_ds, val_ds = datasets(cfg, log)
     init = load_checkpoint(resolve_weights(cfg.init)) if cfg.init else None
-    counts, present = scan_masks(train_ds)
+    counts, present, bad = scan_masks(train_ds)
+    if len(bad) == len(train_ds):  # nothing readable: say so before guessing classes from nothing
+        drop_bad([("train", train_ds, bad)], cfg.skip_bad, log)
     names, palette = classes(cfg, train_ds, init, counts, log)
     n = len(names)
-    check_labels(train_ds, present, n, cfg.ignore_index)
+    bad += check_labels(train_ds, present, n, cfg.ignore_index)
+    dropped = {i for i, _ in bad}
+    counts = counts - sum((c for i, _, c in present if i in dropped), np.zeros(256, np.int64))
+    val_bad = []
     if val_ds is not None:
-        check_labels(val_ds, scan_masks(val_ds)[1], n, cfg.ignore_index)
+        _, val_present, val_bad = scan_masks(val_ds)
+        val_bad += check_labels(val_ds, val_present, n, cfg.ignore_index)
+    drop_bad([("train", train_ds, bad), ("val", val_ds, val_bad)], cfg.skip_bad, log)
     counts = counts[:n]
     log(f"train: {len(train_ds)} pairs" + (f", val: {len(val_ds)} pairs" if val_ds else "")
         + f", {n} classes; pixel share "
