@@ -29,11 +29,11 @@ from PIL import Image
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from fcn_label.io import read_image, write_bytes_atomic, write_text_atomic  # noqa: E402
-from fcn_label.job import Item, JobResult, PredictJob, PredictOptions  # noqa: E402
-from fcn_label.outputs import coco_annotations, encode_png  # noqa: E402
+from fcn_label.images import read_image, write_bytes_atomic, write_text_atomic  # noqa: E402
+from fcn_label.predict import Item, JobResult, PredictJob, PredictOptions  # noqa: E402
+from fcn_label.predict.outputs import coco_annotations, encode_png  # noqa: E402
 from fcn_label.predict import Predictor  # noqa: E402
-from fcn_label.weights import SHIPPED, load_checkpoint  # noqa: E402
+from fcn_label.checkpoint import SHIPPED, load_checkpoint  # noqa: E402
 
 CAMVID = Path(os.environ.get("FCN_LABEL_SHARED", REPO.parent / "shared")) / "data" / "camvid"
 
