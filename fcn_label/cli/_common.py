@@ -37,6 +37,17 @@ def value(v):
     return v.value if isinstance(v, Enum) else v
 
 
+# --backend (predict, evaluate --weights): the kinds and their one-line descriptions live in
+# fcn_label.predict.backends; only the names are repeated here so --help needs no torch import.
+BACKENDS = ("eager", "bf16", "compile", "int8", "ort", "ort-int8")
+Backend = choice("Backend", BACKENDS)
+BACKEND_HELP = ("Inference backend. eager: exact float32 PyTorch (default). Opt-in CPU backends, not exact "
+                "(CamVid val mean IU of each in the README's Speed section): bf16 (autocast; fast only on CPUs with "
+                "AVX512-BF16/AMX), compile (torch.compile, needs a C++ compiler), int8 (PT2E static int8, needs the "
+                "'fast' extra and a C++ compiler), ort (ONNX Runtime float32) and ort-int8 (ONNX Runtime static "
+                "int8; both need the 'onnx' extra). int8 and ort-int8 calibrate on sample images: see --calib.")
+
+
 def fail(message: str, code: int = 2) -> "typer.Exit":
     """Print one red line on stderr and return an Exit to raise."""
     console.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)

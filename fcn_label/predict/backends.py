@@ -32,32 +32,45 @@ Inductor recompilation the first time it is seen (seconds); sizes repeat in prac
 
 from __future__ import annotations
 
-from typing import Callable, Iterable
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+from typing import Callable, Iterable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
 
+from ..errors import ConfigError
 from ..model import FCN
 
 KINDS = ("eager", "bf16", "compile", "int8", "ort", "ort-int8")
+CALIBRATED = ("int8", "ort-int8")  # kinds that measure activation ranges on sample images
+DEFAULT_CALIB_COUNT = 32
 MULTIPLE = 32  # the FCN's total stride: "same"-padded inputs are padded to this anyway
 
 Backend = Callable[[torch.Tensor], torch.Tensor]
 
 
-class BackendError(Exception):
+class BackendError(ConfigError):
     """A backend that cannot be built here; the message says what to install or choose instead."""
 
 
-def make_backend(model: FCN, kind: str = "eager", calib_images: Iterable[torch.Tensor] = ()) -> Backend:
+def make_backend(model: FCN, kind: str = "eager", calib_images: Iterable[torch.Tensor] = (),
+                 workdir: str | os.PathLike | None = None) -> Backend:
     """A callable ``x -> logits`` for ``model`` (left untouched: a folded copy is used).
 
     ``calib_images`` are normalised float tensors (1, 3, H, W) or (3, H, W) as the model
-    sees them, only used by ``int8`` (32 training images are plenty; never the images the
-    accuracy is measured on).
+    sees them, only used by the :data:`CALIBRATED` kinds (32 training images are plenty;
+    never the images the accuracy is measured on). ``workdir``: where the build's temporary
+    files (ONNX export and quantization, Inductor's kernel cache) go, e.g. inside the job's
+    --out, so that nothing is written elsewhere; the system temp folder when None.
     """
     if kind not in KINDS:
         raise ValueError(f"unknown backend {kind!r}; choose one of {', '.join(KINDS)}")
+    if workdir is not None and kind in ("compile", "int8"):
+        # Inductor's generated C++ kernels: kept under workdir rather than /tmp/torchinductor_<user>
+        os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(Path(workdir, "inductor").resolve()))
     m = _folded_copy(model)
     if kind == "eager":
         return _no_grad(m)
@@ -72,7 +85,7 @@ def make_backend(model: FCN, kind: str = "eager", calib_images: Iterable[torch.T
     if kind == "compile":
         return _Padded(torch.compile(m, dynamic=True))
     if kind in ("ort", "ort-int8"):
-        return _Padded(_ort(m, kind == "ort-int8", list(calib_images), torch.get_num_threads()))
+        return _Padded(_ort(m, kind == "ort-int8", list(calib_images), torch.get_num_threads(), workdir))
     # torch.export specialises a padded side of exactly 32 away (a size-1 dimension deep in the
     # net), so images that small run in float32: they cost next to nothing anyway.
     return _Padded(_int8(m, list(calib_images)), small=_no_grad(m))
@@ -142,19 +155,87 @@ def _int8(m: FCN, calib: list[torch.Tensor]) -> Callable[[torch.Tensor], torch.T
     return torch.compile(converted, dynamic=True)
 
 
-def _ort(m: FCN, int8: bool, calib: list[torch.Tensor], threads: int) -> Callable[[torch.Tensor], torch.Tensor]:
+@contextlib.contextmanager
+def _temp_folder(workdir: str | os.PathLike | None) -> Iterator[str]:
+    """A temporary folder inside ``workdir`` that is also every library's temp folder meanwhile
+    (onnxruntime's quantizer makes its own), removed afterwards."""
+    if workdir is not None:
+        Path(workdir).mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="fcn-label-backend-", dir=workdir) as tmp:
+        saved = tempfile.tempdir
+        tempfile.tempdir = tmp if workdir is not None else saved
+        try:
+            yield tmp
+        finally:
+            tempfile.tempdir = saved
+
+
+def calibration_sample(paths: Sequence, count: int = DEFAULT_CALIB_COUNT) -> list:
+    """``count`` entries spread evenly over ``paths`` (all when fewer): deterministic, and not one
+    sequence's first frames."""
+    paths = list(paths)
+    if count <= 0 or len(paths) <= count:
+        return paths
+    step = len(paths) / count
+    return [paths[int(i * step)] for i in range(count)]
+
+
+def list_calibration_images(source: str | os.PathLike) -> list[Path]:
+    """The images named by --calib: a folder (searched recursively) or a list file, one image per
+    line or ``image mask`` lines (e.g. CamVid train.txt), relative paths against the list's folder."""
+    from ..images import IMAGE_EXTENSIONS
+
+    src = Path(source)
+    if src.is_dir():
+        return sorted(p for p in src.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+    if not src.is_file():
+        raise ConfigError(f"--calib {src}: not found; give a folder of images or a list file (e.g. train.txt)")
+    out = []
+    for line in src.read_text(errors="replace").splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        p = Path(line)
+        if not (p if p.is_absolute() else src.parent / p).exists():
+            p = Path(line.split()[0])  # 'image mask' lines
+        out.append(p if p.is_absolute() else src.parent / p)
+    if not out:
+        raise ConfigError(f"--calib {src}: lists no images; give a folder of images or a list file with one per line")
+    return out
+
+
+def load_calibration(paths: Sequence, count: int = DEFAULT_CALIB_COUNT, max_pixels: int = 2_000_000):
+    """RGB arrays of up to ``count`` images spread over ``paths`` and the one-line reasons others were
+    left out (unreadable, or larger than ``max_pixels``: those are tiled, and would cost seconds each)."""
+    from ..guard import guarded
+    from ..images import image_size, read_image
+
+    arrays, skipped = [], []
+    for p in calibration_sample(paths, count):
+        size, err = guarded(p, image_size, p)
+        if err is None and size[0] * size[1] > max_pixels:
+            err = f"{p}: {size[0]}x{size[1]} is above {max_pixels:,} pixels; left out of calibration"
+        a = None
+        if err is None:
+            a, err = guarded(p, read_image, p)
+        if err is not None:
+            skipped.append(err)
+        else:
+            arrays.append(a)
+    return arrays, skipped
+
+
+def _ort(m: FCN, int8: bool, calib: list[torch.Tensor], threads: int,
+         workdir: str | os.PathLike | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
     try:
         import onnxruntime as ort
     except ImportError:
         raise BackendError('backend "ort" needs ONNX Runtime: pip install "fcn-label[onnx]" (or choose --backend eager)') from None
-    import tempfile
-    from pathlib import Path
-
     if int8 and not calib:
         raise ValueError("backend 'ort-int8' needs calibration images (about 32 training images)")
     example = _pad(calib[0] if calib else torch.zeros(1, 3, 64, 64))
     example = (example if example.dim() == 4 else example.unsqueeze(0)).expand(2, -1, -1, -1).contiguous()
-    with tempfile.TemporaryDirectory(prefix="fcn-label-ort-") as tmp:
+    with _temp_folder(workdir) as tmp:
         path = Path(tmp) / "fcn.onnx"
         h, w = torch.export.Dim("h32", min=2, max=1024), torch.export.Dim("w32", min=2, max=1024)
         n = torch.export.Dim("n", min=1, max=256)

@@ -51,6 +51,11 @@ class OutputLayout:
         return self.out / RECORDS_DIR / f"{rel}.json"
 
     @property
+    def state(self) -> Path:
+        """OUT/.fcn-label: records, and the temporary files of a --backend build."""
+        return self.out / STATE_DIR
+
+    @property
     def records_dir(self) -> Path:
         return self.out / RECORDS_DIR
 
