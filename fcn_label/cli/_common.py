@@ -10,6 +10,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from ..choices import BACKENDS
 from ..errors import UserError
 
 app = typer.Typer(
@@ -37,9 +38,7 @@ def value(v):
     return v.value if isinstance(v, Enum) else v
 
 
-# --backend (predict, evaluate --weights): the kinds and their one-line descriptions live in
-# fcn_label.predict.backends; only the names are repeated here so --help needs no torch import.
-BACKENDS = ("eager", "bf16", "compile", "int8", "ort", "ort-int8")
+# --backend (predict, evaluate --weights); the backends themselves: fcn_label.predict.backends
 Backend = choice("Backend", BACKENDS)
 BACKEND_HELP = ("Inference backend. eager: exact float32 PyTorch (default). Opt-in CPU backends, not exact "
                 "(CamVid val mean IU of each in the README's Speed section): bf16 (autocast; fast only on CPUs with "

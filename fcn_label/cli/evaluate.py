@@ -14,6 +14,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from .. import evaluate as ev
+from ..choices import CALIBRATED
 from ._common import BACKEND_HELP, Backend, app, choice, console, fail, value
 
 Format = choice("Format", ("table", "json"))
@@ -121,7 +122,7 @@ def evaluate(
     kind = value(backend)
     if kind != "eager" and weights is None:
         raise fail("--backend chooses how a model predicts: use it with --weights (or predict --backend, then --pred)")
-    if kind in ("int8", "ort-int8") and calib is None:  # backends.CALIBRATED, without importing torch here
+    if kind in CALIBRATED and calib is None:
         raise fail(f"--backend {kind} calibrates on sample images: give --calib (e.g. the training list, "
                    "camvid/train.txt); evaluate does not calibrate on the images it scores")
     ck = None

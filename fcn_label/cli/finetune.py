@@ -15,8 +15,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from ..classes import read_class_file
-from ..train import CHOICES, PAPER_SUM_LOSS, PRESETS, VGG16_MODEL, Trainer, TrainConfig
-from ..train.distributed import dist_info
+from ..train.config import CHOICES, PAPER_SUM_LOSS, PRESETS, VGG16_MODEL, TrainConfig  # torch-free
 from ._common import app, choice, console, fail, value
 
 _DEFAULT = {f.name: f.default for f in fields(TrainConfig)}
@@ -189,6 +188,9 @@ def finetune(
     mismatches, naming the files), then trains with random scale, crop, flip and colour jitter, validating
     and writing OUT/best.pt (best val mean IU) and OUT/last.pt (latest, resumable) atomically.
     """
+    from ..train import Trainer  # torch: only when the verb runs
+    from ..train.distributed import dist_info
+
     # explicit = typed on the command line (or from the environment), not a default; by name
     # so it holds for click's ParameterSource and the copy Typer vendors
     given = {k for k in ctx.params if getattr(ctx.get_parameter_source(k), "name", "DEFAULT") not in ("DEFAULT", "DEFAULT_MAP")}

@@ -9,10 +9,9 @@ import typer
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from ..checkpoint import DEFAULT_WEIGHTS, load_checkpoint, resolve_weights
-from ..classes import read_class_spec
+from ..choices import DEFAULT_WEIGHTS
 from ..images import DEFAULT_MAX_PIXELS
-from ..predict import OutputLayout, Palette, PredictJob, PredictOptions, Predictor, discover, shard_from_env
+from ..predict import OutputLayout, Palette, discover, shard_from_env  # torch-free parts; the rest when run
 from ._common import BACKEND_HELP, Backend, app, console, fail, value
 
 
@@ -107,6 +106,10 @@ def predict(
 
     Example: fcn-label predict examples/ --out masks/
     """
+    from ..checkpoint import load_checkpoint, resolve_weights  # torch: only when a verb runs
+    from ..classes import read_class_spec
+    from ..predict import PredictJob, PredictOptions, Predictor
+
     shard_i, shard_n = _parse_shard(shard)
     spec = read_class_spec(classes) if classes is not None else None  # an explicit file: its names and colours
     weights_path = resolve_weights(weights)

@@ -44,8 +44,8 @@ import torch.nn.functional as F
 from ..errors import ConfigError
 from ..model import FCN
 
-KINDS = ("eager", "bf16", "compile", "int8", "ort", "ort-int8")
-CALIBRATED = ("int8", "ort-int8")  # kinds that measure activation ranges on sample images
+from ..choices import BACKENDS as KINDS  # noqa: E402
+from ..choices import CALIBRATED  # noqa: E402,F401  (kinds that measure activation ranges on sample images)
 DEFAULT_CALIB_COUNT = 32
 MULTIPLE = 32  # the FCN's total stride: "same"-padded inputs are padded to this anyway
 

@@ -13,6 +13,7 @@ hold pictures, not masks), and export (later) finds masks and records by it.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
 
 STATE_DIR = ".fcn-label"
@@ -74,3 +75,11 @@ class OutputLayout:
     def is_predict_output(self) -> bool:
         """Whether ``out`` looks like a folder predict wrote (then its aux sub-folders hold pictures)."""
         return (self.out / STATE_DIR).is_dir() or self.predictions_json.is_file()
+
+
+class Palette(str, Enum):
+    """Mask colours: the model's palette, the VOC colour map, or none (plain greyscale index PNG)."""
+
+    model = "model"
+    voc = "voc"
+    none = "none"
