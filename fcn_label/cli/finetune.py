@@ -75,6 +75,15 @@ Use the result: fcn-label predict IMAGES -o LABELS -w OUT/best.pt; fcn-label eva
 """
 
 
+def __getattr__(name: str):
+    """``Trainer`` on first use (importing it imports torch); a module attribute so tests can replace it."""
+    if name == "Trainer":
+        from ..train import Trainer
+
+        return Trainer
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 @app.command("finetune", epilog=EPILOG)
 def finetune(
     ctx: typer.Context,
@@ -188,8 +197,9 @@ def finetune(
     mismatches, naming the files), then trains with random scale, crop, flip and colour jitter, validating
     and writing OUT/best.pt (best val mean IU) and OUT/last.pt (latest, resumable) atomically.
     """
-    from ..train import Trainer  # torch: only when the verb runs
-    from ..train.distributed import dist_info
+    from ..train.distributed import dist_info  # torch: only when the verb runs
+
+    Trainer = globals().get("Trainer") or __getattr__("Trainer")  # noqa: N806  (tests replace the module's)
 
     # explicit = typed on the command line (or from the environment), not a default; by name
     # so it holds for click's ParameterSource and the copy Typer vendors
