@@ -2,7 +2,7 @@
 
     python benchmarks/cpu_backends.py [--rounds 7] [--val 101] [--calib 32] [--e2e-images 48] [--json out.json]
 
-Levers (each a callable with the FCN forward's contract, see fcn_label/accel.py):
+Levers (each a callable with the FCN forward's contract, see fcn_label/predict/backends.py):
 
 * plain       ``checkpoint.build()``: fp32, NCHW, BatchNorm as trained (the issue's baseline)
 * plain_cl    the same in channels_last (the issue's "plain forward" figure, 12.1 img/s)
@@ -46,9 +46,9 @@ from PIL import Image
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from fcn_label.accel import _Padded, make_backend  # noqa: E402
+from fcn_label.predict.backends import _Padded, make_backend  # noqa: E402
 from fcn_label.metrics import confusion_matrix, scores  # noqa: E402
-from fcn_label.weights import SHIPPED, load_checkpoint  # noqa: E402
+from fcn_label.checkpoint import SHIPPED, load_checkpoint  # noqa: E402
 
 CAMVID = Path(os.environ.get("FCN_LABEL_SHARED", REPO.parent / "shared")) / "data" / "camvid"
 ALL = ["plain", "plain_cl", "eager", "bf16", "compile", "int8", "int8_eager", "ort_fp32", "ort_int8"]
@@ -121,7 +121,7 @@ def evaluate(fn, val_x, val_gt, ref_labels=None):
 
 
 def e2e(ck, fn, files: list[Path], tmp: Path, tag: str, workers: int) -> float:
-    from fcn_label.job import PredictJob, PredictOptions, discover
+    from fcn_label.predict import PredictJob, PredictOptions, discover
     from fcn_label.predict import Predictor
 
     pred = Predictor(ck, device="cpu")

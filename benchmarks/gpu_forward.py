@@ -41,7 +41,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from fcn_label.model import FCN, FCNConfig  # noqa: E402
-from fcn_label.weights import SHIPPED, load_checkpoint  # noqa: E402
+from fcn_label.checkpoint import SHIPPED, load_checkpoint  # noqa: E402
 
 VARIANTS = ["fp32", "tf32", "amp16", "amp_bf16", "half16", "half_bf16", "tf32_nchw", "half16_nchw",
             "compile16", "graphs16"]

@@ -4,7 +4,8 @@
 
 For CamVid val frames (PNG, and the same frames re-encoded as JPEG quality 92) it times each
 host stage of ``predict`` on real logits of the shipped model (computed once, not timed):
-decode, preprocess (to a normalised tensor), softmax, max/argmax to NumPy, palette PNG encode,
+decode, preprocess (to a normalised tensor; next to its baseline from before the lookup table, timed in
+the same loop, as is COCO RLE's), softmax, max/argmax to NumPy, palette PNG encode,
 per-class statistics, COCO RLE of all classes, the record (json + atomic write), the mask
 file write, the whole of PredictJob._finish (to check the sum), and the reports
 (predictions.csv/.json/failures.csv) amortised per image. Every stage is the mean over the
@@ -29,13 +30,29 @@ from PIL import Image
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from fcn_label.io import read_image, write_bytes_atomic, write_text_atomic  # noqa: E402
-from fcn_label.job import Item, JobResult, PredictJob, PredictOptions  # noqa: E402
-from fcn_label.outputs import coco_annotations, encode_png  # noqa: E402
+from fcn_label.images import read_image, write_bytes_atomic, write_text_atomic  # noqa: E402
+from fcn_label.predict import Item, JobResult, PredictJob, PredictOptions  # noqa: E402
+from fcn_label.predict.outputs import coco_annotations, encode_png  # noqa: E402
 from fcn_label.predict import Predictor  # noqa: E402
-from fcn_label.weights import SHIPPED, load_checkpoint  # noqa: E402
+from fcn_label.checkpoint import SHIPPED, load_checkpoint  # noqa: E402
 
 CAMVID = Path(os.environ.get("FCN_LABEL_SHARED", REPO.parent / "shared")) / "data" / "camvid"
+
+
+def _preprocess_before(pred: Predictor, images) -> torch.Tensor:
+    """Predictor.preprocess before the lookup table (the baseline of its row)."""
+    x = pred.norm.apply(torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2))
+    return x.contiguous(memory_format=torch.channels_last)
+
+
+def _coco_before(labels: np.ndarray, confidence: np.ndarray, n_cls: int) -> None:
+    """coco_annotations' work before the single transpose (the baseline of its row)."""
+    from pycocotools import mask as mask_utils
+
+    for c in np.nonzero(np.bincount(labels.ravel(), minlength=n_cls))[0]:
+        m = labels == c
+        rle = mask_utils.encode(np.asfortranarray(m.astype(np.uint8)))
+        mask_utils.area(rle), mask_utils.toBbox(rle), float(confidence[m].mean())
 
 
 def main() -> None:
@@ -80,6 +97,7 @@ def main() -> None:
         for i, (png, jpg) in enumerate(zip(pngs, jpgs)):
             t = time.perf_counter(); read_image(png); add("decode PNG", time.perf_counter() - t)
             t = time.perf_counter(); read_image(jpg); add("decode JPEG (q92)", time.perf_counter() - t)
+            t = time.perf_counter(); _preprocess_before(pred, [arrays[i]]); add("preprocess, before (torch ops, 4 temporaries)", time.perf_counter() - t)
             t = time.perf_counter(); pred.preprocess([arrays[i]]); add("preprocess (to normalised tensor)", time.perf_counter() - t)
             with torch.inference_mode():
                 t = time.perf_counter(); probs = torch.softmax(logits[i].float(), dim=1); add("softmax", time.perf_counter() - t)
@@ -89,6 +107,7 @@ def main() -> None:
             counts = np.bincount(p.labels.ravel(), minlength=n_cls)
             stats = (float(p.confidence.mean()), float((p.confidence < 0.5).mean()))
             add("class stats (bincount, confidence means)", time.perf_counter() - t)
+            t = time.perf_counter(); _coco_before(p.labels, p.confidence, n_cls); add("COCO RLE, before (one mask copy per class)", time.perf_counter() - t)
             t = time.perf_counter(); anns = coco_annotations(p.labels, p.confidence, n_cls); add("COCO RLE (all classes)", time.perf_counter() - t)
             t = time.perf_counter()
             rec = {"path": str(png), "classes": {str(c): int(counts[c]) for c in np.nonzero(counts)[0]}, "stats": stats,
@@ -107,7 +126,8 @@ def main() -> None:
     print("|---|---|")
     for k, v in best.items():
         print(f"| {k} | {1000 * v:.2f} |")
-    host = sum(v for k, v in best.items() if k.startswith(("decode PNG", "preprocess", "softmax", "max/", "= ", "reports")))
+    host = sum(v for k, v in best.items()
+               if k.startswith(("decode PNG", "preprocess (", "softmax", "max/", "= ", "reports")))
     print(f"| **host total with PNG input** (decode PNG + preprocess + softmax + max + _finish + reports) | **{1000 * host:.2f}** "
           f"(= {1 / host:.0f} img/s per core) |")
     if a.json:

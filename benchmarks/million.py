@@ -42,9 +42,10 @@ def build(out: Path, n: int, size: tuple[int, int], per_folder: int) -> tuple[in
     import numpy as np
     from PIL import Image
 
-    from fcn_label.job import STATE_DIR, Item, PredictJob, PredictOptions
+    from fcn_label.predict import Item, PredictJob, PredictOptions
+    from fcn_label.predict.layout import STATE_DIR
     from fcn_label.predict import Predictor
-    from fcn_label.weights import SHIPPED, load_checkpoint
+    from fcn_label.checkpoint import SHIPPED, load_checkpoint
 
     w, h = size
     pred = Predictor(load_checkpoint(SHIPPED["fcn8s-compact-camvid"].path), device="cpu")
@@ -82,9 +83,9 @@ def build(out: Path, n: int, size: tuple[int, int], per_folder: int) -> tuple[in
 
 def measure(out: Path, n: int, per_folder: int) -> dict:
     """In this (fresh) process: the job over n done items; seconds per phase and peak RSS."""
-    from fcn_label.job import Item, JobResult, PredictJob, PredictOptions
+    from fcn_label.predict import Item, JobResult, PredictJob, PredictOptions
     from fcn_label.predict import Predictor
-    from fcn_label.weights import SHIPPED, load_checkpoint
+    from fcn_label.checkpoint import SHIPPED, load_checkpoint
 
     pred = Predictor(load_checkpoint(SHIPPED["fcn8s-compact-camvid"].path), device="cpu")
     items = [Item(Path(f"/data/in/{rel_of(i, per_folder)}.png"), rel_of(i, per_folder)) for i in range(n)]

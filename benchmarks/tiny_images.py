@@ -36,9 +36,9 @@ from PIL import Image
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from fcn_label.job import PredictJob, PredictOptions, discover  # noqa: E402
+from fcn_label.predict import PredictJob, PredictOptions, discover  # noqa: E402
 from fcn_label.predict import Predictor  # noqa: E402
-from fcn_label.weights import SHIPPED, load_checkpoint  # noqa: E402
+from fcn_label.checkpoint import SHIPPED, load_checkpoint  # noqa: E402
 
 CAMVID = Path(os.environ.get("FCN_LABEL_SHARED", REPO.parent / "shared")) / "data" / "camvid"
 

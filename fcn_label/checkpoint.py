@@ -300,7 +300,7 @@ SHIPPED: dict[str, WeightsInfo] = {
         license="CC BY-NC 4.0 (inherited from the CamVid training data): non-commercial use only",
     ),
 }
-DEFAULT_WEIGHTS = "fcn8s-compact-camvid"
+from .choices import DEFAULT_WEIGHTS  # noqa: E402,F401  (torch-free home, for --help)
 
 
 def resolve_weights(name_or_path: str | os.PathLike | None) -> Path:

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-ARCHS = ("fcn32s", "fcn16s", "fcn8s")
+from .choices import ARCHS  # noqa: E402  (torch-free home, for --help)
 
 # (number of convs, channels) of VGG16's five blocks.
 VGG16_BLOCKS = ((2, 64), (2, 128), (3, 256), (3, 512), (3, 512))

@@ -1,4 +1,4 @@
-"""CPU backends (fcn_label/accel.py) against the plain fp32 forward of the same checkpoint."""
+"""CPU backends (fcn_label/predict/backends.py) against the plain fp32 forward of the same checkpoint."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import pytest
 import torch
 from PIL import Image
 
-from fcn_label.accel import KINDS, BackendError, _Padded, make_backend
+from fcn_label.predict.backends import KINDS, BackendError, _Padded, make_backend
 from fcn_label.model import FCN, FCNConfig
-from fcn_label.weights import SHIPPED, load_checkpoint
+from fcn_label.checkpoint import SHIPPED, load_checkpoint
 
 ODD_SIZES = [(257, 333), (31, 45), (64, 64)]
 
@@ -127,7 +127,7 @@ def test_graph_backend_agrees_with_fp32_on_camvid_val(camvid, kind, tmp_path, mo
 
 
 def test_kinds_are_documented():
-    import fcn_label.accel as accel
+    import fcn_label.predict.backends as accel
 
     for k in KINDS:
         assert f"``{k}``" in accel.__doc__

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 
-SHIMS = {"fcn_label.weights", "fcn_label.job", "fcn_label.data", "fcn_label.outputs"}  # old modules kept as re-exports
+SHIMS = {"fcn_label.weights", "fcn_label.job", "fcn_label.data", "fcn_label.outputs", "fcn_label.accel"}  # old modules kept as re-exports
 
 
 @pytest.mark.parametrize("old, name, new", [
@@ -21,6 +21,7 @@ SHIMS = {"fcn_label.weights", "fcn_label.job", "fcn_label.data", "fcn_label.outp
     ("fcn_label.data", "Augment", "fcn_label.train.augment"),
     ("fcn_label.data", "read_class_file", "fcn_label.classes"),
     ("fcn_label.outputs", "coco_annotations", "fcn_label.predict.outputs"),
+    ("fcn_label.accel", "make_backend", "fcn_label.predict.backends"),
     ("fcn_label.predict", "Predictor", "fcn_label.predict.predictor"),
     ("fcn_label.evaluate", "GroundTruth", "fcn_label.datasets"),
     ("fcn_label.train", "TrainConfig", "fcn_label.train.config"),

@@ -14,8 +14,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from .. import evaluate as ev
+from ..choices import CALIBRATED
 from ..images import DEFAULT_MAX_PIXELS
-from ._common import app, choice, console, fail
+from ._common import BACKEND_HELP, Backend, app, choice, console, fail, value
 
 Format = choice("Format", ("table", "json"))
 
@@ -91,6 +92,13 @@ def evaluate(
                               "(as predict --flip)."),
     max_pixels: int = typer.Option(DEFAULT_MAX_PIXELS, "--max-pixels", min=1, help="Refuse masks (and, with "
                                    "--weights, images) larger than this, from the header (decompression-bomb guard)."),
+    backend: Backend = typer.Option("eager", help="With --weights: " + BACKEND_HELP),
+    calib: Optional[Path] = typer.Option(None, help="With --weights and --backend int8 / ort-int8 (then required): "
+                                         "calibrate on these images, e.g. the training list camvid/train.txt (a "
+                                         "folder, or a list file of images or 'image mask' lines). evaluate never "
+                                         "calibrates on the images it scores. Nothing is cached; temporary files "
+                                         "go inside --out when given."),
+    calib_count: int = typer.Option(32, min=1, help="How many --calib images calibration reads (spread evenly)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Score predicted masks against ground truth with the FCN paper's metrics.
@@ -114,6 +122,12 @@ def evaluate(
         raise fail(f"--out {out}: exists and is not a folder; give a folder for the report")
     if flip and weights is None:
         raise fail("--flip changes how a model predicts: use it with --weights (or predict --flip, then --pred)")
+    kind = value(backend)
+    if kind != "eager" and weights is None:
+        raise fail("--backend chooses how a model predicts: use it with --weights (or predict --backend, then --pred)")
+    if kind in CALIBRATED and calib is None:
+        raise fail(f"--backend {kind} calibrates on sample images: give --calib (e.g. the training list, "
+                   "camvid/train.txt); evaluate does not calibrate on the images it scores")
     ck = None
     if weights is not None:
         from ..checkpoint import load_checkpoint, resolve_weights
@@ -127,7 +141,11 @@ def evaluate(
     if ck is not None:
         from ..predict import Predictor
 
-        predictor = Predictor(ck, device=device, flip=flip)
+        from .predict import calibration_images
+
+        calib_arrays = calibration_images(kind, calib, calib_count, [], "")
+        predictor = Predictor(ck, device=device, flip=flip, backend=kind, calib=calib_arrays,
+                              workdir=out if kind != "eager" else None)
         source = ev.ModelPredictions(predictor, {k: it.image for k, it in truth.items.items() if it.image is not None})
         if not source.images:
             raise fail(f"--gt {gt}: no images to predict on; give the image folder with --images")

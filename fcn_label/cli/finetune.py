@@ -15,8 +15,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from ..classes import read_class_file
-from ..train import CHOICES, PAPER_SUM_LOSS, PRESETS, VGG16_MODEL, Trainer, TrainConfig
-from ..train.distributed import dist_info
+from ..train.config import CHOICES, PAPER_SUM_LOSS, PRESETS, VGG16_MODEL, TrainConfig  # torch-free
 from ._common import app, choice, console, fail, value
 
 _DEFAULT = {f.name: f.default for f in fields(TrainConfig)}
@@ -74,6 +73,15 @@ Several GPUs or processes (DistributedDataParallel; --batch-size is per process)
 Resume a stopped or killed run: repeat the same command with --resume.
 Use the result: fcn-label predict IMAGES -o LABELS -w OUT/best.pt; fcn-label evaluate --gt VAL -w OUT/best.pt.
 """
+
+
+def __getattr__(name: str):
+    """``Trainer`` on first use (importing it imports torch); a module attribute so tests can replace it."""
+    if name == "Trainer":
+        from ..train import Trainer
+
+        return Trainer
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @app.command("finetune", epilog=EPILOG)
@@ -191,6 +199,10 @@ def finetune(
     mismatches, naming the files), then trains with random scale, crop, flip and colour jitter, validating
     and writing OUT/best.pt (best val mean IU) and OUT/last.pt (latest, resumable) atomically.
     """
+    from ..train.distributed import dist_info  # torch: only when the verb runs
+
+    Trainer = globals().get("Trainer") or __getattr__("Trainer")  # noqa: N806  (tests replace the module's)
+
     # explicit = typed on the command line (or from the environment), not a default; by name
     # so it holds for click's ParameterSource and the copy Typer vendors
     given = {k for k in ctx.params if getattr(ctx.get_parameter_source(k), "name", "DEFAULT") not in ("DEFAULT", "DEFAULT_MAP")}

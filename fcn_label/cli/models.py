@@ -6,8 +6,6 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from ..model import ARCHS
-from ..checkpoint import SHIPPED, WeightsError, load_checkpoint
 from ._common import app
 
 
@@ -16,6 +14,8 @@ def models(
     weights: str = typer.Option(None, "--weights", "-w", help="Also describe this checkpoint file in detail."),
 ) -> None:
     """List the architectures and the shipped weights with their measured metrics."""
+    from ..checkpoint import SHIPPED, WeightsError, load_checkpoint  # torch: only when the verb runs
+
     out = Console()
     t = Table(title="Architectures", show_lines=False)
     t.add_column("arch")

@@ -9,11 +9,10 @@ import typer
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from ..checkpoint import DEFAULT_WEIGHTS, load_checkpoint, resolve_weights
-from ..classes import read_class_spec
+from ..choices import DEFAULT_WEIGHTS
 from ..images import DEFAULT_MAX_PIXELS
-from ..predict import Palette, PredictJob, PredictOptions, Predictor, discover, shard_from_env
-from ._common import app, console, fail
+from ..predict import OutputLayout, Palette, discover, shard_from_env  # torch-free parts; the rest when run
+from ._common import BACKEND_HELP, Backend, app, console, fail, value
 
 
 def _parse_shard(s: str | None) -> tuple[int, int]:
@@ -26,6 +25,28 @@ def _parse_shard(s: str | None) -> tuple[int, int]:
     if n < 1 or not 0 <= i < n:
         raise fail(f"--shard {s}: I must be in 0..N-1")
     return i, n
+
+
+def calibration_images(backend: str, calib: Path | None, count: int, own: list, own_desc: str) -> list:
+    """RGB arrays for an int8 backend's calibration (none for the others), saying where they came from."""
+    from ..predict.backends import CALIBRATED, list_calibration_images, load_calibration
+
+    if backend not in CALIBRATED:
+        if calib is not None:
+            console.print(f"[yellow]note:[/] --calib only applies to --backend {' / '.join(CALIBRATED)}; ignored")
+        return []
+    paths = list_calibration_images(calib) if calib is not None else own
+    arrays, skipped = load_calibration(paths, count)
+    for reason in skipped[:3]:
+        console.print(f"[yellow]calibration:[/] {escape(reason)}", soft_wrap=True)
+    if not arrays:
+        raise fail(f"--backend {backend}: no usable calibration image in {calib or 'the inputs'}; give --calib "
+                   "a folder or list file of ordinary images")
+    where = f"--calib {calib}" if calib is not None else own_desc
+    console.print(escape(f"calibrating {backend} on {len(arrays)} images {where}"
+                         if calib is None else f"calibrating {backend} on {len(arrays)} images from {where}"),
+                  soft_wrap=True)
+    return arrays
 
 
 @app.command("predict")
@@ -68,6 +89,13 @@ def predict(
     shard: Optional[str] = typer.Option(None, help="I/N: process only part I of N (0-based) so N processes or machines "
                                         "split one job; defaults to torchrun's RANK/WORLD_SIZE."),
     max_pixels: int = typer.Option(DEFAULT_MAX_PIXELS, help="Refuse images larger than this (decompression-bomb guard)."),
+    backend: Backend = typer.Option("eager", help=BACKEND_HELP),
+    calib: Optional[Path] = typer.Option(None, help="With --backend int8 / ort-int8: calibrate on these images (a "
+                                         "folder, or a list file: one image per line, or 'image mask' lines such "
+                                         "as camvid/train.txt). Default: --calib-count images of this job itself, "
+                                         "spread evenly over its inputs (the same for every --shard). Nothing is "
+                                         "cached; temporary files stay inside --out."),
+    calib_count: int = typer.Option(32, min=1, help="How many images int8 calibration reads (spread evenly)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Predict segmentation masks for images of any size.
@@ -78,6 +106,10 @@ def predict(
 
     Example: fcn-label predict examples/ --out masks/
     """
+    from ..checkpoint import load_checkpoint, resolve_weights  # torch: only when a verb runs
+    from ..classes import read_class_spec
+    from ..predict import PredictJob, PredictOptions, Predictor
+
     shard_i, shard_n = _parse_shard(shard)
     spec = read_class_spec(classes) if classes is not None else None  # an explicit file: its names and colours
     weights_path = resolve_weights(weights)
@@ -87,22 +119,28 @@ def predict(
         ck.palette = spec.palette or ck.palette
     if gt is not None and not gt.exists():
         raise fail(f"--gt {gt}: not found; give the folder of ground-truth masks (or a VOC root, list file, COCO JSON)")
-    predictor = Predictor(ck, device=device, amp=amp, tile=tile or None, tile_overlap=tile_overlap,
-                          tile_threshold=tile_threshold, flip=flip)
-    if amp and predictor.device.type != "cuda":
-        console.print("[yellow]note:[/] --amp only applies on CUDA; running in float32 on the CPU")
+    if out.exists() and not out.is_dir():
+        raise fail(f"--out {out}: is a file, not a folder; choose another --out")
     items, problems = discover(inputs, out)
     if not items and problems:
         for path, reason in problems:
             msg = reason if reason.startswith(path) else f"{path}: {reason}"
             console.print(f"[bold red]error:[/] {escape(msg)}", soft_wrap=True)
         raise typer.Exit(2)
+    backend = value(backend)
+    calib_arrays = calibration_images(backend, calib, calib_count,
+                                      [it.path for it in items], "of this job (spread evenly over its inputs)")
+    predictor = Predictor(ck, device=device, amp=amp, tile=tile or None, tile_overlap=tile_overlap,
+                          tile_threshold=tile_threshold, flip=flip, backend=backend, calib=calib_arrays,
+                          workdir=OutputLayout(out).state if backend != "eager" else None)
+    if amp and predictor.device.type != "cuda":
+        console.print("[yellow]note:[/] --amp only applies on CUDA; running in float32 on the CPU")
     opts = PredictOptions(out=out, batch_size=batch_size, workers=workers, palette=palette, coco=coco,
                           overlay=overlay, probs=probs, gt=gt, ignore_index=ignore_index, overwrite=overwrite,
                           shard=(shard_i, shard_n), max_pixels=max_pixels)
     src = ck.metadata.get("name") or weights_path.name
     console.print(escape(f"fcn-label: {len(items)} images, model {src} ({ck.config.arch}, {ck.config.num_classes} "
-                         f"classes) on {predictor.device}" + (f", shard {shard_i}/{shard_n}" if shard_n > 1 else "")),
+                         f"classes) on {predictor.device}" + (f", backend {backend}" if backend != "eager" else "") + (f", shard {shard_i}/{shard_n}" if shard_n > 1 else "")),
                   soft_wrap=True)
 
     progress = Progress(TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),

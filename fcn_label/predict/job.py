@@ -19,7 +19,6 @@ import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from enum import Enum
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -32,18 +31,10 @@ from ..guard import failure_message, first_line, guarded
 from ..images import DEFAULT_MAX_PIXELS, InputError, image_size, remove_stale_temp, write_text_atomic
 from ..metrics import confusion_matrix, scores
 from .discover import Item, shown
-from .layout import OutputLayout
+from .layout import OutputLayout, Palette
 from .outputs import coco_annotations, write_confidence, write_mask, write_overlay
 from .predictor import Prediction, Predictor, read_for_model
 from .reports import load_records, reports_lock, write_reports
-
-
-class Palette(str, Enum):
-    """Mask colours: the model's palette, the VOC colour map, or none (plain greyscale index PNG)."""
-
-    model = "model"
-    voc = "voc"
-    none = "none"
 
 
 @dataclass

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
 
 STATE_DIR = ".fcn-label"
@@ -56,6 +57,11 @@ class OutputLayout:
         return self.out / RECORDS_DIR / f"{rel}.json"
 
     @property
+    def state(self) -> Path:
+        """OUT/.fcn-label: records, and the temporary files of a --backend build."""
+        return self.out / STATE_DIR
+
+    @property
     def records_dir(self) -> Path:
         return self.out / RECORDS_DIR
 
@@ -86,3 +92,11 @@ class OutputLayout:
     def is_predict_output(self) -> bool:
         """Whether ``out`` looks like a folder predict wrote (then its aux sub-folders hold pictures)."""
         return (self.out / STATE_DIR).is_dir() or self.predictions_json.is_file()
+
+
+class Palette(str, Enum):
+    """Mask colours: the model's palette, the VOC colour map, or none (plain greyscale index PNG)."""
+
+    model = "model"
+    voc = "voc"
+    none = "none"

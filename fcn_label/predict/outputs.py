@@ -71,9 +71,12 @@ def coco_annotations(labels: np.ndarray, confidence: np.ndarray, num_classes: in
     present = np.nonzero(counts)[0]
     if len(present) == 0:
         return out
+    # pycocotools wants column-major uint8: transpose the labels once, not one mask copy per class
+    # (a bool array compared from a Fortran-ordered one is Fortran-ordered; bool and uint8 share bytes)
+    labels_f = np.asfortranarray(labels)
     for c in present:
-        m = labels == c
-        rle = mask_utils.encode(np.asfortranarray(m.astype(np.uint8)))
+        m = labels_f == c
+        rle = mask_utils.encode(m.view(np.uint8))
         area = float(mask_utils.area(rle))
         bbox = [float(v) for v in mask_utils.toBbox(rle)]
         rle["counts"] = rle["counts"].decode("ascii")

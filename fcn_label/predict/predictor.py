@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
@@ -83,12 +84,19 @@ class Predictor:
     ``channels_last`` (default) lays feature maps out as NHWC, which oneDNN's CPU
     convolutions and cuDNN's tensor-core kernels both prefer: about 1.4x the
     throughput of the compact model on a 2-core CPU (benchmarks/predict_speed.py).
+    ``backend`` (:data:`.backends.KINDS`): ``eager`` is the exact float32 path; the others are
+    opt-in CPU backends with other numerics (accuracy in the README), built once here; the
+    int8 ones calibrate on ``calib`` (RGB uint8 arrays). ``workdir``: where their build's
+    temporary files go (predict passes a folder inside --out).
     """
 
     def __init__(self, checkpoint: Checkpoint, device: str | torch.device = "auto", amp: bool = False,
                  tile: int | None = None, tile_overlap: float = 0.25,
-                 tile_threshold: int = DEFAULT_TILE_THRESHOLD, channels_last: bool = True, flip: bool = False):
+                 tile_threshold: int = DEFAULT_TILE_THRESHOLD, channels_last: bool = True, flip: bool = False,
+                 backend: str = "eager", calib: Sequence[np.ndarray] = (), workdir: str | Path | None = None):
         self.checkpoint = checkpoint
+        if device == "auto" and getattr(backend, "value", backend) != "eager":
+            device = "cpu"  # the opt-in backends are CPU backends
         self.device = device if isinstance(device, torch.device) else pick_device(device)
         # inference only: BN folded into the convolutions
         self.model: FCN = checkpoint.build(self.device).fold_batch_norm()
@@ -104,20 +112,62 @@ class Predictor:
         self.channels_last = channels_last
         if channels_last:
             self.model.to(memory_format=torch.channels_last)
+        self._lut = None  # preprocess's per-channel table, made on first use
+        self.backend = getattr(backend, "value", backend)
+        self.net = None  # the opt-in backend's callable; None: self.model, exact float32
+        if self.backend != "eager":
+            self.net = self._build_backend(self.backend, calib, workdir)
+
+    def _build_backend(self, kind: str, calib: Sequence[np.ndarray], workdir):
+        """An opt-in CPU backend (:mod:`.backends`); ``calib``: RGB uint8 arrays for the int8 kinds."""
+        from . import backends
+
+        if kind not in backends.KINDS:
+            raise ConfigError(f"unknown backend {kind!r}; choose one of {', '.join(backends.KINDS)}")
+        if self.device.type != "cpu":
+            raise ConfigError(f"--backend {kind} runs on the CPU only; add --device cpu, or use --backend eager "
+                              f"(with --amp on CUDA)")
+        xs = []
+        if kind in backends.CALIBRATED:
+            if not calib:
+                raise ConfigError(f"--backend {kind} needs calibration images (--calib, or the job's own images)")
+            xs = [self.preprocess([a]) for a in calib]
+        return backends.make_backend(self.checkpoint.build(torch.device("cpu")), kind, xs, workdir=workdir)
 
     # -- the three stages -----------------------------------------------------
     def preprocess(self, images: Sequence[np.ndarray]) -> torch.Tensor:
         """Same-size RGB uint8 arrays -> normalised (N, 3, H, W) float on the device."""
-        x = torch.from_numpy(np.stack(images)).to(self.device, non_blocking=True).permute(0, 3, 1, 2)
-        x = self.norm.apply(x)
+        if self.device.type == "cpu":
+            x = torch.from_numpy(self._normalised(images)).permute(0, 3, 1, 2)
+        else:  # normalised on the GPU: a quarter of the bytes cross the bus
+            x = torch.from_numpy(np.stack(images)).to(self.device, non_blocking=True).permute(0, 3, 1, 2)
+            x = self.norm.apply(x)
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+    def _normalised(self, images: Sequence[np.ndarray]) -> np.ndarray:
+        """(N, H, W, 3) float32 in one pass: a per-channel table of the 256 values Normalization.apply
+        gives, so every float is the one apply computes (same float32 operations, no rounding change),
+        without its four full-size temporaries."""
+        if self._lut is None:
+            v = torch.arange(256, dtype=torch.uint8).view(1, 1, 256, 1).expand(1, 3, 256, 1)
+            self._lut = self.norm.apply(v).reshape(3, 256).numpy()  # [output channel, input value]
+        src = (2, 1, 0) if self.norm.bgr else (0, 1, 2)  # the input channel each output channel reads
+        out = np.empty((len(images),) + images[0].shape, dtype=np.float32)
+        for n, img in enumerate(images):
+            for k in range(3):
+                np.take(self._lut[k], img[..., src[k]], out=out[n, ..., k])
+        return out
 
     @torch.inference_mode()
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Class probabilities (N, C, H, W), float32."""
-        with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):
-            logits = self.model(x)
-            mirrored = self.model(x.flip(-1)) if self.flip else None
+        if self.net is not None:
+            logits = self.net(x)
+            mirrored = self.net(x.flip(-1)) if self.flip else None
+        else:
+            with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):
+                logits = self.model(x)
+                mirrored = self.model(x.flip(-1)) if self.flip else None
         probs = torch.softmax(logits.float(), dim=1)
         if mirrored is not None:
             probs = (probs + torch.softmax(mirrored.float(), dim=1).flip(-1)) / 2

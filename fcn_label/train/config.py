@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..errors import ConfigError
-from ..model import ARCHS
+from ..choices import ARCHS
 
 PRESETS = {
     # The paper's recipe (sec. 4.3): full VGG16 with Caffe padding, SGD momentum 0.9,

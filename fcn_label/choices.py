@@ -1,0 +1,8 @@
+"""Valid values that torch-bound modules own but the CLI's --help needs: kept torch-free here so
+that `fcn-label --help` and each verb's --help build without importing torch (model.py,
+checkpoint.py and predict/backends.py import them from this module; one home each)."""
+
+ARCHS = ("fcn32s", "fcn16s", "fcn8s")
+DEFAULT_WEIGHTS = "fcn8s-compact-camvid"  # the shipped model predict and evaluate use by default
+BACKENDS = ("eager", "bf16", "compile", "int8", "ort", "ort-int8")  # --backend; see predict/backends.py
+CALIBRATED = ("int8", "ort-int8")  # the backends that calibrate int8 ranges on sample images
