@@ -44,10 +44,11 @@ from fcn_label.checkpoint import SHIPPED, Checkpoint, load_checkpoint  # noqa: E
 from fcn_label.classes import voc_palette  # noqa: E402
 
 SIZES = [(360, 480), (375, 500), (480, 640), (257, 333), (360, 480), (375, 500)]
+CAMVID = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "camvid"
 
 
 def make_folder(root: Path, n: int, sizes) -> Path:
-    src = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "camvid" / "val"
+    src = CAMVID / "val"
     frames = sorted(src.glob("*.png"))[:n] if src.is_dir() else []
     d = root / "images"
     d.mkdir(parents=True)
@@ -86,11 +87,28 @@ class StandIn(torch.nn.Module):
         return y.expand(x.shape[0], -1, -1, -1) if x.shape[0] > 1 else y
 
 
-def bench(kind: str, n: int, device: str, amp: bool, batch: int | None, workers: int, sizes=None) -> dict:
+def calibration_arrays(n: int = 32) -> list[np.ndarray]:
+    """CamVid TRAIN frames for the int8 backends (never the benchmark's own val-derived images)."""
+    listing = CAMVID / "train.txt"
+    if not listing.is_file():
+        raise SystemExit(f"int8 backends calibrate on CamVid train frames: {listing} not found")
+    lines = [ln.split()[0] for ln in listing.read_text().splitlines() if ln.strip()]
+    picks = lines[:: max(1, len(lines) // n)][:n]
+    return [np.asarray(Image.open(CAMVID / f).convert("RGB")) for f in picks]
+
+
+def bench(kind: str, n: int, device: str, amp: bool, batch: int | None, workers: int, sizes=None,
+          backend: str = "eager") -> dict:
     ck = model_checkpoint("compact" if kind == "none" else kind)
-    pred = Predictor(ck, device=device, amp=amp)
+    t0 = time.perf_counter()
+    calib = calibration_arrays() if backend in ("int8", "ort-int8") else ()
+    pred = Predictor(ck, device=device, amp=amp, backend=backend, calib=calib)
+    setup_s = time.perf_counter() - t0
     if kind == "none":
         pred.model = StandIn(pred.model)
+    # the baseline of issue 14: a plain float32 forward of the same checkpoint (as built, BatchNorm not
+    # folded, NCHW), on the same normalised tensors
+    plain = ck.build(pred.device).eval()
     batch = batch or pred.default_batch_size
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -112,6 +130,17 @@ def bench(kind: str, n: int, device: str, amp: bool, batch: int | None, workers:
             pred.forward(x)
         _sync(device)
         model_only = n / (time.perf_counter() - t)
+        plain_fwd = float("nan")
+        if kind != "none":
+            nchw = [x.contiguous() for x in tensors]
+            with torch.inference_mode():
+                plain(nchw[0])  # warm-up
+                _sync(device)
+                t = time.perf_counter()
+                for x in nchw:
+                    plain(x)
+                _sync(device)
+            plain_fwd = n / (time.perf_counter() - t)
 
         # naive loop
         out = tmp / "naive"
@@ -131,9 +160,10 @@ def bench(kind: str, n: int, device: str, amp: bool, batch: int | None, workers:
         res = job.run(items)
         e2e = res.done / (time.perf_counter() - t)
         assert res.done == n and not res.failed
-    return {"model": kind, "images": n, "mpx_per_image": pixels / n / 1e6, "device": str(pred.device),
-            "amp": pred.amp, "batch": batch, "workers": workers, "model_only_img_s": model_only,
-            "naive_img_s": naive, "end_to_end_img_s": e2e, "e2e_vs_model": e2e / model_only}
+    return {"model": kind, "backend": backend, "images": n, "mpx_per_image": pixels / n / 1e6,
+            "device": str(pred.device), "amp": pred.amp, "batch": batch, "workers": workers, "setup_s": setup_s,
+            "plain_forward_img_s": plain_fwd, "model_only_img_s": model_only, "naive_img_s": naive,
+            "end_to_end_img_s": e2e, "e2e_vs_model": e2e / model_only, "e2e_vs_plain": e2e / plain_fwd}
 
 
 def _sync(device: str) -> None:
@@ -152,24 +182,30 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=None, help="default: predict's (1 on CPU, 8 on GPU)")
     ap.add_argument("--workers", default="1", help="decoding workers; a list (1,2) runs end to end once per value")
     ap.add_argument("--size", help="one size for every image, HxW (e.g. 360x480); default: mixed sizes")
+    ap.add_argument("--backends", default="eager",
+                    help="predict --backend kinds, comma-separated (e.g. eager,bf16,ort-int8); int8 kinds calibrate "
+                         "on 32 CamVid train frames")
     ap.add_argument("--json", type=Path)
     a = ap.parse_args()
     rows = []
     for kind in (["compact", "vgg16"] if a.model == "both" else [a.model]):
         n = a.vgg_images if kind == "vgg16" else a.images
         sizes = [tuple(int(v) for v in a.size.lower().split("x"))] if a.size else None
-        for workers in (int(w) for w in str(a.workers).split(",")):
-            rows.append(bench(kind, n, a.device, a.amp, a.batch_size, workers, sizes))
+        for backend in a.backends.split(","):
+            for workers in (int(w) for w in str(a.workers).split(",")):
+                rows.append(bench(kind, n, a.device, a.amp, a.batch_size, workers, sizes, backend))
     hw = (torch.cuda.get_device_name() if a.device.startswith("cuda") else
           f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads")
     print(f"hardware: {hw}")
-    print("| model | device | images | Mpx/img | batch | workers | model only (img/s) | naive loop (img/s) | end to end (img/s) | e2e / model |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("| model | backend | device | images | Mpx/img | batch | workers | plain fp32 forward (img/s) | "
+          "backend forward (img/s) | naive loop (img/s) | end to end (img/s) | e2e / plain forward |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['model']} | {r['device']}{' AMP' if r['amp'] else ''} | {r['images']} | {r['mpx_per_image']:.2f} | "
-              f"{r['batch']} | {r['workers']} | {r['model_only_img_s']:.2f} | {r['naive_img_s']:.2f} | {r['end_to_end_img_s']:.2f} | "
-              f"{100 * r['e2e_vs_model']:.0f}% |")
+        print(f"| {r['model']} | {r['backend']} | {r['device']}{' AMP' if r['amp'] else ''} | {r['images']} | "
+              f"{r['mpx_per_image']:.2f} | {r['batch']} | {r['workers']} | {r['plain_forward_img_s']:.2f} | "
+              f"{r['model_only_img_s']:.2f} | {r['naive_img_s']:.2f} | {r['end_to_end_img_s']:.2f} | "
+              f"{r['e2e_vs_plain']:.2f}x |")
     if a.json:
         a.json.write_text(json.dumps({"hardware": hw, "rows": rows}, indent=1))
 
