@@ -153,7 +153,7 @@ def _segment_item(layout: OutputLayout, where: str, line: bytes) -> PredItem:
     if not isinstance(fn, str) or not fn.endswith(".png"):
         raise InputError(f"{where}: field 'file_name' missing or not a .png name; re-run predict on this image "
                          "with --overwrite")
-    return _record_item(layout, fn[:-4], where, r)
+    return _record_item(layout, fn[:-4], f"{where} ({fn[:-4]})", r)
 
 
 def _record_item(layout: OutputLayout, rel: str, p, r=None) -> PredItem:
