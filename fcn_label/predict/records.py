@@ -162,6 +162,7 @@ def full_record(rec: dict, raw: bytes | None) -> dict:
     return rec
 
 
+MAX_OPEN = 64  # segments held open while the reports are streamed
 LEGACY = -1  # ``seg`` of an image whose record is a per-file one of an earlier version
 NONE = -2
 
@@ -200,9 +201,10 @@ class RecordIndex:
                     continue
                 f = files.get(s)
                 if f is None:
-                    for g in files.values():  # one open segment at a time: item order mostly follows them
-                        g.close()
-                    files.clear()
+                    if len(files) >= MAX_OPEN:  # shards interleave items, so keep segments open, within limits
+                        for g in files.values():
+                            g.close()
+                        files.clear()
                     f = files[s] = open(self.paths[s], "rb")
                 yield (int(i), *split_line(read_at(f, int(self.off[i]), int(self.length[i]))))
         finally:
