@@ -175,6 +175,7 @@ class PredictJob:
         self._records = SegmentWriter(self.layout.records_dir, self._checked)
         self._failures = SegmentWriter(self.layout.failures_dir, self._checked)
         self._index: RecordIndex | None = None
+        self._checked_dirs: set[Path] = set()
 
     # -- paths -----------------------------------------------------------------
     def mask_path(self, it: Item) -> Path:
@@ -186,11 +187,15 @@ class PredictJob:
         The check runs before anything is created (resolve() follows the links of the
         part that exists), so not even an empty folder appears outside --out.
         """
+        if path.parent in self._checked_dirs:  # once per folder: resolve() costs a stat per path part
+            return path
         root = self.out.resolve()
         real = path.parent.resolve()
         if real != root and root not in real.parents:
             raise InputError(f"{path}: would be written outside --out {self.out} (through a symbolic link); remove the link")
         path.parent.mkdir(parents=True, exist_ok=True)
+        with self._lock:
+            self._checked_dirs.add(path.parent)
         return path
 
     def scan(self, items: Sequence[Item]) -> RecordIndex:
