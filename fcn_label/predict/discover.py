@@ -155,7 +155,9 @@ def _dedupe(items: list[Item], out: Path | None = None) -> list[Item]:
     stems = Counter(r.lower() for r in rels)
     folders = {p.lower() for r in rels for p in _ancestors(r)}
     root = os.path.realpath(out) if out is not None else None
-    inputs = _real_paths([it.path for it in unique]) if root else set()
+    # only an input inside --out can be where an output goes: keep just those (a million paths otherwise)
+    inputs = {p for p in _real_paths([it.path for it in unique]) if p.startswith(root.rstrip(os.sep) + os.sep)} \
+        if root else set()
 
     def clashes(rel: str) -> bool:
         if rel.lower() in taken or any(f"{rel}{s}".lower() in folders for s in OUTPUT_SUFFIXES):
