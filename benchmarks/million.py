@@ -3,15 +3,17 @@
     python benchmarks/million.py [--n 1000000] [--size 480x360] [--per-folder 1000] [--keep DIR]
 
 Builds a predict output folder as a finished job leaves it, without running the network: for
-``--n`` images, a mask PNG ``OUT/<rel>.png`` and a record ``OUT/.fcn-label/records/<rel>.json``
+``--n`` images, a mask PNG ``OUT/<rel>.png`` (hard links to a few real masks, to build fast)
+and one record line each in a segment of the record store ``OUT/.fcn-label/records/*.jsonl``
 (``rel`` = ``dddd/nnnnnnn``, ``--per-folder`` per folder). The records are real ones: the
 shipped model's outputs for a few CamVid val frames at ``--size`` (RLE and all), written by
 PredictJob._finish, replicated with each image's own path and name. Then, in a fresh child
-process (so the set-up does not count), it times ``PredictJob.run`` over the ``--n`` items
-with everything done: the resume scan (two stats per image) and write_reports
-(predictions.csv, predictions.json, failures.csv), reporting seconds per phase and the peak
-RSS (ru_maxrss) against the RSS before the job (imports and model). ``--keep DIR`` builds
-into DIR and keeps it, so a second measurement can skip the set-up.
+process (so the set-up does not count), it times the resume scan alone (scan_records: one
+sequential read of the segments) and ``PredictJob.run`` over the ``--n`` items with
+everything done (the scan, then write_reports streaming predictions.csv, predictions.json and
+failures.csv), reporting seconds per phase and the peak RSS (ru_maxrss) against the RSS before
+the job (imports and model). ``--keep DIR`` builds into DIR and keeps it, so a second
+measurement can skip the set-up.
 """
 
 from __future__ import annotations
@@ -42,10 +44,9 @@ def build(out: Path, n: int, size: tuple[int, int], per_folder: int) -> tuple[in
     import numpy as np
     from PIL import Image
 
-    from fcn_label.predict import Item, PredictJob, PredictOptions
-    from fcn_label.predict.layout import STATE_DIR
-    from fcn_label.predict import Predictor
     from fcn_label.checkpoint import SHIPPED, load_checkpoint
+    from fcn_label.predict import Item, PredictJob, PredictOptions, Predictor
+    from fcn_label.predict.layout import STATE_DIR
 
     w, h = size
     pred = Predictor(load_checkpoint(SHIPPED["fcn8s-compact-camvid"].path), device="cpu")
@@ -58,46 +59,47 @@ def build(out: Path, n: int, size: tuple[int, int], per_folder: int) -> tuple[in
         p = pred.predict_arrays([a])[0]
         it = Item(Path(f"/data/in/{k}.png"), f"t{k}")
         job._finish(it, a, p, 0.05)
-        templates.append((json.loads(job.record_path(it).read_text()), job.mask_path(it).read_bytes()))
+        job._records.close()
+        line = job._records.path.read_bytes().splitlines()[-1]
+        templates.append((json.loads(line), job.mask_path(it)))
     rec_bytes = 0
     made = set()
-    for i in range(n):
-        rec, mask = templates[i % len(templates)]
-        rel = rel_of(i, per_folder)
-        d = rel.split("/")[0]
-        if d not in made:
-            (out / d).mkdir(parents=True, exist_ok=True)
-            (out / STATE_DIR / "records" / d).mkdir(parents=True, exist_ok=True)
-            made.add(d)
-        r = dict(rec, path=f"/data/in/{rel}.png", file_name=f"{rel}.png")
-        text = json.dumps(r)
-        rec_bytes += len(text)
-        with open(out / f"{rel}.png", "wb") as f:
-            f.write(mask)
-        with open(out / STATE_DIR / "records" / f"{rel}.json", "w") as f:
-            f.write(text)
-        if i and i % 100_000 == 0:
-            print(f"  built {i}", flush=True)
-    return rec_bytes // max(1, n), len(templates[0][1])
+    (out / STATE_DIR / "records").mkdir(parents=True, exist_ok=True)
+    with open(out / STATE_DIR / "records" / "0000000000000000-bench-0-00000000.jsonl", "w", buffering=1 << 22) as seg:
+        for i in range(n):
+            rec, mask = templates[i % len(templates)]
+            rel = rel_of(i, per_folder)
+            d = rel.split("/")[0]
+            if d not in made:
+                (out / d).mkdir(parents=True, exist_ok=True)
+                made.add(d)
+            r = dict(rec, path=f"/data/in/{rel}.png", file_name=f"{rel}.png")
+            text = json.dumps(r) + "\n"
+            rec_bytes += len(text)
+            first = out / d / f"t{i % len(templates)}.png"  # a link count is limited (65,000 on ext4)
+            if not first.exists():
+                shutil.copyfile(mask, first)
+            os.link(first, out / f"{rel}.png")
+            seg.write(text)
+            if i and i % 100_000 == 0:
+                print(f"  built {i}", flush=True)
+    return rec_bytes // max(1, n), templates[0][1].stat().st_size
 
 
 def measure(out: Path, n: int, per_folder: int) -> dict:
     """In this (fresh) process: the job over n done items; seconds per phase and peak RSS."""
-    from fcn_label.predict import Item, JobResult, PredictJob, PredictOptions
-    from fcn_label.predict import Predictor
     from fcn_label.checkpoint import SHIPPED, load_checkpoint
+    from fcn_label.predict import Item, PredictJob, PredictOptions, Predictor
+    from fcn_label.predict.records import scan_records
 
     pred = Predictor(load_checkpoint(SHIPPED["fcn8s-compact-camvid"].path), device="cpu")
     items = [Item(Path(f"/data/in/{rel_of(i, per_folder)}.png"), rel_of(i, per_folder)) for i in range(n)]
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     job = PredictJob(pred, PredictOptions(out=out))
     t = time.perf_counter()
-    done = sum(1 for it in items if job.is_done(it))
+    done = scan_records(job.layout, [it.rel for it in items]).count
     t_scan = time.perf_counter() - t
-    t = time.perf_counter()
-    recs = job.load_records(items)
-    t_load = time.perf_counter() - t
-    del recs
+    t_load = float("nan")  # no longer a phase: the reports stream the records
     t = time.perf_counter()
     res = job.run(items)  # the real thing: scan + reports (reads the records again)
     t_run = time.perf_counter() - t
@@ -140,9 +142,8 @@ def main() -> None:
         print(f"\n{a.n} images of {a.size}, records ~{info['record_bytes']} B, {a.per_folder} per folder")
         print("| phase | seconds |")
         print("|---|---|")
-        print(f"| resume scan (is_done x n) | {m['scan_s']:.1f} |")
-        print(f"| load_records alone (read + parse every record) | {m['load_records_s']:.1f} |")
-        print(f"| PredictJob.run, all done (scan + reports) | {m['job_run_s']:.1f} |")
+        print(f"| resume scan (scan_records: read the segments) | {m['scan_s']:.1f} |")
+        print(f"| PredictJob.run, all done (scan + streamed reports) | {m['job_run_s']:.1f} |")
         print(f"| peak RSS / before the job (MB) | {m['peak_rss_mb']:.0f} / {m['rss_before_mb']:.0f} |")
         print("report sizes (bytes): " + ", ".join(f"{k} {v}" for k, v in m["report_bytes"].items()))
     finally:

@@ -23,6 +23,7 @@ TIMING = "seconds"
 # State files issue 12 added under --out on purpose (sharded reports: the flock'ed lock file and one
 # record per failed input); they are not in the pre-restructure reference, and every other byte is.
 ADDED_SINCE = (".fcn-label/reports.lock", ".fcn-label/failures/")
+RECORDS = ".fcn-label/records"
 
 
 def _normalised(path: Path, roots: dict[str, Path]) -> bytes:
@@ -45,10 +46,35 @@ def _normalised(path: Path, roots: dict[str, Path]) -> bytes:
     return data
 
 
+def _record_content(rec: dict, roots: dict[str, Path]) -> bytes:
+    text = json.dumps(rec)
+    for tag, root in roots.items():
+        text = text.replace(json.dumps(str(root))[1:-1], tag)
+    rec = json.loads(text)
+    rec.pop(TIMING, None)
+    return json.dumps(rec, sort_keys=True).encode("utf-8")
+
+
+def _store_records(folder: Path) -> dict[str, dict]:
+    """The record of each image in the record store (append-only segments since issue 14), read with
+    the json module independently of the package: whole lines only, later segments (by name) and later
+    lines win. Keyed as the per-file records the reference was taken from (``records/<rel>.json``)."""
+    recs = {}
+    for seg in sorted((folder / RECORDS).glob("*.jsonl")):
+        for line in seg.read_bytes().split(b"\n")[:-1]:
+            rec = json.loads(line)
+            recs[f"{RECORDS}/{rec['file_name'][:-len('.png')]}.json"] = rec
+    return recs
+
+
 def _digest(folder: Path, roots: dict[str, Path]) -> dict[str, str]:
-    return {p.relative_to(folder).as_posix(): hashlib.sha256(_normalised(p, roots)).hexdigest()
-            for p in sorted(folder.rglob("*"))
-            if p.is_file() and not p.relative_to(folder).as_posix().startswith(ADDED_SINCE)}
+    files = {p.relative_to(folder).as_posix(): hashlib.sha256(_normalised(p, roots)).hexdigest()
+             for p in sorted(folder.rglob("*"))
+             if p.is_file() and not p.relative_to(folder).as_posix().startswith(ADDED_SINCE + (f"{RECORDS}/",))}
+    # the records: compared per image by content (the store's files are per process, not per image)
+    files.update({k: hashlib.sha256(_record_content(r, roots)).hexdigest()
+                  for k, r in sorted(_store_records(folder).items())})
+    return dict(sorted(files.items()))
 
 
 def _runs(fixtures: Path, examples: Path, tmp: Path) -> list[tuple[str, list[str]]]:

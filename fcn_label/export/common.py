@@ -23,6 +23,7 @@ from ..guard import guarded
 from ..images import IMAGE_EXTENSIONS, read_mask, write_text_atomic
 from ..predict.layout import EXPORT_MARKER as MANIFEST  # marks --out as an export of one format
 from ..predict.layout import OutputLayout
+from ..predict.records import iter_segment_records, legacy_records
 
 
 @dataclass(frozen=True)
@@ -100,18 +101,24 @@ def read_pred_folder(root: str | os.PathLike) -> PredFolder:
         raise InputError(f"{root}: no {rec_dir.relative_to(root).as_posix()} folder; give the --out folder of "
                          "`fcn-label predict`")
     items, problems = [], []
-    for dirpath, dirnames, filenames in os.walk(rec_dir):
-        dirnames.sort()
-        for f in sorted(filenames):
-            if not f.endswith(".json") or f.startswith("."):
-                continue
-            p = Path(dirpath) / f
-            rel = p.relative_to(rec_dir).with_suffix("").as_posix()
-            item, err = guarded(p, _record_item, layout, rel, p)  # one bad record: one line, the batch goes on
-            if err:
-                problems.append(err)
-            else:
-                items.append(item)
+    found: dict[str, PredItem] = {}
+    for seg, k, line in iter_segment_records(layout):  # the record store (last line of an image wins)
+        where = f"{seg}:{k}"
+        item, err = guarded(where, _segment_item, layout, where, line)  # one bad line: one line, the batch goes on
+        if err:
+            problems.append(err)
+        else:
+            found[item.rel] = item
+    for rel, p in legacy_records(rec_dir):  # per-file records of earlier versions
+        if rel in found:
+            continue
+        item, err = guarded(p, _record_item, layout, rel, p)
+        if err:
+            problems.append(err)
+        else:
+            found[rel] = item
+    # the order of the per-file walk (files of a folder before its sub-folders), whichever store held them
+    items = [found[r] for r in sorted(found, key=_walk_order)]
     classes, model = [], ""
     pj = layout.predictions_json
     if pj.is_file():
@@ -132,8 +139,26 @@ def read_pred_folder(root: str | os.PathLike) -> PredFolder:
     return PredFolder(root, items, spec.names, palette[: max(spec.num, 1)], model, problems)
 
 
-def _record_item(layout: OutputLayout, rel: str, p: Path) -> PredItem:
-    r = _json(p)
+def _walk_order(rel: str) -> tuple:
+    *dirs, name = rel.split("/")
+    return tuple((1, d) for d in dirs) + ((0, name + ".json"),)
+
+
+def _segment_item(layout: OutputLayout, where: str, line: bytes) -> PredItem:
+    try:
+        r = json.loads(line)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise InputError(f"{where}: malformed JSON ({getattr(e, 'msg', e)}); re-run predict") from None
+    fn = r.get("file_name") if isinstance(r, dict) else None
+    if not isinstance(fn, str) or not fn.endswith(".png"):
+        raise InputError(f"{where}: field 'file_name' missing or not a .png name; re-run predict on this image "
+                         "with --overwrite")
+    return _record_item(layout, fn[:-4], f"{where} ({fn[:-4]})", r)
+
+
+def _record_item(layout: OutputLayout, rel: str, p, r=None) -> PredItem:
+    if r is None:
+        r = _json(p)
     if not isinstance(r, dict):
         raise InputError(f"{p}: expected a JSON object; re-run predict on this image with --overwrite")
     for field in ("width", "height"):

@@ -1,8 +1,8 @@
 """A predict job over many items: resume, background decoding, inference by size, outputs, records.
 
-Each finished image leaves a small JSON record (see :mod:`.layout`) written
-after its mask. A re-run skips images whose record exists, and the reports are
-always assembled from the records (:mod:`.reports`).
+Each finished image appends one JSON line to this process's record segment (see
+:mod:`.records`) after its mask is in place. A re-run skips images with a record,
+and the reports are always assembled from the records (:mod:`.reports`).
 
 Per image, the work is three stages, each a method, so that they can later run
 in worker processes: :meth:`PredictJob.decode` (file -> RGB array, behind the
@@ -14,7 +14,7 @@ only schedules them.
 from __future__ import annotations
 
 import errno
-import json
+import os
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -28,12 +28,13 @@ import torch
 from ..classes import voc_palette
 from ..errors import ConfigError
 from ..guard import failure_message, first_line, guarded
-from ..images import DEFAULT_MAX_PIXELS, InputError, image_size, remove_stale_temp, write_text_atomic
+from ..images import _HOST, _TMP_RE, DEFAULT_MAX_PIXELS, InputError, _pid_alive, image_size
 from ..metrics import confusion_matrix, scores
 from .discover import Item, shown
-from .layout import OutputLayout, Palette
+from .layout import AUX_DIRS, OutputLayout, Palette
 from .outputs import coco_annotations, write_confidence, write_mask, write_overlay
 from .predictor import Prediction, Predictor, read_for_model
+from .records import RecordIndex, SegmentWriter, scan_records
 from .reports import load_records, reports_lock, write_reports
 
 
@@ -162,13 +163,14 @@ class PredictJob:
 
             self.gt = GroundTruth(options.gt, ignore_index=self.ignore_index)
         self._lock = threading.Lock()
+        self._records = SegmentWriter(self.layout.records_dir, self._checked)
+        self._failures = SegmentWriter(self.layout.failures_dir, self._checked)
+        self._index: RecordIndex | None = None
+        self._checked_dirs: set[Path] = set()
 
     # -- paths -----------------------------------------------------------------
     def mask_path(self, it: Item) -> Path:
         return self.layout.mask(it.rel)
-
-    def record_path(self, it: Item) -> Path:
-        return self.layout.record(it.rel)
 
     def _checked(self, path: Path) -> Path:
         """Create ``path``'s folder, refusing one that resolves outside --out (e.g. through a symlinked folder).
@@ -176,15 +178,28 @@ class PredictJob:
         The check runs before anything is created (resolve() follows the links of the
         part that exists), so not even an empty folder appears outside --out.
         """
+        if path.parent in self._checked_dirs:  # once per folder: resolve() costs a stat per path part
+            return path
         root = self.out.resolve()
         real = path.parent.resolve()
         if real != root and root not in real.parents:
             raise InputError(f"{path}: would be written outside --out {self.out} (through a symbolic link); remove the link")
         path.parent.mkdir(parents=True, exist_ok=True)
+        with self._lock:
+            self._checked_dirs.add(path.parent)
         return path
 
+    def scan(self, items: Sequence[Item]) -> RecordIndex:
+        """Which of ``items`` have a record: one sequential read of the segments, no per-image stat."""
+        self._index = scan_records(self.layout, [it.rel for it in items])
+        self._index_pos = {it.rel: i for i, it in enumerate(items)}
+        return self._index
+
     def is_done(self, it: Item) -> bool:
-        return self.record_path(it).is_file() and self.mask_path(it).is_file()
+        """Whether ``it`` has a record, as of the last :meth:`scan` (for a few items; run() uses the index)."""
+        if self._index is None or it.rel not in self._index_pos:
+            self.scan([it])
+        return self._index.done(self._index_pos[it.rel])
 
     # -- the three per-image stages ----------------------------------------------
     def decode(self, it: Item) -> tuple[np.ndarray | None, str | None]:
@@ -200,7 +215,7 @@ class PredictJob:
         return list(zip(keys, self.p.postprocess(self.p.forward(self.p.preprocess(batch)))))
 
     def write(self, it: Item, image: np.ndarray, pred: Prediction, seconds: float) -> None:
-        """Mask, --overlay, --probs, then the record (last: its presence means the image is done)."""
+        """Mask, --overlay, --probs, then the record line (last: its presence means the image is done)."""
         self._finish(it, image, pred, seconds)
 
     def _finish(self, it: Item, image: np.ndarray, pred: Prediction, seconds: float) -> None:
@@ -224,13 +239,11 @@ class PredictJob:
             "mean_confidence": round(float(pred.confidence.mean()), 6),
             "low_confidence_fraction": round(float((pred.confidence < self.o.low_confidence).mean()), 6),
         }
-        if self.o.coco:
-            rec["annotations"] = coco_annotations(pred.labels, pred.confidence, n)
         if self.gt is not None:
             rec["gt"] = self._gt_metrics(it, pred.labels)
-        self._checked(self.record_path(it))
-        write_text_atomic(self.record_path(it), json.dumps(rec))
-        self.layout.failure(shown(str(it.path))).unlink(missing_ok=True)  # it failed in an earlier run: no longer
+        if self.o.coco:  # last: the reports copy their JSON text from the line (records.split_line)
+            rec["annotations"] = coco_annotations(pred.labels, pred.confidence, n)
+        self._records.append(rec)  # supersedes a failure of an earlier run: the reports list done images only
 
     def _gt_metrics(self, it: Item, labels: np.ndarray) -> dict:
         if it.rel not in self.gt.items:
@@ -264,18 +277,24 @@ class PredictJob:
         all_items = list(items)
         mine = [it for i, it in enumerate(all_items) if i % world == rank]
         res = JobResult(total=len(mine))
-        remove_stale_temp(self.out)  # what a killed run was writing; a live concurrent run's files are kept
-        for path, reason in problems:
-            self._fail(res, path, reason)
-        todo = []
-        for it in mine:
-            if not self.o.overwrite and self.is_done(it):
-                res.skipped += 1
+        try:
+            for path, reason in problems:
+                self._fail(res, path, reason)
+            todo = []
+            if self.o.overwrite:
+                todo = mine
             else:
-                todo.append(it)
-        self.on_progress(res.skipped, res.total)
-        if todo:
-            self._predict(todo, res)
+                idx = scan_records(self.layout, [it.rel for it in mine])
+                todo = [it for i, it in enumerate(mine) if not idx.done(i)]
+                res.skipped = len(mine) - len(todo)
+                del idx
+            self._remove_stale_temp(todo)
+            self.on_progress(res.skipped, res.total)
+            if todo:
+                self._predict(todo, res)
+        finally:
+            self._records.close()
+            self._failures.close()
         res.seconds = time.perf_counter() - t0
         try:
             self._checked(self.layout.reports_lock)  # never through a symlinked .fcn-label outside --out
@@ -284,7 +303,35 @@ class PredictJob:
         except OSError as e:
             raise InputError(f"--out {self.out}: cannot write the reports ({e.strerror or e}); make room and re-run "
                              "the same command: finished images are kept and skipped") from None
+        finally:
+            self._records.close()
+            self._failures.close()
         return res
+
+    def _remove_stale_temp(self, todo: Sequence[Item]) -> int:
+        """Delete what killed runs of this host were writing, in the folders this run writes to only
+        (walking every output folder of a million-image --out would take minutes); a live run's files are kept."""
+        folders = {self.out, self.out / ".fcn-label", self.layout.records_dir, self.layout.failures_dir}
+        for d in {it.rel.rpartition("/")[0] for it in todo}:
+            base = self.out / d if d else self.out
+            folders.add(base)
+            folders.update(self.out / aux / d for aux in AUX_DIRS)
+        removed = 0
+        for folder in folders:
+            try:
+                with os.scandir(folder) as entries:
+                    names = [e.name for e in entries if e.name.endswith(".tmp")]
+            except OSError:
+                continue
+            for name in names:
+                m = _TMP_RE.match(name)
+                if m and m["host"] == _HOST and not _pid_alive(int(m["pid"])):
+                    try:
+                        os.unlink(os.path.join(folder, name))
+                        removed += 1
+                    except FileNotFoundError:
+                        pass
+        return removed
 
     def _fail(self, res: JobResult, path: str, reason: str) -> None:
         path, reason = shown(str(path)), shown(reason)
@@ -292,7 +339,7 @@ class PredictJob:
         with self._lock:
             res.failed.append((str(path), msg))
         try:  # kept as a record too, so the other shards' failures.csv lists it
-            write_text_atomic(self._checked(self.layout.failure(path)), json.dumps({"path": path, "reason": msg}))
+            self._failures.append({"path": path, "reason": msg})
         except (OSError, InputError):
             pass  # still in this run's failures.csv
         self.on_failure(str(path), msg)

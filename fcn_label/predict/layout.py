@@ -6,8 +6,10 @@ hold pictures, not masks), and export (later) finds masks and records by it.
     OUT/<rel>.png                      the mask (palette or greyscale index PNG)
     OUT/overlays/<rel>.jpg             --overlay
     OUT/confidence/<rel>.png           --probs
-    OUT/.fcn-label/records/<rel>.json  one record per finished image (resume, reports)
-    OUT/.fcn-label/failures/<sha1>.json  one record per failed input (so every shard's failures.csv lists all)
+    OUT/.fcn-label/records/<time>-<host>-<pid>-<token>.jsonl   the record store: one segment per writer
+                                       process, one JSON line per finished image (see records.py)
+    OUT/.fcn-label/failures/<...>.jsonl  likewise one line per failed input (every shard's failures.csv lists all)
+    OUT/.fcn-label/records/<rel>.json, failures/<sha1>.json   per-file records of earlier versions (still read)
     OUT/.fcn-label/reports.lock        flock'ed while a shard assembles the reports
     OUT/predictions.csv, predictions.json, failures.csv
 """
@@ -54,6 +56,7 @@ class OutputLayout:
         return self.out / CONFIDENCE_DIR / f"{rel}.png"
 
     def record(self, rel: str) -> Path:
+        """The per-file record of an earlier version (read for resume; new records go to segments)."""
         return self.out / RECORDS_DIR / f"{rel}.json"
 
     @property

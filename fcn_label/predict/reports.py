@@ -1,87 +1,56 @@
-"""predictions.csv, predictions.json and failures.csv, always assembled from the per-image records.
+"""predictions.csv, predictions.json and failures.csv, always assembled from the records.
 
-So a killed and resumed job ends with the same files as one that ran through.
+So a killed and resumed job ends with the same files as one that ran through. The reports
+are streamed in discovered item order (whichever process wrote a record, the bytes are the
+same): a :class:`~.records.RecordIndex` says where each record is, then each is read again,
+written out and dropped, so a million images need megabytes, not the tens of gigabytes of
+holding every record, the annotations list and one JSON string.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, Sequence
 
 import pandas as pd
 
-from ..guard import guarded
-from ..images import write_csv_atomic, write_text_atomic
+from ..images import _HOST, atomic_path
 from .discover import Item, shown
 from .layout import OutputLayout
+from .records import ANN_SEP, RecordIndex, check_record, full_record, read_failures, scan_records
+
+__all__ = ["PREDICTION_COLUMNS", "check_record", "load_records", "other_failures", "reports_lock",
+           "predictions_frame", "coco_results", "write_reports"]
 
 PREDICTION_COLUMNS = ["path", "mask", "width", "height", "seconds", "classes", "mean_confidence",
                       "low_confidence_fraction"]
-
-
-def check_record(rec) -> None:
-    """Raise unless ``rec`` has every field the reports read, with the right types.
-
-    A record that parses but lacks a field (a fuzzed or hand-edited file) would
-    otherwise break the report assembly for every image.
-    """
-    if not isinstance(rec, dict):
-        raise ValueError("not an object")
-    for k, t in (("path", str), ("file_name", str), ("width", int), ("height", int), ("seconds", (int, float)),
-                 ("classes", dict), ("mean_confidence", (int, float)), ("low_confidence_fraction", (int, float))):
-        if not isinstance(rec.get(k), t):
-            raise ValueError(f"field {k}")
-    if not all(isinstance(v, (int, float)) for v in rec["classes"].values()):
-        raise ValueError("field classes")
-    anns = rec.get("annotations", [])
-    if not isinstance(anns, list) or not all(isinstance(a, dict) for a in anns):
-        raise ValueError("field annotations")
-    g = rec.get("gt", {})
-    if not isinstance(g, dict) or (g and "error" not in g and not (
-            isinstance(g.get("pixel_accuracy"), (int, float)) and isinstance(g.get("mean_iou"), (int, float))
-            and isinstance(g.get("iou"), list))):
-        raise ValueError("field gt")
-
-
-def _read_record(path) -> dict:
-    rec = json.loads(path.read_text(encoding="utf-8"))
-    check_record(rec)
-    return rec
+CHUNK_ROWS = 20_000  # CSV rows per pandas frame while streaming
 
 
 def load_records(layout: OutputLayout, items: Sequence[Item]) -> list[tuple[Item, dict]]:
-    """Finished images' records; a damaged one is removed, so the image counts as not done and is redone."""
-    recs = []
-    for it in items:
-        p = layout.record(it.rel)
-        if p.is_file() and layout.mask(it.rel).is_file():
-            rec, err = guarded(p, _read_record, p)
-            if err is None:
-                recs.append((it, rec))
-            else:
-                p.unlink(missing_ok=True)
-    return recs
-
-
-def _read_failure(path: Path) -> tuple[str, str]:
-    d = json.loads(path.read_text(encoding="utf-8"))
-    return str(d["path"]), str(d["reason"])
+    """Finished images' records in item order (all in memory: for small jobs and tests; reports stream)."""
+    idx = scan_records(layout, [it.rel for it in items])
+    return [(items[i], full_record(rec, raw)) for i, rec, raw in idx.records()]
 
 
 def other_failures(layout: OutputLayout, items: Sequence[Item], failed: Sequence[tuple[str, str]],
-                   done: set[str]) -> list[tuple[str, str]]:
-    """Failure records of inputs this run did not report (other shards, earlier runs) that are not done since."""
+                   done) -> list[tuple[str, str]]:
+    """Failure records of inputs this run did not report (other shards, earlier runs) that are not done since.
+
+    ``done(i, item)`` says whether item ``i`` has a record (a later success supersedes a failure)."""
+    recorded = read_failures(layout)
+    if not recorded:
+        return []
     mine = {p for p, _ in failed}
     rows = []
-    for it in items:
+    for i, it in enumerate(items):
         path = shown(str(it.path))
-        if it.rel in done or path in mine or not layout.failure(path).is_file():
-            continue
-        row, err = guarded(layout.failure(path), _read_failure, layout.failure(path))
-        if err is None:  # a damaged record: its shard retries the input next time anyway
-            rows.append(row)
+        if path in recorded and path not in mine and not done(i, it):
+            rows.append((path, recorded[path]))
     return rows
 
 
@@ -103,24 +72,30 @@ def reports_lock(layout: OutputLayout) -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def predictions_frame(recs: list[tuple[Item, dict]], classes: Sequence[str], gt_cols: bool) -> pd.DataFrame:
+def _header(classes: Sequence[str], gt_cols: bool) -> list[str]:
     header = list(PREDICTION_COLUMNS)
     if gt_cols:
         header += ["pixel_accuracy", "mean_iou"] + [f"iou_{c}" for c in classes] + ["gt_error"]
-    rows = []
-    for _, r in recs:
-        row = [r["path"], r["file_name"], r["width"], r["height"], r["seconds"],
-               ";".join(f"{k}:{v:.4f}" for k, v in sorted(r["classes"].items(), key=lambda kv: -kv[1])),
-               r["mean_confidence"], r["low_confidence_fraction"]]
-        if gt_cols:
-            g = r.get("gt", {})
-            if "error" in g or not g:
-                row += [""] * (2 + len(classes)) + [g.get("error", "no ground truth")]
-            else:
-                row += [round(g["pixel_accuracy"], 6), round(g["mean_iou"], 6)]
-                row += ["" if v is None else round(v, 6) for v in g["iou"]] + [""]
-        rows.append(row)
-    return pd.DataFrame(rows, columns=header, dtype=object)  # object: each value written as Python writes it
+    return header
+
+
+def _row(r: dict, classes: Sequence[str], gt_cols: bool) -> list:
+    row = [r["path"], r["file_name"], r["width"], r["height"], r["seconds"],
+           ";".join(f"{k}:{v:.4f}" for k, v in sorted(r["classes"].items(), key=lambda kv: -kv[1])),
+           r["mean_confidence"], r["low_confidence_fraction"]]
+    if gt_cols:
+        g = r.get("gt", {})
+        if "error" in g or not g:
+            row += [""] * (2 + len(classes)) + [g.get("error", "no ground truth")]
+        else:
+            row += [round(g["pixel_accuracy"], 6), round(g["mean_iou"], 6)]
+            row += ["" if v is None else round(v, 6) for v in g["iou"]] + [""]
+    return row
+
+
+def predictions_frame(recs: list[tuple[Item, dict]], classes: Sequence[str], gt_cols: bool) -> pd.DataFrame:
+    # object: each value written as Python writes it
+    return pd.DataFrame([_row(r, classes, gt_cols) for _, r in recs], columns=_header(classes, gt_cols), dtype=object)
 
 
 def coco_results(recs: list[tuple[Item, dict]], classes: Sequence[str], model_name: str) -> dict:
@@ -132,19 +107,123 @@ def coco_results(recs: list[tuple[Item, dict]], classes: Sequence[str], model_na
     return {
         "info": {"description": "fcn-label predictions", "model": model_name},
         "images": images,
-        "categories": [{"id": i + 1, "name": n, "supercategory": ""} for i, n in enumerate(classes)],
+        "categories": _categories(classes),
         "annotations": anns,
     }
 
 
+def _categories(classes: Sequence[str]) -> list[dict]:
+    return [{"id": i + 1, "name": n, "supercategory": ""} for i, n in enumerate(classes)]
+
+
+class _CsvStream:
+    """predictions.csv through pandas (the one CSV writer) a chunk of rows at a time."""
+
+    def __init__(self, f, header: list[str]):
+        self.f, self.header, self.rows, self.first = f, header, [], True
+
+    def add(self, row: list) -> None:
+        self.rows.append(row)
+        if len(self.rows) >= CHUNK_ROWS:
+            self.flush()
+
+    def flush(self, final: bool = False) -> None:
+        if self.rows or (final and self.first):
+            pd.DataFrame(self.rows, columns=self.header, dtype=object).to_csv(
+                self.f, index=False, header=self.first, lineterminator="\n", na_rep="")
+            self.first, self.rows = False, []
+
+
+class _CocoStream:
+    """predictions.json written as ``json.dumps`` of :func:`coco_results` would, byte for byte, without
+    holding it: images go straight to the file, annotations to a spool beside it, appended at the end."""
+
+    def __init__(self, f, spool, classes: Sequence[str], model_name: str):
+        self.f, self.spool = f, spool
+        self.n_images = self.n_anns = 0
+        self.categories = json.dumps(_categories(classes))
+        f.write('{"info": ' + json.dumps({"description": "fcn-label predictions", "model": model_name})
+                + ', "images": [')
+
+    def add(self, r: dict, raw: bytes | None = None) -> None:
+        self.n_images += 1
+        image_id = self.n_images
+        self.f.write((", " if image_id > 1 else "") + json.dumps(
+            {"id": image_id, "file_name": r["file_name"], "width": r["width"], "height": r["height"]}))
+        parts = []
+        if raw is not None:  # the record's own JSON text of each annotation: what json.dumps(a) gives
+            if raw != b"[]":
+                texts = raw[len(b"[{"):-len(b"}]")].decode("utf-8").split(ANN_SEP.decode())
+                for k, text in enumerate(texts):  # each split off its leading '"category_id": '
+                    self.n_anns += 1
+                    parts.append(f'{{"id": {self.n_anns}, "image_id": {image_id}, '
+                                 + (text if k == 0 else '"category_id": ' + text) + "}")
+            if parts:
+                self.spool.write((", " if self.n_anns > len(parts) else "") + ", ".join(parts))
+            return
+        for a in r.get("annotations", []):
+            self.n_anns += 1
+            if a and "id" not in a and "image_id" not in a:
+                parts.append(f'{{"id": {self.n_anns}, "image_id": {image_id}, ' + json.dumps(a)[1:])
+            else:
+                parts.append(json.dumps({"id": self.n_anns, "image_id": image_id, **a}))
+        if parts:
+            self.spool.write((", " if self.n_anns > len(parts) else "") + ", ".join(parts))
+
+    def finish(self) -> None:
+        self.f.write('], "categories": ' + self.categories + ', "annotations": [')
+        self.spool.seek(0)
+        while True:
+            block = self.spool.read(1 << 20)
+            if not block:
+                break
+            self.f.write(block)
+        self.f.write("]}")
+
+
 def write_reports(layout: OutputLayout, items: Sequence[Item], failed: Sequence[tuple[str, str]],
-                  classes: Sequence[str], *, coco: bool, gt: bool, model_name: str) -> None:
+                  classes: Sequence[str], *, coco: bool, gt: bool, model_name: str,
+                  index: RecordIndex | None = None) -> None:
     """predictions.csv, predictions.json (with ``coco``) and failures.csv from all finished records, and
     failures.csv also from every shard's failure records."""
-    recs = load_records(layout, items)
-    gt_cols = gt or any("gt" in r for _, r in recs)
-    write_csv_atomic(predictions_frame(recs, classes, gt_cols), layout.predictions_csv)
-    if coco:
-        write_text_atomic(layout.predictions_json, json.dumps(coco_results(recs, classes, model_name)))
-    rows = list(failed) + other_failures(layout, items, failed, {it.rel for it, _ in recs})
-    write_csv_atomic(pd.DataFrame(rows, columns=["path", "reason"], dtype=object), layout.failures_csv)
+    idx = index if index is not None else scan_records(layout, [it.rel for it in items])
+    gt_cols = gt or idx.has_gt
+    with atomic_path(layout.predictions_csv) as csv_tmp, \
+            open(csv_tmp, "w", encoding="utf-8", newline="") as cf, \
+            _json_target(layout, coco) as (jf, spool):
+        rows = _CsvStream(cf, _header(classes, gt_cols))
+        js = _CocoStream(jf, spool, classes, model_name) if coco else None
+        for _, rec, raw in idx.records():
+            rows.add(_row(rec, classes, gt_cols))
+            if js is not None:
+                js.add(rec, raw)
+        rows.flush(final=True)
+        if js is not None:
+            js.finish()
+    rows = list(failed) + other_failures(layout, items, failed, lambda i, it: idx.done(i))
+    with atomic_path(layout.failures_csv) as tmp, open(tmp, "w", encoding="utf-8", newline="") as f:
+        pd.DataFrame(rows, columns=["path", "reason"], dtype=object).to_csv(f, index=False, lineterminator="\n",
+                                                                              na_rep="")
+
+
+@contextmanager
+def _json_target(layout: OutputLayout, coco: bool):
+    """The temp file predictions.json is written to (renamed over it on success) and the annotation spool."""
+    if not coco:
+        yield None, None
+        return
+    with atomic_path(layout.predictions_json) as tmp, open(tmp, "w", encoding="utf-8", newline="") as jf, \
+            _spool(tmp) as spool:
+        yield jf, spool
+
+
+@contextmanager
+def _spool(beside: Path):
+    # named like atomic_path's temp files, so a killed run's spool is removed by remove_stale_temp
+    fd, name = tempfile.mkstemp(prefix=".predictions.spool.", suffix=f".{_HOST}~{os.getpid()}.tmp",
+                                dir=Path(beside).parent)
+    try:
+        with os.fdopen(fd, "w+", encoding="utf-8", newline="") as f:
+            yield f
+    finally:
+        Path(name).unlink(missing_ok=True)

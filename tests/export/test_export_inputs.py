@@ -16,18 +16,35 @@ from fcn_label.errors import InputError
 from _export_helpers import masks, run_cli
 
 
+def _store_lines(pred: Path) -> list[str]:
+    """The record lines of predict's record store (.fcn-label/records/*.jsonl), in segment order."""
+    return [l for seg in sorted((pred / ".fcn-label/records").glob("*.jsonl"))
+            for l in seg.read_text(encoding="utf-8").splitlines()]
+
+
+def _write_store(pred: Path, lines: list[str]) -> None:
+    segs = sorted((pred / ".fcn-label/records").glob("*.jsonl"))
+    for seg in segs[1:]:
+        seg.unlink()
+    segs[0].write_text("".join(l + "\n" for l in lines), encoding="utf-8")
+
+
 def test_damaged_records_are_one_line_each_and_the_rest_is_exported(pred_copy, tmp_path):
     keys = sorted(masks(pred_copy))
-    rec = pred_copy / ".fcn-label/records"
-    (rec / f"{keys[0]}.json").write_text("{broken")
-    r = json.loads((rec / f"{keys[1]}.json").read_text())
-    del r["width"]
-    (rec / f"{keys[1]}.json").write_text(json.dumps(r))
+    lines = _store_lines(pred_copy)
+    for i, line in enumerate(lines):
+        r = json.loads(line)
+        if r["file_name"] == f"{keys[0]}.png":
+            lines[i] = "{broken"
+        elif r["file_name"] == f"{keys[1]}.png":
+            del r["width"]
+            lines[i] = json.dumps(r)
+    _write_store(pred_copy, lines)
     res = run_cli("export", str(pred_copy), "--format", "cvat", "--out", str(tmp_path / "cvat"))
     assert res.returncode == 1 and "Traceback" not in res.stderr
     lines = res.stderr.strip().splitlines()
-    assert any(f"{keys[0]}.json: malformed JSON" in l for l in lines)
-    assert any(f"{keys[1]}.json: field 'width'" in l for l in lines)
+    assert any(".jsonl:" in l and ": malformed JSON" in l for l in lines)
+    assert any(f".jsonl:" in l and f"({keys[1]}): field 'width'" in l for l in lines)
     assert "1 written" in lines[-1]
     assert [p.stem for p in (tmp_path / "cvat/SegmentationClass").glob("*.png")] == [keys[2]]
 
@@ -83,10 +100,12 @@ def test_out_inside_the_predict_folder_is_refused(pred_dir, tmp_path):
 
 def test_photos_gone_is_a_note_not_silence(pred_copy, tmp_path):
     pytest.importorskip("cv2")
-    for rec in (pred_copy / ".fcn-label/records").glob("*.json"):  # as if the photos had moved away
-        r = json.loads(rec.read_text())
+    lines = []
+    for line in _store_lines(pred_copy):  # as if the photos had moved away
+        r = json.loads(line)
         r["path"] = str(tmp_path / "gone" / Path(r["path"]).name)
-        rec.write_text(json.dumps(r))
+        lines.append(json.dumps(r))
+    _write_store(pred_copy, lines)
     r = run_cli("export", str(pred_copy), "--format", "labelme", "--out", str(tmp_path / "lm"))
     assert r.returncode == 0
     assert r.stderr.count("not found; imagePath points where predict read it") == 3

@@ -137,7 +137,11 @@ def test_rerun_skips_done_and_overwrite_redoes(tmp_path, model_file):
     write_images(tmp_path / "in", [(20, 20), (20, 30)])
     first = run_job(model_file, [tmp_path / "in"], tmp_path / "out")
     before = (tmp_path / "out" / "predictions.json").read_bytes()
-    (tmp_path / "out" / "img1.png").unlink()  # as if killed before this one finished
+    # as if killed before this one finished: no mask, and no line in the record store
+    (tmp_path / "out" / "img1.png").unlink()
+    (seg,) = (tmp_path / "out" / ".fcn-label" / "records").glob("*.jsonl")
+    lines = seg.read_bytes().splitlines(keepends=True)
+    seg.write_bytes(b"".join(l for l in lines if json.loads(l)["file_name"] != "img1.png"))
     second = run_job(model_file, [tmp_path / "in"], tmp_path / "out")
     assert (first.done, second.done, second.skipped) == (2, 1, 1)
     assert (tmp_path / "out" / "predictions.json").read_bytes() == before

@@ -93,11 +93,14 @@ def test_a_damaged_record_is_predicted_again(tmp_path):
     inp, model, good, bad = _folder(tmp_path)
     out = tmp_path / "out"
     assert subprocess.run(_cmd(inp, out, model), capture_output=True, timeout=300).returncode == 1
-    rec = out / ".fcn-label" / "records" / "a3.json"
-    rec.write_text(json.dumps({"path": 1, "classes": []}))  # valid JSON, not a record
+    (seg,) = (out / ".fcn-label" / "records").glob("*.jsonl")
+    lines = seg.read_bytes().splitlines(keepends=True)
+    damaged = [b'{"path": 1, "classes": []}\n' if json.loads(l)["file_name"] == "a3.png" else l for l in lines]
+    seg.write_bytes(b"".join(damaged))  # a3's line: valid JSON, not a record
     p = subprocess.run(_cmd(inp, out, model), capture_output=True, text=True, timeout=300)
     assert p.returncode == 1 and "Traceback" not in p.stderr, p.stderr
+    assert "done 1, skipped 5" in p.stderr  # redone at once: the scan checks every line
+    _check_reports(out, good, bad)
     p = subprocess.run(_cmd(inp, out, model), capture_output=True, text=True, timeout=300)
-    assert p.returncode == 1 and "Traceback" not in p.stderr, p.stderr
-    assert "done 1, skipped 5" in p.stderr
+    assert p.returncode == 1 and "done 0, skipped 6" in p.stderr, p.stderr
     _check_reports(out, good, bad)

@@ -1,0 +1,178 @@
+"""The append-only record store: torn last lines, duplicates, the per-file records of earlier versions,
+and report assembly at scale with bounded memory."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+import tracemalloc
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from fcn_label.predict import PredictJob, PredictOptions, Predictor
+from fcn_label.predict.discover import Item, discover
+from fcn_label.predict.layout import OutputLayout
+from fcn_label.predict.reports import write_reports
+from helpers import make_checkpoint, rand_image
+
+N = 6
+
+
+@pytest.fixture(scope="module")
+def predictor():
+    return Predictor(make_checkpoint(), device="cpu")
+
+
+def _inputs(root: Path) -> Path:
+    inp = root / "in"
+    (inp / "sub").mkdir(parents=True)
+    for k in range(N):
+        Image.fromarray(rand_image(20 + k, 24, k)).save(inp / ("sub" if k % 2 else "") / f"p{k}.png")
+    (inp / "bad.png").write_bytes(b"not an image")
+    return inp
+
+
+def _run(predictor, inp: Path, out: Path, **kw):
+    items, problems = discover([inp], out)
+    return PredictJob(predictor, PredictOptions(out=out, workers=0, **kw)).run(items, problems)
+
+
+def _segments(out: Path) -> list[Path]:
+    return sorted((out / ".fcn-label" / "records").glob("*.jsonl"))
+
+
+def _lines(out: Path) -> list[bytes]:
+    return [l for s in _segments(out) for l in s.read_bytes().splitlines(keepends=True)]
+
+
+def _json_reports(out: Path) -> tuple[bytes, bytes]:
+    return (out / "predictions.json").read_bytes(), (out / "failures.csv").read_bytes()
+
+
+def _csv_without_seconds(out: Path) -> list[dict]:
+    rows = list(csv.DictReader(open(out / "predictions.csv", encoding="utf-8", newline="")))
+    for r in rows:
+        r.pop("seconds")
+    return rows
+
+
+def test_one_line_per_finished_image_and_its_mask_is_there(tmp_path, predictor):
+    out = tmp_path / "out"
+    res = _run(predictor, _inputs(tmp_path), out)
+    assert (res.done, len(res.failed)) == (N, 1)
+    recs = [json.loads(l) for l in _lines(out)]
+    assert sorted(r["file_name"] for r in recs) == sorted(f"{'sub/' if k % 2 else ''}p{k}.png" for k in range(N))
+    for r in recs:  # a line implies a finished mask of the recorded size
+        assert Image.open(out / r["file_name"]).size == (r["width"], r["height"])
+    fails = [json.loads(l) for s in (out / ".fcn-label" / "failures").glob("*.jsonl") for l in s.read_bytes().splitlines()]
+    assert [Path(f["path"]).name for f in fails] == ["bad.png"]
+
+
+def test_torn_last_line_is_ignored_and_that_image_redone(tmp_path, predictor):
+    inp, out = _inputs(tmp_path), tmp_path / "out"
+    _run(predictor, inp, out)
+    want, want_csv = _json_reports(out), _csv_without_seconds(out)
+    (seg,) = _segments(out)
+    lines = seg.read_bytes().splitlines(keepends=True)
+    victim = json.loads(lines[-1])["file_name"]
+    seg.write_bytes(b"".join(lines[:-1]) + lines[-1][: len(lines[-1]) // 2])  # kill -9 mid-write
+    (out / "predictions.json").unlink()
+    res = _run(predictor, inp, out)
+    assert (res.done, res.skipped) == (1, N - 1)
+    new = [json.loads(l) for l in _segments(out)[-1].read_bytes().splitlines()]
+    assert [r["file_name"] for r in new] == [victim]
+    assert _json_reports(out) == want and _csv_without_seconds(out) == want_csv
+    assert _run(predictor, inp, out).skipped == N
+
+
+def test_duplicate_lines_resolve_to_the_last_whatever_the_order_of_writing(tmp_path, predictor):
+    inp, out = _inputs(tmp_path), tmp_path / "out"
+    _run(predictor, inp, out)
+    (seg,) = _segments(out)
+    lines = seg.read_bytes().splitlines(keepends=True)
+    later = json.loads(lines[0])
+    later["seconds"] = 123.5  # a later run's record of the same image (e.g. --overwrite)
+    seg.write_bytes(seg.read_bytes() + lines[1])  # an identical duplicate
+    (seg.parent / ("ffffffffffffffff-" + seg.name.split("-", 1)[1])).write_text(json.dumps(later) + "\n")
+    res = _run(predictor, inp, out)
+    assert (res.done, res.skipped) == (0, N)
+    rows = list(csv.DictReader(open(out / "predictions.csv", encoding="utf-8", newline="")))
+    assert len(rows) == N and len({r["mask"] for r in rows}) == N
+    assert [r["seconds"] for r in rows if r["mask"] == later["file_name"]] == ["123.5"]
+    assert len(json.loads((out / "predictions.json").read_text())["images"]) == N
+
+
+def _to_legacy(out: Path) -> None:
+    """Rewrite the store as the previous version left it: records/<rel>.json, failures/<sha1[:20]>.json."""
+    state = out / ".fcn-label"
+    for seg in _segments(out):
+        for l in seg.read_bytes().splitlines():
+            r = json.loads(l)
+            p = state / "records" / (r["file_name"][: -len(".png")] + ".json")
+            p.parent.mkdir(parents=True, exist_ok=True)
+            p.write_text(json.dumps(r))
+        seg.unlink()
+    for seg in list((state / "failures").glob("*.jsonl")):
+        for l in seg.read_bytes().splitlines():
+            f = json.loads(l)
+            name = hashlib.sha1(f["path"].encode()).hexdigest()[:20] + ".json"
+            (state / "failures" / name).write_text(json.dumps(f))
+        seg.unlink()
+
+
+def test_an_output_folder_of_the_previous_version_resumes(tmp_path, predictor):
+    inp, out = _inputs(tmp_path), tmp_path / "out"
+    _run(predictor, inp, out)
+    want, want_csv = _json_reports(out), _csv_without_seconds(out)
+    _to_legacy(out)
+    (out / ".fcn-label" / "records" / "sub" / "p1.json").unlink()  # killed before p1's record
+    (out / "predictions.json").unlink()
+    from fcn_label.predict.records import read_failures
+
+    assert [Path(p).name for p in read_failures(OutputLayout(out))] == ["bad.png"]  # the legacy failure file
+    res = _run(predictor, inp, out)
+    assert (res.done, res.skipped, len(res.failed)) == (1, N - 1, 1)
+    assert [json.loads(l)["file_name"] for l in _lines(out)] == ["sub/p1.png"]
+    assert _csv_without_seconds(out) == want_csv
+    assert _json_reports(out) == want
+
+
+def test_fifty_thousand_records_assemble_in_item_order_with_bounded_memory(tmp_path):
+    """Reports stream: memory does not grow with the number of records (here ~40 MB of them)."""
+    n, out = 50_000, tmp_path / "out"
+    layout = OutputLayout(out)
+    layout.records_dir.mkdir(parents=True)
+    rels = [f"{i // 1000:03d}/{i:06d}" for i in range(n)]
+    counts = list(range(1, 120))
+    # written in an order unlike the items' (two processes), read back in item order
+    for part in (0, 1):
+        with open(layout.records_dir / f"000000000000000{part}-h-1-ab.jsonl", "w") as f:
+            for i in range(part, n, 2)[::-1]:
+                f.write(json.dumps({"path": f"/in/{rels[i]}.jpg", "file_name": f"{rels[i]}.png", "width": 64,
+                                    "height": 48, "seconds": 0.01, "classes": {"a": 0.25, "b": 0.75},
+                                    "mean_confidence": 0.9, "low_confidence_fraction": 0.1,
+                                    "annotations": [{"category_id": c, "segmentation": {"size": [48, 64],
+                                                     "counts": counts}, "score": 0.5} for c in (1, 2)]}) + "\n")
+    items = [Item(Path(f"/in/{r}.jpg"), r) for r in rels]
+    tracemalloc.start()
+    write_reports(layout, items, [], ["a", "b"], coco=True, gt=False, model_name="m")
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    data_bytes = sum(p.stat().st_size for p in layout.records_dir.iterdir())
+    assert data_bytes > 35_000_000
+    assert peak < 30_000_000, peak  # holding the records (parsed) would take several times data_bytes
+    coco = json.loads(layout.predictions_json.read_text())
+    assert [im["file_name"] for im in coco["images"]] == [f"{r}.png" for r in rels]
+    assert [im["id"] for im in coco["images"]] == list(range(1, n + 1))
+    assert [a["id"] for a in coco["annotations"]] == list(range(1, 2 * n + 1))
+    assert [a["image_id"] for a in coco["annotations"][:4]] == [1, 1, 2, 2]
+    assert coco["annotations"][-1]["segmentation"]["counts"] == counts
+    with open(layout.predictions_csv, encoding="utf-8", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["mask"] for r in rows] == [f"{r}.png" for r in rels]
+    assert rows[0]["classes"] == "b:0.7500;a:0.2500"
+    assert [p.name for p in out.iterdir() if p.name.startswith(".")] == [".fcn-label"]  # no spool left behind
