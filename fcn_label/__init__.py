@@ -8,6 +8,7 @@ Usable from Python without the CLI::
     labels = Predictor(ck).predict_arrays([read_image("examples/0016E5_07959.png")])[0].labels
 """
 
+from ._lazy import lazy_attributes
 from .errors import ConfigError, InputError, UserError
 
 _WHERE = {name: ".checkpoint" for name in ("Checkpoint", "Normalization", "WeightsError", "load_checkpoint",
@@ -17,19 +18,7 @@ _WHERE.update({"ClassSpec": ".classes", "resolve_classes": ".classes", "read_ima
                "FCN": ".model", "FCNConfig": ".model"})
 
 
-def __getattr__(name: str):
-    """Imported on first use (PEP 562), so that importing this package does not import torch."""
-    if name in _WHERE:
-        import importlib
-
-        value = getattr(importlib.import_module(_WHERE[name], __name__), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted(set(globals()) | set(_WHERE))
+__getattr__, __dir__ = lazy_attributes(__name__, _WHERE, globals())
 
 __version__ = "0.1.0"
 

@@ -6,6 +6,7 @@ outputs.py (mask / overlay / confidence / COCO RLE encoders), reports.py
 (predictions.csv / .json, failures.csv from the records).
 """
 
+from .._lazy import lazy_attributes
 from .discover import Item, discover, shard_from_env, shown
 from .layout import OutputLayout, Palette
 
@@ -14,19 +15,7 @@ _WHERE = {**{n: ".job" for n in ("JobResult", "PredictJob", "PredictOptions")},
                                        "Predictor", "pick_device")}}
 
 
-def __getattr__(name: str):
-    """Imported on first use (PEP 562), so that importing this package does not import torch."""
-    if name in _WHERE:
-        import importlib
-
-        value = getattr(importlib.import_module(_WHERE[name], __name__), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted(set(globals()) | set(_WHERE))
+__getattr__, __dir__ = lazy_attributes(__name__, _WHERE, globals())
 
 __all__ = ["DEFAULT_TILE", "DEFAULT_TILE_THRESHOLD", "MAX_BATCH_PIXELS", "Item", "JobResult", "OutputLayout",
            "Palette", "PredictJob", "PredictOptions", "Prediction", "Predictor", "discover", "pick_device",
