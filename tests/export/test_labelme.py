@@ -45,9 +45,10 @@ def test_polygons_rasterise_back_to_99_percent(which, request, tmp_path):
     assert (tmp_path / "lm/labels.txt").read_text().split("\n")[:-1] == names
     agree = total = 0
     for k, want in masks(pred).items():
-        doc = json.loads((tmp_path / f"lm/{k}.json").read_text())
+        doc_path = tmp_path / f"lm/{k}.json"
+        doc = json.loads(doc_path.read_text())
         assert doc["imageData"] is None and not Path(doc["imagePath"]).is_absolute()
-        assert (tmp_path / "lm" / doc["imagePath"]).resolve().is_file()  # the photo, relative to the JSON
+        assert (doc_path.parent / doc["imagePath"]).resolve().is_file()  # the photo, relative to the JSON
         got = fill(doc, names)
         a = (got == want).mean()
         assert a >= 0.99, (k, a)
