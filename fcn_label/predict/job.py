@@ -53,6 +53,9 @@ class PredictOptions:
     shard: tuple[int, int] = (0, 1)
     max_pixels: int = DEFAULT_MAX_PIXELS
     low_confidence: float = 0.5
+    # Processes encoding the outputs (mask PNG, RLE, record line), each appending to its own record
+    # segment; 0 = two threads of the main process (GIL-bound). None: default_encoders().
+    encoders: int | None = None
 
 
 @dataclass
@@ -130,6 +133,41 @@ def release_free_memory() -> None:
         _malloc_trim(0)
 
 
+def default_encoders() -> int:
+    """Encoding processes when --encoders is not given. None on 2 cores: decoding, the network's
+    softmax/argmax and encoding already keep both busy, and a pool only adds the copies (host ceiling
+    56-59 img/s with threads vs 54-56 with 2 encoders, benchmarks/predict_speed.py --model none,
+    shared CPU). With more cores the main process's GIL is the limit, which the pool lifts."""
+    cores = os.cpu_count() or 1
+    return 0 if cores <= 2 else min(8, cores // 2)
+
+
+# The job an encoding process works for: set in the parent just before the pool forks, so the
+# children inherit it (and any test's monkeypatching) without pickling the ground truth or palette.
+_POOL_JOB: "PredictJob | None" = None
+
+
+def _pool_init(parent: int) -> None:
+    """In an encoding process: its own record segment; exit when the parent dies (kill -9 leaves no orphans)."""
+    job = _POOL_JOB
+    job._lock = threading.Lock()
+    job._checked_dirs = set()
+    job._records = SegmentWriter(job.layout.records_dir, job._checked)
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.2)
+        os._exit(0)
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
+def _pool_write(it: Item, image: np.ndarray | None, labels: np.ndarray, confidence: np.ndarray,
+                seconds: float) -> tuple[str, str]:
+    """In an encoding process: write one image's outputs and record; ``(kind, message)`` as in :meth:`PredictJob.try_write`."""
+    return _POOL_JOB.try_write(it, image, Prediction(labels, confidence), seconds)
+
+
 def _collate(batch):
     return batch[0]
 
@@ -167,6 +205,7 @@ class PredictJob:
         self._failures = SegmentWriter(self.layout.failures_dir, self._checked)
         self._index: RecordIndex | None = None
         self._checked_dirs: set[Path] = set()
+        self._stop_msg = ""  # set by the first write --out refused (disk full): later writes are not tried
 
     # -- paths -----------------------------------------------------------------
     def mask_path(self, it: Item) -> Path:
@@ -345,6 +384,8 @@ class PredictJob:
         self.on_failure(str(path), msg)
 
     def _predict(self, todo: list[Item], res: JobResult) -> None:
+        global _POOL_JOB
+        self._stop_msg = ""
         workers = max(0, self.o.workers)
         bs = max(1, self.o.batch_size or self.p.default_batch_size)
         dataset = _Decode(todo, self.o.max_pixels, WORKER_MAX_PIXELS)
@@ -352,8 +393,21 @@ class PredictJob:
             dataset, batch_size=1, collate_fn=_collate, num_workers=workers,
             prefetch_factor=max(2, bs) if workers else None, shuffle=False,
         )
-        writer = ThreadPoolExecutor(max_workers=2, thread_name_prefix="fcn-label-writer")
-        inflight: list[Future] = []
+        encoders = default_encoders() if self.o.encoders is None else max(0, self.o.encoders)
+        pool = None
+        if encoders:
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor
+
+            _POOL_JOB = self
+            # fork: the children inherit the job (palette, ground truth) as it is; they use no torch
+            pool = ProcessPoolExecutor(encoders, mp_context=multiprocessing.get_context("fork"),
+                                       initializer=_pool_init, initargs=(os.getpid(),))
+            writer = pool
+        else:
+            writer = ThreadPoolExecutor(max_workers=2, thread_name_prefix="fcn-label-writer")
+        inflight: list[tuple[Item, Future]] = []
+        limit = 2 * bs + 2 * encoders
         images: dict[int, np.ndarray] = {}
         window: dict[tuple, list[int]] = {}
         buffered = 0
@@ -381,14 +435,23 @@ class PredictJob:
                 release_free_memory()
             for i, pred in preds:
                 img = images.pop(i)
-                inflight.append(writer.submit(self._write_one, todo[i], img, pred, per, res, done_count))
-            while len(inflight) > 2 * bs:
-                inflight.pop(0).result()
+                if pool is not None:
+                    f = pool.submit(_pool_write, todo[i], img if self.o.overlay else None, pred.labels,
+                                    pred.confidence, per)
+                else:
+                    f = writer.submit(self.try_write, todo[i], img, pred, per)
+                inflight.append((todo[i], f))
+            while len(inflight) > limit:
+                settle_first()
+
+        def settle_first() -> None:
+            it, f = inflight.pop(0)
+            self._settle(it, f.result(), res, done_count)
 
         def drain() -> None:
             """Wait for pending writes: before a large image, so two large images are never held at once."""
             while inflight:
-                inflight.pop(0).result()
+                settle_first()
 
         try:
             for i, arr, err in loader:
@@ -419,27 +482,39 @@ class PredictJob:
                     run_group(window.pop(key))
             for key in list(window):
                 run_group(window.pop(key))
-            for f in inflight:
-                f.result()
+            drain()
         finally:
             writer.shutdown(wait=True)
+            if pool is not None:
+                _POOL_JOB = None
 
-    def _write_one(self, it: Item, image: np.ndarray, pred: Prediction, seconds: float, res: JobResult,
-                   done_count: list[int]) -> None:
+    def try_write(self, it: Item, image: np.ndarray | None, pred: Prediction, seconds: float) -> tuple[str, str]:
+        """The image's boundary: ``("ok", "")``, ``("fail", one-line reason)`` or ``("stop", why --out is unusable)``.
+
+        Runs in a writer thread or an encoding process; after one "stop" it tries nothing more."""
+        if self._stop_msg:
+            return "stop", self._stop_msg
         try:
             self.write(it, image, pred, seconds)
         except InputError as e:
-            self._fail(res, str(it.path), str(e))
-            return
+            return "fail", str(e)
         except OSError as e:
             if e.errno in _OUT_UNUSABLE:  # no image after this one could be written either: stop, keep what is done
-                res.stopped = (f"--out {self.out}: {e.strerror}; make room (or fix --out) and re-run the same "
-                               "command: finished images are kept and skipped")
-                return
-            self._fail(res, str(it.path), f"cannot write output ({e.strerror or e}); check free space and permissions of --out")
+                self._stop_msg = (f"--out {self.out}: {e.strerror}; make room (or fix --out) and re-run the same "
+                                  "command: finished images are kept and skipped")
+                return "stop", self._stop_msg
+            return "fail", f"cannot write output ({e.strerror or e}); check free space and permissions of --out"
+        except Exception as e:  # nothing raised for one image (an encoder bug) stops the job
+            return "fail", failure_message(it.path, e)
+        return "ok", ""
+
+    def _settle(self, it: Item, outcome: tuple[str, str], res: JobResult, done_count: list[int]) -> None:
+        kind, msg = outcome
+        if kind == "stop":
+            res.stopped = res.stopped or msg
             return
-        except Exception as e:  # the image's boundary: nothing raised for it (an encoder bug) stops the job
-            self._fail(res, str(it.path), failure_message(it.path, e))
+        if kind == "fail":
+            self._fail(res, str(it.path), msg)
             return
         with self._lock:
             res.done += 1
