@@ -62,7 +62,8 @@ def predict(
     num_classes: Optional[int] = typer.Option(None, help="For bare state dicts: expected class count (checked)."),
     classes: Optional[Path] = typer.Option(None, help="Text file of class names, one per line in index order ('name r g b' lines also set the colours); for bare state dicts."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b", min=1, help="Images per forward pass "
-                                             "(default: 8 on a GPU, 1 on the CPU, where larger batches run slower); "
+                                             "(default: 8 on a GPU; on the CPU as many same-size images as fit in 0.3 Mpx, at most 32 - "
+                                             "1 for a 480x360 frame, where larger batches run slower); "
                                              "only same-size images share a batch, so results equal one-at-a-time inference."),
     workers: int = typer.Option(1, min=0, help="Background processes decoding images (0 = decode in the main process). One keeps a 2-core CPU busiest; raise it on bigger machines and GPUs."),
     encoders: Optional[int] = typer.Option(None, min=0, help="Processes encoding the outputs (mask PNG, COCO RLE, "

@@ -33,7 +33,7 @@ from ..metrics import confusion_matrix, scores
 from .discover import Item, shown
 from .layout import AUX_DIRS, OutputLayout, Palette
 from .outputs import coco_annotations, write_confidence, write_mask, write_overlay
-from .predictor import Prediction, Predictor, read_for_model
+from .predictor import CPU_BATCH_PIXELS, CPU_MAX_BATCH, MAX_BATCH_PIXELS, Prediction, Predictor, read_for_model
 from .records import RecordIndex, SegmentWriter, scan_records
 from .reports import load_records, reports_lock, write_reports
 
@@ -387,7 +387,13 @@ class PredictJob:
         global _POOL_JOB
         self._stop_msg = ""
         workers = max(0, self.o.workers)
-        bs = max(1, self.o.batch_size or self.p.default_batch_size)
+        bs = max(1, self.o.batch_size or self.p.default_batch_size)  # sizes the queues
+        # the batch of one size: --batch-size, or (None) the predictor's default by pixel count
+        limit_of = lambda key: self.p.batch_limit(key, self.o.batch_size)  # noqa: E731
+        # bound the decoded images waiting in the window: 4 batches' worth, in pixels as well as count
+        cpu_auto = self.o.batch_size is None and self.p.device.type == "cpu"
+        wait_n = 4 * (CPU_MAX_BATCH if cpu_auto else bs)
+        wait_px = 4 * (CPU_BATCH_PIXELS if cpu_auto else MAX_BATCH_PIXELS)
         dataset = _Decode(todo, self.o.max_pixels, WORKER_MAX_PIXELS)
         loader = torch.utils.data.DataLoader(
             dataset, batch_size=1, collate_fn=_collate, num_workers=workers,
@@ -407,10 +413,9 @@ class PredictJob:
         else:
             writer = ThreadPoolExecutor(max_workers=2, thread_name_prefix="fcn-label-writer")
         inflight: list[tuple[Item, Future]] = []
-        limit = 2 * bs + 2 * encoders
         images: dict[int, np.ndarray] = {}
         window: dict[tuple, list[int]] = {}
-        buffered = 0
+        buffered = buffered_px = 0
         done_count = [res.skipped]
         since_trim = [0]
 
@@ -441,7 +446,7 @@ class PredictJob:
                 else:
                     f = writer.submit(self.try_write, todo[i], img, pred, per)
                 inflight.append((todo[i], f))
-            while len(inflight) > limit:
+            while len(inflight) > 2 * max(bs, len(idxs)) + 2 * encoders:  # two batches of this size in writing
                 settle_first()
 
         def settle_first() -> None:
@@ -472,13 +477,16 @@ class PredictJob:
                 key = arr.shape
                 window.setdefault(key, []).append(i)
                 buffered += 1
-                if len(window[key]) >= self.p.batch_limit(key, bs):
+                buffered_px += key[0] * key[1]
+                if len(window[key]) >= limit_of(key):
                     buffered -= len(window[key])
+                    buffered_px -= len(window[key]) * key[0] * key[1]
                     run_group(window.pop(key))
-                elif buffered >= 4 * bs:
+                elif buffered >= wait_n or buffered_px >= wait_px:
                     # many sizes in flight: run the fullest group to bound memory
                     key = max(window, key=lambda k: len(window[k]))
                     buffered -= len(window[key])
+                    buffered_px -= len(window[key]) * key[0] * key[1]
                     run_group(window.pop(key))
             for key in list(window):
                 run_group(window.pop(key))

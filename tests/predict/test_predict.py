@@ -351,3 +351,34 @@ def test_encoding_processes_write_the_same_files_as_in_process_threads(tmp_path,
     for p in paths:
         ref = one_at_a_time(ck, np.asarray(Image.open(p).convert("RGB")))
         assert np.array_equal(np.asarray(Image.open(tmp_path / "pool" / f"{p.stem}.png")), ref), p
+
+
+def test_cpu_default_batches_small_images_by_pixel_count_and_stays_exact(tmp_path, model_file, monkeypatch):
+    """No --batch-size on the CPU: tiny same-size images share forward passes (up to 0.3 Mpx, 32 at most),
+    a 480x360 frame goes alone, and every mask equals the plain one-at-a-time argmax."""
+    from fcn_label.checkpoint import load_checkpoint
+
+    ck = load_checkpoint(model_file)
+    pred = Predictor(ck, device="cpu")
+    assert pred.batch_limit((360, 480)) == 1 and pred.batch_limit((48, 64)) == 32
+    assert pred.batch_limit((240, 320)) == 300_000 // (240 * 320) and pred.batch_limit((48, 64), 4) == 4
+    seen = []
+    forward = pred.forward
+    monkeypatch.setattr(pred, "forward", lambda x: seen.append(tuple(x.shape)) or forward(x))
+    imgs = [rand_image(48, 64, i) for i in range(40)]
+    out = pred.predict_arrays(imgs)
+    assert [s[0] for s in seen] == [32, 8]
+    model = ck.build()
+    for img, p in zip(imgs, out):
+        assert np.array_equal(p.labels, one_at_a_time(ck, img, model))
+
+    # the job: same-size small images batched by default, masks exact
+    paths = write_images(tmp_path / "in", [(24, 32)] * 12 + [(30, 20)] * 3)
+    items, problems = discover([str(tmp_path / "in")], tmp_path / "out")
+    seen.clear()
+    res = PredictJob(pred, PredictOptions(out=tmp_path / "out", workers=0)).run(items, problems)
+    assert res.done == 15 and not res.failed
+    assert sorted(s[0] for s in seen) == [3, 12]
+    for p in paths:
+        ref = one_at_a_time(ck, np.asarray(Image.open(p).convert("RGB")), model)
+        assert np.array_equal(np.asarray(Image.open(tmp_path / "out" / f"{p.stem}.png")), ref), p
