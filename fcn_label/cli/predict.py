@@ -67,8 +67,8 @@ def predict(
                                              "only same-size images share a batch, so results equal one-at-a-time inference."),
     workers: int = typer.Option(1, min=0, help="Background processes decoding images (0 = decode in the main process). One keeps a 2-core CPU busiest; raise it on bigger machines and GPUs."),
     encoders: Optional[int] = typer.Option(None, min=0, help="Processes encoding the outputs (mask PNG, COCO RLE, "
-                                           "record); 0 = two threads of the main process. Default: 0 on 2 cores or "
-                                           "fewer (a pool costs more than it saves there), else half the cores, at most 8."),
+                                           "record), each with its own record segment; 0 = two threads of the main "
+                                           "process. Default: 1 on 2 cores or fewer, else half the cores, at most 8."),
     device: str = typer.Option("auto", help="auto (CUDA when available, else CPU), cpu, cuda or cuda:N."),
     amp: bool = typer.Option(False, "--amp", help="Mixed precision (float16 autocast) on CUDA; ignored on CPU."),
     flip: bool = typer.Option(False, "--flip", help="Test-time augmentation: average the predictions of each image "

@@ -134,12 +134,16 @@ def release_free_memory() -> None:
 
 
 def default_encoders() -> int:
-    """Encoding processes when --encoders is not given. None on 2 cores: decoding, the network's
-    softmax/argmax and encoding already keep both busy, and a pool only adds the copies (host ceiling
-    56-59 img/s with threads vs 54-56 with 2 encoders, benchmarks/predict_speed.py --model none,
-    shared CPU). With more cores the main process's GIL is the limit, which the pool lifts."""
+    """Encoding processes when --encoders is not given: 1 on 2 cores or fewer, else half the cores (<= 8).
+
+    Measured on a shared 2-core CPU (alternating runs, one session): 2,000 64x48 images 268-283 img/s
+    with threads, 292-321 with 1 encoder, 331-342 with 2; 480x360 frames with a free network
+    (predict_speed.py --model none, --workers 1) 55.6-60.4 threads, 56.4-64.4 with 1, 53.6-58.5 with 2
+    (and 48.7 with --workers 2): one encoder takes the encoding off the main process's GIL without
+    crowding the decoding worker. Above 2 cores the GIL is the limit, which more encoders lift
+    (not measured on such a host here)."""
     cores = os.cpu_count() or 1
-    return 0 if cores <= 2 else min(8, cores // 2)
+    return 1 if cores <= 2 else min(8, cores // 2)
 
 
 # The job an encoding process works for: set in the parent just before the pool forks, so the
