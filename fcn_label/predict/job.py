@@ -404,6 +404,8 @@ class PredictJob:
             prefetch_factor=max(2, bs) if workers else None, shuffle=False,
         )
         encoders = default_encoders() if self.o.encoders is None else max(0, self.o.encoders)
+        if encoders and "fork" not in __import__("multiprocessing").get_all_start_methods():
+            encoders = 0  # Windows: no fork, and the job is not picklable for spawn; threads as before
         pool = None
         if encoders:
             import multiprocessing
