@@ -98,7 +98,7 @@ def calibration_arrays(n: int = 32) -> list[np.ndarray]:
 
 
 def bench(kind: str, n: int, device: str, amp: bool, batch: int | None, workers: int, sizes=None,
-          backend: str = "eager") -> dict:
+          backend: str = "eager", encoders: int | None = None) -> dict:
     ck = model_checkpoint("compact" if kind == "none" else kind)
     t0 = time.perf_counter()
     calib = calibration_arrays() if backend in ("int8", "ort-int8") else ()
@@ -109,6 +109,7 @@ def bench(kind: str, n: int, device: str, amp: bool, batch: int | None, workers:
     # the baseline of issue 14: a plain float32 forward of the same checkpoint (as built, BatchNorm not
     # folded, NCHW), on the same normalised tensors
     plain = ck.build(pred.device).eval()
+    asked = batch  # None: predict's own default (by pixel count on the CPU)
     batch = batch or pred.default_batch_size
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -155,13 +156,14 @@ def bench(kind: str, n: int, device: str, amp: bool, batch: int | None, workers:
 
         # end to end
         items, _ = discover([folder], tmp / "out")
-        job = PredictJob(pred, PredictOptions(out=tmp / "out", batch_size=batch, workers=workers))
+        job = PredictJob(pred, PredictOptions(out=tmp / "out", batch_size=asked, workers=workers,
+                                                encoders=encoders))
         t = time.perf_counter()
         res = job.run(items)
         e2e = res.done / (time.perf_counter() - t)
         assert res.done == n and not res.failed
     return {"model": kind, "backend": backend, "images": n, "mpx_per_image": pixels / n / 1e6,
-            "device": str(pred.device), "amp": pred.amp, "batch": batch, "workers": workers, "setup_s": setup_s,
+            "device": str(pred.device), "amp": pred.amp, "batch": batch, "workers": workers, "encoders": encoders, "setup_s": setup_s,
             "plain_forward_img_s": plain_fwd, "model_only_img_s": model_only, "naive_img_s": naive,
             "end_to_end_img_s": e2e, "e2e_vs_model": e2e / model_only, "e2e_vs_plain": e2e / plain_fwd}
 
@@ -181,6 +183,8 @@ def main() -> None:
     ap.add_argument("--amp", action="store_true")
     ap.add_argument("--batch-size", type=int, default=None, help="default: predict's (1 on CPU, 8 on GPU)")
     ap.add_argument("--workers", default="1", help="decoding workers; a list (1,2) runs end to end once per value")
+    ap.add_argument("--encoders", default="default",
+                    help="predict --encoders; a list (0,2) runs end to end once per value; default: predict's")
     ap.add_argument("--size", help="one size for every image, HxW (e.g. 360x480); default: mixed sizes")
     ap.add_argument("--backends", default="eager",
                     help="predict --backend kinds, comma-separated (e.g. eager,bf16,ort-int8); int8 kinds calibrate "
@@ -193,7 +197,9 @@ def main() -> None:
         sizes = [tuple(int(v) for v in a.size.lower().split("x"))] if a.size else None
         for backend in a.backends.split(","):
             for workers in (int(w) for w in str(a.workers).split(",")):
-                rows.append(bench(kind, n, a.device, a.amp, a.batch_size, workers, sizes, backend))
+                for enc in a.encoders.split(","):
+                    rows.append(bench(kind, n, a.device, a.amp, a.batch_size, workers, sizes, backend,
+                                      None if enc == "default" else int(enc)))
     hw = (torch.cuda.get_device_name() if a.device.startswith("cuda") else
           f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads")
@@ -203,7 +209,7 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['model']} | {r['backend']} | {r['device']}{' AMP' if r['amp'] else ''} | {r['images']} | "
-              f"{r['mpx_per_image']:.2f} | {r['batch']} | {r['workers']} | {r['plain_forward_img_s']:.2f} | "
+              f"{r['mpx_per_image']:.2f} | {r['batch']} | {r['workers']}{'' if r['encoders'] is None else ' (encoders %d)' % r['encoders']} | {r['plain_forward_img_s']:.2f} | "
               f"{r['model_only_img_s']:.2f} | {r['naive_img_s']:.2f} | {r['end_to_end_img_s']:.2f} | "
               f"{r['e2e_vs_plain']:.2f}x |")
     if a.json:

@@ -64,6 +64,7 @@ def main() -> None:
     ap.add_argument("--size", default="64x48", help="W x H")
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--encoders", type=int, default=None, help="predict --encoders (default: predict's)")
     ap.add_argument("--profile", action="store_true")
     ap.add_argument("--no-cli", action="store_true", help="skip the CLI no-op re-run")
     a = ap.parse_args()
@@ -77,7 +78,7 @@ def main() -> None:
         print(f"made {a.images} {w}x{h} images in {time.perf_counter() - t:.1f} s", flush=True)
         pred = Predictor(load_checkpoint(SHIPPED["fcn8s-compact-camvid"].path), device="cpu")
         pred.predict_arrays([np.zeros((h, w, 3), np.uint8)])  # warm-up
-        opts = PredictOptions(out=out, workers=a.workers)
+        opts = PredictOptions(out=out, workers=a.workers, encoders=a.encoders)
 
         t = time.perf_counter()
         items, _ = discover([src], out)
@@ -109,7 +110,7 @@ def main() -> None:
             subprocess.run([sys.executable, "-c", "import fcn_label.cli"], check=True, env=env)
             t_import = time.perf_counter() - t
 
-        print(f"\n{a.images} images {w}x{h} (half PNG, half JPEG), workers {a.workers}, {a.threads} threads")
+        print(f"\n{a.images} images {w}x{h} (half PNG, half JPEG), workers {a.workers}, encoders {a.encoders}, {a.threads} threads")
         print("| measure | seconds | img/s |")
         print("|---|---|---|")
         print(f"| discover | {t_disc:.2f} | |")

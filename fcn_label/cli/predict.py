@@ -62,9 +62,13 @@ def predict(
     num_classes: Optional[int] = typer.Option(None, help="For bare state dicts: expected class count (checked)."),
     classes: Optional[Path] = typer.Option(None, help="Text file of class names, one per line in index order ('name r g b' lines also set the colours); for bare state dicts."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b", min=1, help="Images per forward pass "
-                                             "(default: 8 on a GPU, 1 on the CPU, where larger batches run slower); "
+                                             "(default: 8 on a GPU; on the CPU as many same-size images as fit in 0.3 Mpx, at most 32 - "
+                                             "1 for a 480x360 frame, where larger batches run slower); "
                                              "only same-size images share a batch, so results equal one-at-a-time inference."),
     workers: int = typer.Option(1, min=0, help="Background processes decoding images (0 = decode in the main process). One keeps a 2-core CPU busiest; raise it on bigger machines and GPUs."),
+    encoders: Optional[int] = typer.Option(None, min=0, help="Processes encoding the outputs (mask PNG, COCO RLE, "
+                                           "record), each with its own record segment; 0 = two threads of the main "
+                                           "process. Default: 1 on 2 cores or fewer, else half the cores, at most 8."),
     device: str = typer.Option("auto", help="auto (CUDA when available, else CPU), cpu, cuda or cuda:N."),
     amp: bool = typer.Option(False, "--amp", help="Mixed precision (float16 autocast) on CUDA; ignored on CPU."),
     flip: bool = typer.Option(False, "--flip", help="Test-time augmentation: average the predictions of each image "
@@ -135,7 +139,7 @@ def predict(
                           workdir=OutputLayout(out).state if backend != "eager" else None)
     if amp and predictor.device.type != "cuda":
         console.print("[yellow]note:[/] --amp only applies on CUDA; running in float32 on the CPU")
-    opts = PredictOptions(out=out, batch_size=batch_size, workers=workers, palette=palette, coco=coco,
+    opts = PredictOptions(out=out, batch_size=batch_size, workers=workers, encoders=encoders, palette=palette, coco=coco,
                           overlay=overlay, probs=probs, gt=gt, ignore_index=ignore_index, overwrite=overwrite,
                           shard=(shard_i, shard_n), max_pixels=max_pixels)
     src = ck.metadata.get("name") or weights_path.name

@@ -33,7 +33,7 @@ from ..metrics import confusion_matrix, scores
 from .discover import Item, shown
 from .layout import AUX_DIRS, OutputLayout, Palette
 from .outputs import coco_annotations, write_confidence, write_mask, write_overlay
-from .predictor import Prediction, Predictor, read_for_model
+from .predictor import CPU_BATCH_PIXELS, CPU_MAX_BATCH, MAX_BATCH_PIXELS, Prediction, Predictor, read_for_model
 from .records import RecordIndex, SegmentWriter, scan_records
 from .reports import load_records, reports_lock, write_reports
 
@@ -53,6 +53,9 @@ class PredictOptions:
     shard: tuple[int, int] = (0, 1)
     max_pixels: int = DEFAULT_MAX_PIXELS
     low_confidence: float = 0.5
+    # Processes encoding the outputs (mask PNG, RLE, record line), each appending to its own record
+    # segment; 0 = two threads of the main process (GIL-bound). None: default_encoders().
+    encoders: int | None = None
 
 
 @dataclass
@@ -130,6 +133,45 @@ def release_free_memory() -> None:
         _malloc_trim(0)
 
 
+def default_encoders() -> int:
+    """Encoding processes when --encoders is not given: 1 on 2 cores or fewer, else half the cores (<= 8).
+
+    Measured on a shared 2-core CPU (alternating runs, one session): 2,000 64x48 images 268-283 img/s
+    with threads, 292-321 with 1 encoder, 331-342 with 2; 480x360 frames with a free network
+    (predict_speed.py --model none, --workers 1) 55.6-60.4 threads, 56.4-64.4 with 1, 53.6-58.5 with 2
+    (and 48.7 with --workers 2): one encoder takes the encoding off the main process's GIL without
+    crowding the decoding worker. Above 2 cores the GIL is the limit, which more encoders lift
+    (not measured on such a host here)."""
+    cores = os.cpu_count() or 1
+    return 1 if cores <= 2 else min(8, cores // 2)
+
+
+# The job an encoding process works for: set in the parent just before the pool forks, so the
+# children inherit it (and any test's monkeypatching) without pickling the ground truth or palette.
+_POOL_JOB: "PredictJob | None" = None
+
+
+def _pool_init(parent: int) -> None:
+    """In an encoding process: its own record segment; exit when the parent dies (kill -9 leaves no orphans)."""
+    job = _POOL_JOB
+    job._lock = threading.Lock()
+    job._checked_dirs = set()
+    job._records = SegmentWriter(job.layout.records_dir, job._checked)
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.2)
+        os._exit(0)
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
+def _pool_write(it: Item, image: np.ndarray | None, labels: np.ndarray, confidence: np.ndarray,
+                seconds: float) -> tuple[str, str]:
+    """In an encoding process: write one image's outputs and record; ``(kind, message)`` as in :meth:`PredictJob.try_write`."""
+    return _POOL_JOB.try_write(it, image, Prediction(labels, confidence), seconds)
+
+
 def _collate(batch):
     return batch[0]
 
@@ -167,6 +209,7 @@ class PredictJob:
         self._failures = SegmentWriter(self.layout.failures_dir, self._checked)
         self._index: RecordIndex | None = None
         self._checked_dirs: set[Path] = set()
+        self._stop_msg = ""  # set by the first write --out refused (disk full): later writes are not tried
 
     # -- paths -----------------------------------------------------------------
     def mask_path(self, it: Item) -> Path:
@@ -345,18 +388,40 @@ class PredictJob:
         self.on_failure(str(path), msg)
 
     def _predict(self, todo: list[Item], res: JobResult) -> None:
+        global _POOL_JOB
+        self._stop_msg = ""
         workers = max(0, self.o.workers)
-        bs = max(1, self.o.batch_size or self.p.default_batch_size)
+        bs = max(1, self.o.batch_size or self.p.default_batch_size)  # sizes the queues
+        # the batch of one size: --batch-size, or (None) the predictor's default by pixel count
+        limit_of = lambda key: self.p.batch_limit(key, self.o.batch_size)  # noqa: E731
+        # bound the decoded images waiting in the window: 4 batches' worth, in pixels as well as count
+        cpu_auto = self.o.batch_size is None and self.p.device.type == "cpu"
+        wait_n = 4 * (CPU_MAX_BATCH if cpu_auto else bs)
+        wait_px = 4 * (CPU_BATCH_PIXELS if cpu_auto else MAX_BATCH_PIXELS)
         dataset = _Decode(todo, self.o.max_pixels, WORKER_MAX_PIXELS)
         loader = torch.utils.data.DataLoader(
             dataset, batch_size=1, collate_fn=_collate, num_workers=workers,
             prefetch_factor=max(2, bs) if workers else None, shuffle=False,
         )
-        writer = ThreadPoolExecutor(max_workers=2, thread_name_prefix="fcn-label-writer")
-        inflight: list[Future] = []
+        encoders = default_encoders() if self.o.encoders is None else max(0, self.o.encoders)
+        if encoders and "fork" not in __import__("multiprocessing").get_all_start_methods():
+            encoders = 0  # Windows: no fork, and the job is not picklable for spawn; threads as before
+        pool = None
+        if encoders:
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor
+
+            _POOL_JOB = self
+            # fork: the children inherit the job (palette, ground truth) as it is; they use no torch
+            pool = ProcessPoolExecutor(encoders, mp_context=multiprocessing.get_context("fork"),
+                                       initializer=_pool_init, initargs=(os.getpid(),))
+            writer = pool
+        else:
+            writer = ThreadPoolExecutor(max_workers=2, thread_name_prefix="fcn-label-writer")
+        inflight: list[tuple[Item, Future]] = []
         images: dict[int, np.ndarray] = {}
         window: dict[tuple, list[int]] = {}
-        buffered = 0
+        buffered = buffered_px = 0
         done_count = [res.skipped]
         since_trim = [0]
 
@@ -381,14 +446,23 @@ class PredictJob:
                 release_free_memory()
             for i, pred in preds:
                 img = images.pop(i)
-                inflight.append(writer.submit(self._write_one, todo[i], img, pred, per, res, done_count))
-            while len(inflight) > 2 * bs:
-                inflight.pop(0).result()
+                if pool is not None:
+                    f = pool.submit(_pool_write, todo[i], img if self.o.overlay else None, pred.labels,
+                                    pred.confidence, per)
+                else:
+                    f = writer.submit(self.try_write, todo[i], img, pred, per)
+                inflight.append((todo[i], f))
+            while len(inflight) > 2 * max(bs, len(idxs)) + 2 * encoders:  # two batches of this size in writing
+                settle_first()
+
+        def settle_first() -> None:
+            it, f = inflight.pop(0)
+            self._settle(it, f.result(), res, done_count)
 
         def drain() -> None:
             """Wait for pending writes: before a large image, so two large images are never held at once."""
             while inflight:
-                inflight.pop(0).result()
+                settle_first()
 
         try:
             for i, arr, err in loader:
@@ -409,37 +483,52 @@ class PredictJob:
                 key = arr.shape
                 window.setdefault(key, []).append(i)
                 buffered += 1
-                if len(window[key]) >= self.p.batch_limit(key, bs):
+                buffered_px += key[0] * key[1]
+                if len(window[key]) >= limit_of(key):
                     buffered -= len(window[key])
+                    buffered_px -= len(window[key]) * key[0] * key[1]
                     run_group(window.pop(key))
-                elif buffered >= 4 * bs:
+                elif buffered >= wait_n or buffered_px >= wait_px:
                     # many sizes in flight: run the fullest group to bound memory
                     key = max(window, key=lambda k: len(window[k]))
                     buffered -= len(window[key])
+                    buffered_px -= len(window[key]) * key[0] * key[1]
                     run_group(window.pop(key))
             for key in list(window):
                 run_group(window.pop(key))
-            for f in inflight:
-                f.result()
+            drain()
         finally:
             writer.shutdown(wait=True)
+            if pool is not None:
+                _POOL_JOB = None
 
-    def _write_one(self, it: Item, image: np.ndarray, pred: Prediction, seconds: float, res: JobResult,
-                   done_count: list[int]) -> None:
+    def try_write(self, it: Item, image: np.ndarray | None, pred: Prediction, seconds: float) -> tuple[str, str]:
+        """The image's boundary: ``("ok", "")``, ``("fail", one-line reason)`` or ``("stop", why --out is unusable)``.
+
+        Runs in a writer thread or an encoding process; after one "stop" it tries nothing more."""
+        if self._stop_msg:
+            return "stop", self._stop_msg
         try:
             self.write(it, image, pred, seconds)
         except InputError as e:
-            self._fail(res, str(it.path), str(e))
-            return
+            return "fail", str(e)
         except OSError as e:
             if e.errno in _OUT_UNUSABLE:  # no image after this one could be written either: stop, keep what is done
-                res.stopped = (f"--out {self.out}: {e.strerror}; make room (or fix --out) and re-run the same "
-                               "command: finished images are kept and skipped")
-                return
-            self._fail(res, str(it.path), f"cannot write output ({e.strerror or e}); check free space and permissions of --out")
+                self._stop_msg = (f"--out {self.out}: {e.strerror}; make room (or fix --out) and re-run the same "
+                                  "command: finished images are kept and skipped")
+                return "stop", self._stop_msg
+            return "fail", f"cannot write output ({e.strerror or e}); check free space and permissions of --out"
+        except Exception as e:  # nothing raised for one image (an encoder bug) stops the job
+            return "fail", failure_message(it.path, e)
+        return "ok", ""
+
+    def _settle(self, it: Item, outcome: tuple[str, str], res: JobResult, done_count: list[int]) -> None:
+        kind, msg = outcome
+        if kind == "stop":
+            res.stopped = res.stopped or msg
             return
-        except Exception as e:  # the image's boundary: nothing raised for it (an encoder bug) stops the job
-            self._fail(res, str(it.path), failure_message(it.path, e))
+        if kind == "fail":
+            self._fail(res, str(it.path), msg)
             return
         with self._lock:
             res.done += 1

@@ -139,7 +139,8 @@ def test_rerun_skips_done_and_overwrite_redoes(tmp_path, model_file):
     before = (tmp_path / "out" / "predictions.json").read_bytes()
     # as if killed before this one finished: no mask, and no line in the record store
     (tmp_path / "out" / "img1.png").unlink()
-    (seg,) = (tmp_path / "out" / ".fcn-label" / "records").glob("*.jsonl")
+    # one segment per writing process (several with --encoders): drop img1's line from the one holding it
+    (seg,) = [s for s in (tmp_path / "out" / ".fcn-label" / "records").glob("*.jsonl") if b'"img1.png"' in s.read_bytes()]
     lines = seg.read_bytes().splitlines(keepends=True)
     seg.write_bytes(b"".join(l for l in lines if json.loads(l)["file_name"] != "img1.png"))
     second = run_job(model_file, [tmp_path / "in"], tmp_path / "out")
@@ -315,3 +316,69 @@ def test_gt_takes_any_layout_and_scores_like_the_mask_folder(tmp_path, fixtures_
     pred = np.array(Image.open(tmp_path / "folder" / row["mask"]))
     valid = (gt != 11) & (gt < 11)  # the shipped CamVid model: 11 classes, ignore label 11
     assert row["pixel_accuracy"] == pytest.approx((gt[valid] == pred[valid]).mean(), abs=1e-6)
+
+
+def test_encoding_processes_write_the_same_files_as_in_process_threads(tmp_path, model_file):
+    """--encoders 2 (forked encoding processes, one record segment each) against --encoders 0: every output
+    byte-identical, every record the same, and the masks equal the plain one-at-a-time argmax."""
+    from fcn_label.checkpoint import load_checkpoint
+
+    paths = write_images(tmp_path / "in", [(37, 53), (64, 48), (30, 30), (64, 48), (20, 26)] * 2)
+    opts = dict(overlay=True, probs=True, gt=None)
+    a = run_job(model_file, [tmp_path / "in"], tmp_path / "threads", encoders=0, **opts)
+    b = run_job(model_file, [tmp_path / "in"], tmp_path / "pool", encoders=2, **opts)
+    assert (a.done, b.done, len(a.failed), len(b.failed)) == (10, 10, 0, 0)
+
+    def files(root):
+        return sorted(p.relative_to(root) for p in root.rglob("*")
+                      if p.is_file() and ".fcn-label" not in p.parts and p.name != "predictions.csv")
+
+    assert files(tmp_path / "threads") == files(tmp_path / "pool") and len(files(tmp_path / "pool")) >= 30
+    for rel in files(tmp_path / "threads"):
+        assert (tmp_path / "threads" / rel).read_bytes() == (tmp_path / "pool" / rel).read_bytes(), rel
+
+    def records(root):
+        segs = list((root / ".fcn-label" / "records").glob("*.jsonl"))
+        recs = [json.loads(l) for s in segs for l in s.read_bytes().splitlines()]
+        for r in recs:
+            r.pop("seconds")
+        return len(segs), sorted(recs, key=lambda r: r["file_name"])
+
+    (n_a, recs_a), (n_b, recs_b) = records(tmp_path / "threads"), records(tmp_path / "pool")
+    assert recs_a == recs_b and len(recs_b) == 10
+    assert n_a == 1 and n_b >= 1  # the main process's one segment; one per encoding process that wrote
+    ck = load_checkpoint(model_file)
+    for p in paths:
+        ref = one_at_a_time(ck, np.asarray(Image.open(p).convert("RGB")))
+        assert np.array_equal(np.asarray(Image.open(tmp_path / "pool" / f"{p.stem}.png")), ref), p
+
+
+def test_cpu_default_batches_small_images_by_pixel_count_and_stays_exact(tmp_path, model_file, monkeypatch):
+    """No --batch-size on the CPU: tiny same-size images share forward passes (up to 0.3 Mpx, 32 at most),
+    a 480x360 frame goes alone, and every mask equals the plain one-at-a-time argmax."""
+    from fcn_label.checkpoint import load_checkpoint
+
+    ck = load_checkpoint(model_file)
+    pred = Predictor(ck, device="cpu")
+    assert pred.batch_limit((360, 480)) == 1 and pred.batch_limit((48, 64)) == 32
+    assert pred.batch_limit((240, 320)) == 300_000 // (240 * 320) and pred.batch_limit((48, 64), 4) == 4
+    seen = []
+    forward = pred.forward
+    monkeypatch.setattr(pred, "forward", lambda x: seen.append(tuple(x.shape)) or forward(x))
+    imgs = [rand_image(48, 64, i) for i in range(40)]
+    out = pred.predict_arrays(imgs)
+    assert [s[0] for s in seen] == [32, 8]
+    model = ck.build()
+    for img, p in zip(imgs, out):
+        assert np.array_equal(p.labels, one_at_a_time(ck, img, model))
+
+    # the job: same-size small images batched by default, masks exact
+    paths = write_images(tmp_path / "in", [(24, 32)] * 12 + [(30, 20)] * 3)
+    items, problems = discover([str(tmp_path / "in")], tmp_path / "out")
+    seen.clear()
+    res = PredictJob(pred, PredictOptions(out=tmp_path / "out", workers=0)).run(items, problems)
+    assert res.done == 15 and not res.failed
+    assert sorted(s[0] for s in seen) == [3, 12]
+    for p in paths:
+        ref = one_at_a_time(ck, np.asarray(Image.open(p).convert("RGB")), model)
+        assert np.array_equal(np.asarray(Image.open(tmp_path / "out" / f"{p.stem}.png")), ref), p

@@ -197,9 +197,15 @@ def test_finetune_killed_while_writing_its_checkpoint_resumes_from_the_last_whol
     assert [r["step"] for r in after["history"]][: len(state["history"])] == [r["step"] for r in state["history"]]
 
 
-def test_disk_full_stops_the_job_keeps_finished_work_and_resumes(tmp_path, monkeypatch, capsys):
-    """ENOSPC is not one bad file: stop at once (no hour of doomed predictions), keep what is done."""
+@pytest.mark.parametrize("encoders", [0, 2])
+def test_disk_full_stops_the_job_keeps_finished_work_and_resumes(tmp_path, monkeypatch, capsys, encoders):
+    """ENOSPC is not one bad file: stop at once (no hour of doomed predictions), keep what is done.
+
+    With --encoders 2 the writes happen in forked encoding processes, which inherit the patched
+    writer; the write attempts are counted in a file (under a lock) so that every process sees them.
+    """
     import errno
+    import fcntl
 
     import fcn_label.predict.outputs as outputs
 
@@ -208,12 +214,21 @@ def test_disk_full_stops_the_job_keeps_finished_work_and_resumes(tmp_path, monke
     save_checkpoint(make_checkpoint(), tmp_path / "m.pt")
     out = tmp_path / "out"
     argv = ["predict", str(tmp_path), "--out", str(out), "-w", str(tmp_path / "m.pt"), "-q", "--workers", "0",
-            "--batch-size", "1"]
-    real, calls = outputs.write_bytes_atomic, []
+            "--batch-size", "1", "--encoders", str(encoders)]
+    real, log = outputs.write_bytes_atomic, tmp_path / "calls.log"
+    log.touch()
+
+    def calls() -> list[str]:
+        return log.read_text().splitlines()
 
     def full_after_five(path, data):
-        calls.append(path)
-        if len(calls) > 5:
+        with open(log, "a") as f:  # one attempt per line; the lock orders the attempts of all processes
+            fcntl.flock(f, fcntl.LOCK_EX)
+            f.write(f"{os.getpid()} {path}\n")
+            f.flush()
+            n = len(calls())
+            fcntl.flock(f, fcntl.LOCK_UN)
+        if n > 5:
             raise OSError(errno.ENOSPC, "No space left on device", str(path))
         real(path, data)
 
@@ -224,7 +239,10 @@ def test_disk_full_stops_the_job_keeps_finished_work_and_resumes(tmp_path, monke
     assert e.value.code == 1
     assert "done 5, skipped 0 (already done), failed 0" in err
     assert "error: stopped early: --out" in err and "No space left on device" in err and "Traceback" not in err
-    assert len(calls) <= 7  # stopped right away, not one doomed attempt per remaining image
+    # stopped right away: one refused attempt per writer, not one doomed attempt per remaining image
+    assert 6 <= len(calls()) <= 5 + max(2, encoders)
+    if encoders:
+        assert os.getpid() not in {int(line.split()[0]) for line in calls()}  # the writes ran in the encoders
     monkeypatch.setattr(outputs, "write_bytes_atomic", real)  # space freed
     with pytest.raises(SystemExit) as e:
         run_cli(argv)

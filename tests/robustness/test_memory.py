@@ -75,22 +75,24 @@ def test_a_large_image_waits_for_pending_writes(tmp_path, monkeypatch):
     import time
 
     events = []
-    write = PredictJob._write_one
+    write = PredictJob.try_write
 
     def slow_write(self, it, *a):
         time.sleep(0.05)
-        write(self, it, *a)
+        outcome = write(self, it, *a)
         events.append(it.rel)
+        return outcome
 
     tiled = Predictor.predict_tiled
-    monkeypatch.setattr(PredictJob, "_write_one", slow_write)
+    monkeypatch.setattr(PredictJob, "try_write", slow_write)
     monkeypatch.setattr(Predictor, "predict_tiled", lambda self, img: events.append("tiling") or tiled(self, img))
     for i in range(4):
         Image.fromarray(rand_image(16, 16, i)).save(tmp_path / f"a{i}.png")
     Image.fromarray(rand_image(40, 40, 9)).save(tmp_path / "b.png")
     items, _ = discover([tmp_path], tmp_path / "out")
     pred = Predictor(make_checkpoint(), device="cpu", tile=32)
-    res = PredictJob(pred, PredictOptions(out=tmp_path / "out", workers=0, batch_size=2)).run(items)
+    # encoders=0: the writes run in threads of this process, where the events can be seen
+    res = PredictJob(pred, PredictOptions(out=tmp_path / "out", workers=0, batch_size=2, encoders=0)).run(items)
     assert res.done == 5
     assert sorted(events[:4]) == ["a0", "a1", "a2", "a3"] and events[4:] == ["tiling", "b"]
 

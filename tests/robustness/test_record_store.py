@@ -38,6 +38,7 @@ def _inputs(root: Path) -> Path:
 
 def _run(predictor, inp: Path, out: Path, **kw):
     items, problems = discover([inp], out)
+    kw.setdefault("encoders", 0)  # these tests edit the one segment a single writing process makes
     return PredictJob(predictor, PredictOptions(out=out, workers=0, **kw)).run(items, problems)
 
 
