@@ -28,8 +28,9 @@ import torch
 from ..classes import voc_palette
 from ..errors import ConfigError
 from ..guard import failure_message, first_line, guarded
-from ..images import _HOST, _TMP_RE, DEFAULT_MAX_PIXELS, InputError, _pid_alive, image_size
+from ..images import _HOST, _TMP_RE, DEFAULT_MAX_PIXELS, InputError, _pid_alive
 from ..metrics import confusion_matrix, scores
+from .decoding import TRIM_EVERY_PIXELS, WORKER_MAX_PIXELS, _collate, _Decode, release_free_memory  # noqa: F401
 from .discover import Item, shown
 from .layout import AUX_DIRS, OutputLayout, Palette
 from .outputs import coco_annotations, write_confidence, write_mask, write_overlay
@@ -75,64 +76,6 @@ class JobResult:
 # Write errors that say --out as a whole is unusable, not this one image.
 _OUT_UNUSABLE = {errno.ENOSPC, errno.EDQUOT, errno.EROFS}
 
-# ---------------------------------------------------------------------------
-# Decoding in background workers
-
-
-# Decoding workers hand over images up to this many pixels (48 MB as RGB); larger ones are only
-# looked at (header) and decoded by the main process when their turn comes. Up to 2 x workers x
-# batch-size decoded images wait between the workers and the model, so this bounds that queue
-# (about 0.8 GB at the defaults) whatever the size of the photos.
-WORKER_MAX_PIXELS = 16_000_000
-
-
-class _Decode(torch.utils.data.Dataset):
-    def __init__(self, items: Sequence[Item], max_pixels: int, worker_max_pixels: int = WORKER_MAX_PIXELS):
-        self.items, self.max_pixels, self.worker_max_pixels = list(items), max_pixels, worker_max_pixels
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def decode(self, i: int):
-        """``(i, RGB array, None)`` or ``(i, None, one-line reason)``; never raises."""
-        path = self.items[i].path
-        arr, err = guarded(path, read_for_model, path, self.max_pixels)
-        return i, arr, err
-
-    def __getitem__(self, i: int):
-        """In a worker: the header first (behind the guard), so a huge image is left to the main process."""
-        if torch.utils.data.get_worker_info() is not None:
-            path = self.items[i].path
-            size, err = guarded(path, image_size, path, self.max_pixels)
-            if err is not None:
-                return i, None, err
-            if size[0] * size[1] > self.worker_max_pixels:
-                return i, None, None  # too big to queue: the main process decodes it
-        return self.decode(i)
-
-
-# glibc's allocator keeps the freed memory of mixed-size images and batches as holes in its
-# heap, so the peak RSS crept up image after image (+400 MB over 200 images, benchmarks/memory.py);
-# handing free pages back after every ~8 Mpx predicted keeps it flat.
-TRIM_EVERY_PIXELS = 8_000_000
-_malloc_trim = None
-
-
-def release_free_memory() -> None:
-    """Return freed heap pages to the OS (glibc's malloc_trim); a no-op elsewhere."""
-    global _malloc_trim
-    if _malloc_trim is None:
-        try:
-            import ctypes
-            import ctypes.util
-
-            _malloc_trim = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
-        except (OSError, AttributeError):
-            _malloc_trim = False
-    if _malloc_trim:
-        _malloc_trim(0)
-
-
 def default_encoders() -> int:
     """Encoding processes when --encoders is not given: 1 on 2 cores or fewer, else half the cores (<= 8).
 
@@ -170,10 +113,6 @@ def _pool_write(it: Item, image: np.ndarray | None, labels: np.ndarray, confiden
                 seconds: float) -> tuple[str, str]:
     """In an encoding process: write one image's outputs and record; ``(kind, message)`` as in :meth:`PredictJob.try_write`."""
     return _POOL_JOB.try_write(it, image, Prediction(labels, confidence), seconds)
-
-
-def _collate(batch):
-    return batch[0]
 
 
 # ---------------------------------------------------------------------------
