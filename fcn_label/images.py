@@ -228,16 +228,30 @@ def remove_stale_temp(folder: str | os.PathLike) -> int:
     Files of live processes (a concurrent run on the same folder) and of other hosts
     (a shared network folder) are left alone.
     """
+    return sum(_remove_stale(dirpath, filenames) for dirpath, _, filenames in os.walk(folder))
+
+
+def remove_stale_temp_in(folder: str | os.PathLike) -> int:
+    """:func:`remove_stale_temp` for ``folder`` itself, not its sub-folders (a missing folder: 0)."""
+    try:
+        with os.scandir(folder) as entries:
+            names = [e.name for e in entries if e.name.endswith(".tmp")]
+    except OSError:
+        return 0
+    return _remove_stale(os.fspath(folder), names)
+
+
+def _remove_stale(dirpath: str, names) -> int:
+    """Delete the temporary files among ``names`` whose writer (this host, pid in the name) is gone."""
     removed = 0
-    for dirpath, _, filenames in os.walk(folder):
-        for f in filenames:
-            m = _TMP_RE.match(f)
-            if m and m["host"] == _HOST and not _pid_alive(int(m["pid"])):
-                try:
-                    os.unlink(os.path.join(dirpath, f))
-                    removed += 1
-                except FileNotFoundError:
-                    pass
+    for name in names:
+        m = _TMP_RE.match(name)
+        if m and m["host"] == _HOST and not _pid_alive(int(m["pid"])):
+            try:
+                os.unlink(os.path.join(dirpath, name))
+                removed += 1
+            except FileNotFoundError:
+                pass
     return removed
 
 

@@ -61,3 +61,12 @@ def write_vgg16_file(path):
     sd["classifier.6.bias"] = torch.zeros(1000)
     torch.save(sd, path)
     return row
+
+
+def tempered(seed: int):
+    """A tiny random FCN whose score layers are scaled down: mean confidence 0.6-0.8, not 1.0, so images differ."""
+    ck = make_checkpoint(n=5, seed=seed)
+    for k in list(ck.state_dict):
+        if k.startswith("score"):
+            ck.state_dict[k] = ck.state_dict[k] * 1e-5
+    return ck

@@ -28,7 +28,7 @@ import torch
 from ..classes import voc_palette
 from ..errors import ConfigError
 from ..guard import failure_message, first_line, guarded
-from ..images import _HOST, _TMP_RE, DEFAULT_MAX_PIXELS, InputError, _pid_alive
+from ..images import DEFAULT_MAX_PIXELS, InputError, remove_stale_temp_in
 from ..metrics import confusion_matrix, scores
 from .decoding import TRIM_EVERY_PIXELS, WORKER_MAX_PIXELS, _collate, _Decode, release_free_memory  # noqa: F401
 from .discover import Item, shown
@@ -298,22 +298,7 @@ class PredictJob:
             base = self.out / d if d else self.out
             folders.add(base)
             folders.update(self.out / aux / d for aux in AUX_DIRS)
-        removed = 0
-        for folder in folders:
-            try:
-                with os.scandir(folder) as entries:
-                    names = [e.name for e in entries if e.name.endswith(".tmp")]
-            except OSError:
-                continue
-            for name in names:
-                m = _TMP_RE.match(name)
-                if m and m["host"] == _HOST and not _pid_alive(int(m["pid"])):
-                    try:
-                        os.unlink(os.path.join(folder, name))
-                        removed += 1
-                    except FileNotFoundError:
-                        pass
-        return removed
+        return sum(remove_stale_temp_in(folder) for folder in folders)
 
     def _fail(self, res: JobResult, path: str, reason: str) -> None:
         path, reason = shown(str(path)), shown(reason)
