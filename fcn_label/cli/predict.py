@@ -69,6 +69,10 @@ def predict(
     encoders: Optional[int] = typer.Option(None, min=0, help="Processes encoding the outputs (mask PNG, COCO RLE, "
                                            "record), each with its own record segment; 0 = two threads of the main "
                                            "process. Default: 1 on 2 cores or fewer, else half the cores, at most 8."),
+    procs: Optional[int] = typer.Option(None, min=1, help="CPU inference processes, each a whole pipeline (decoding, a "
+                                        "one-thread network, outputs) on every N-th image; --workers and --encoders "
+                                        "then apply to none of them. Default: one per core (at most 16) with --backend "
+                                        "eager or bf16 on the CPU, else 1."),
     device: str = typer.Option("auto", help="auto (CUDA when available, else CPU), cpu, cuda or cuda:N."),
     amp: bool = typer.Option(False, "--amp", help="Mixed precision (float16 autocast) on CUDA; ignored on CPU."),
     flip: bool = typer.Option(False, "--flip", help="Test-time augmentation: average the predictions of each image "
@@ -139,7 +143,7 @@ def predict(
                           workdir=OutputLayout(out).state if backend != "eager" else None)
     if amp and predictor.device.type != "cuda":
         console.print("[yellow]note:[/] --amp only applies on CUDA; running in float32 on the CPU")
-    opts = PredictOptions(out=out, batch_size=batch_size, workers=workers, encoders=encoders, palette=palette, coco=coco,
+    opts = PredictOptions(out=out, batch_size=batch_size, workers=workers, encoders=encoders, procs=procs, palette=palette, coco=coco,
                           overlay=overlay, probs=probs, gt=gt, ignore_index=ignore_index, overwrite=overwrite,
                           shard=(shard_i, shard_n), max_pixels=max_pixels)
     src = ck.metadata.get("name") or weights_path.name

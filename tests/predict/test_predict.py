@@ -89,6 +89,7 @@ def run_job(model_file, inputs, out, **kw):
     from fcn_label.checkpoint import load_checkpoint
     ck = load_checkpoint(model_file)
     items, problems = discover([str(i) for i in inputs], out)
+    kw.setdefault("procs", 1)  # this process's pipeline (the CLI tests run predict's default, --procs per core)
     job = PredictJob(Predictor(ck, device="cpu"), PredictOptions(out=out, workers=kw.pop("workers", 0), **kw))
     return job.run(items, problems)
 
@@ -363,8 +364,8 @@ def test_cpu_default_batches_small_images_by_pixel_count_and_stays_exact(tmp_pat
     assert pred.batch_limit((360, 480)) == 1 and pred.batch_limit((48, 64)) == 32
     assert pred.batch_limit((240, 320)) == 300_000 // (240 * 320) and pred.batch_limit((48, 64), 4) == 4
     seen = []
-    forward = pred.forward
-    monkeypatch.setattr(pred, "forward", lambda x: seen.append(tuple(x.shape)) or forward(x))
+    logits = pred.logits
+    monkeypatch.setattr(pred, "logits", lambda x: seen.append(tuple(x.shape)) or logits(x))
     imgs = [rand_image(48, 64, i) for i in range(40)]
     out = pred.predict_arrays(imgs)
     assert [s[0] for s in seen] == [32, 8]
@@ -376,9 +377,93 @@ def test_cpu_default_batches_small_images_by_pixel_count_and_stays_exact(tmp_pat
     paths = write_images(tmp_path / "in", [(24, 32)] * 12 + [(30, 20)] * 3)
     items, problems = discover([str(tmp_path / "in")], tmp_path / "out")
     seen.clear()
-    res = PredictJob(pred, PredictOptions(out=tmp_path / "out", workers=0)).run(items, problems)
+    res = PredictJob(pred, PredictOptions(out=tmp_path / "out", workers=0, procs=1)).run(items, problems)
     assert res.done == 15 and not res.failed
     assert sorted(s[0] for s in seen) == [3, 12]
     for p in paths:
         ref = one_at_a_time(ck, np.asarray(Image.open(p).convert("RGB")), model)
         assert np.array_equal(np.asarray(Image.open(tmp_path / "out" / f"{p.stem}.png")), ref), p
+
+
+def test_labels_and_confidence_match_softmax_then_max():
+    """The logits shortcut against the paper's per-pixel softmax (torch.softmax in float64, then max):
+    labels are the first highest class (ties included), confidences within float32 rounding."""
+    from fcn_label.predict.predictor import labels_and_confidence
+
+    rng = np.random.default_rng(0)
+    for c, h, w in [(11, 37, 53), (2, 5, 7), (21, 64, 48), (1, 3, 4)]:
+        s = (rng.standard_normal((c, h, w)) * 4).astype(np.float32)
+        s[:, 0, :] = 1.5  # every class tied on the first row: argmax takes the first
+        if c > 2:
+            s[2, 1, :] = s[1, 1, :] = s[:, 1, :].max(axis=0) + 1  # classes 1 and 2 tied for the best
+        labels, conf = labels_and_confidence(s)
+        probs = torch.softmax(torch.from_numpy(s).double(), dim=0)
+        ref_conf, ref_labels = probs.max(dim=0)
+        assert labels.dtype == np.uint8 and conf.dtype == np.float32 and labels.shape == conf.shape == (h, w)
+        assert np.array_equal(labels, np.argmax(s, axis=0))  # NumPy's argmax: first maximum
+        assert np.array_equal(labels, ref_labels.numpy())
+        np.testing.assert_allclose(conf, ref_conf.numpy(), rtol=0, atol=1e-6)
+        assert (labels[0] == 0).all() and np.allclose(conf[0], 1.0 / c)
+        if c > 2:
+            assert (labels[1] == 1).all()
+
+
+def test_inference_processes_write_what_one_process_writes(tmp_path, model_file):
+    """--procs 2 (forked pipelines, one-thread networks, a record segment each) against --procs 1: the same
+    files, the same records, failures reported once, masks equal to the plain one-at-a-time argmax."""
+    from fcn_label.checkpoint import load_checkpoint
+
+    paths = write_images(tmp_path / "in", [(37, 53), (64, 48), (30, 30), (64, 48), (20, 26)] * 2)
+    (tmp_path / "in" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 40)
+    opts = dict(overlay=True, probs=True, gt=None)
+    a = run_job(model_file, [tmp_path / "in"], tmp_path / "one", procs=1, **opts)
+    progress = []
+    ck = load_checkpoint(model_file)
+    items, problems = discover([str(tmp_path / "in")], tmp_path / "two")
+    job = PredictJob(Predictor(ck, device="cpu"), PredictOptions(out=tmp_path / "two", workers=0, procs=2, **opts),
+                     on_progress=lambda done, total: progress.append((done, total)))
+    assert job.procs_for(len(items)) == 2
+    b = job.run(items, problems)
+    assert (a.done, b.done) == (10, 10) and not b.stopped
+    assert [p for p, _ in a.failed] == [p for p, _ in b.failed] == [str(tmp_path / "in" / "broken.png")]
+    assert progress[0] == (0, 11) and progress[-1] == (10, 11) and len(progress) == 11
+
+    def files(root):
+        return sorted(p.relative_to(root) for p in root.rglob("*")
+                      if p.is_file() and ".fcn-label" not in p.parts and p.name != "predictions.csv")
+
+    assert files(tmp_path / "one") == files(tmp_path / "two") and len(files(tmp_path / "two")) >= 32
+    for rel in files(tmp_path / "one"):
+        assert (tmp_path / "one" / rel).read_bytes() == (tmp_path / "two" / rel).read_bytes(), rel
+
+    def records(root):
+        segs = list((root / ".fcn-label" / "records").glob("*.jsonl"))
+        recs = [json.loads(l) for s in segs for l in s.read_bytes().splitlines()]
+        for r in recs:
+            r.pop("seconds")
+        return len(segs), sorted(recs, key=lambda r: r["file_name"])
+
+    (n_a, recs_a), (n_b, recs_b) = records(tmp_path / "one"), records(tmp_path / "two")
+    assert recs_a == recs_b and len(recs_b) == 10 and (n_a, n_b) == (1, 2)
+    for p in paths:
+        ref = one_at_a_time(ck, np.asarray(Image.open(p).convert("RGB")))
+        assert np.array_equal(np.asarray(Image.open(tmp_path / "two" / f"{p.stem}.png")), ref), p
+    # a re-run finds everything done, forks nothing
+    again = PredictJob(Predictor(ck, device="cpu"), PredictOptions(out=tmp_path / "two", procs=2)).run(items, problems)
+    assert (again.done, again.skipped) == (0, 10)
+
+
+def test_procs_refuses_what_cannot_fork_and_defaults_by_backend(tmp_path, model_file):
+    from fcn_label.checkpoint import load_checkpoint
+    from fcn_label.errors import ConfigError
+    from fcn_label.predict.job import default_procs
+
+    ck = load_checkpoint(model_file)
+    pred = Predictor(ck, device="cpu")
+    assert default_procs(torch.device("cpu"), "eager") == min(16, len(__import__("os").sched_getaffinity(0)))
+    assert default_procs(torch.device("cpu"), "ort-int8") == 1
+    assert default_procs(torch.device("cuda"), "eager") == 1
+    assert PredictJob(pred, PredictOptions(out=tmp_path / "o", procs=4)).procs_for(3) == 3  # never more than images
+    pred.backend = "ort"  # the check reads the kind only: no ONNX Runtime needed here
+    with pytest.raises(ConfigError, match="--procs 2 works with --backend eager or bf16"):
+        PredictJob(pred, PredictOptions(out=tmp_path / "o", procs=2)).procs_for(10)

@@ -49,7 +49,7 @@ def test_job_decodes_handed_over_images_itself(tmp_path, monkeypatch):
     for i, (h, w) in enumerate([(40, 50), (10, 10), (30, 40)]):
         Image.fromarray(rand_image(h, w, i)).save(tmp_path / f"im{i}.png")
     items, _ = discover([tmp_path], tmp_path / "out")
-    res = PredictJob(Predictor(ck, device="cpu"), PredictOptions(out=tmp_path / "out", workers=1)).run(items)
+    res = PredictJob(Predictor(ck, device="cpu"), PredictOptions(out=tmp_path / "out", workers=1, procs=1)).run(items)
     assert res.done == 3 and not res.failed
     for i in range(3):
         ref = one_at_a_time(ck, np.asarray(Image.open(tmp_path / f"im{i}.png")))
@@ -66,7 +66,7 @@ def test_free_heap_pages_are_handed_back_as_the_job_goes(tmp_path, monkeypatch):
     for i in range(6):
         Image.fromarray(rand_image(20, 25 + i, i)).save(tmp_path / f"im{i}.png")  # 500+ pixels each, all sizes differ
     items, _ = discover([tmp_path], tmp_path / "out")
-    PredictJob(Predictor(make_checkpoint(), device="cpu"), PredictOptions(out=tmp_path / "out", workers=0)).run(items)
+    PredictJob(Predictor(make_checkpoint(), device="cpu"), PredictOptions(out=tmp_path / "out", workers=0, procs=1)).run(items)
     assert len(calls) == 3  # 6 images of 500-600 pixels: every second one crosses 1000
 
 
@@ -92,7 +92,7 @@ def test_a_large_image_waits_for_pending_writes(tmp_path, monkeypatch):
     items, _ = discover([tmp_path], tmp_path / "out")
     pred = Predictor(make_checkpoint(), device="cpu", tile=32)
     # encoders=0: the writes run in threads of this process, where the events can be seen
-    res = PredictJob(pred, PredictOptions(out=tmp_path / "out", workers=0, batch_size=2, encoders=0)).run(items)
+    res = PredictJob(pred, PredictOptions(out=tmp_path / "out", workers=0, batch_size=2, encoders=0, procs=1)).run(items)
     assert res.done == 5
     assert sorted(events[:4]) == ["a0", "a1", "a2", "a3"] and events[4:] == ["tiling", "b"]
 
@@ -103,8 +103,8 @@ def test_batches_are_capped_by_pixels_not_only_by_count(monkeypatch):
     ck = make_checkpoint()
     pred = Predictor(ck, device="cpu")
     seen = []
-    forward = pred.forward
-    monkeypatch.setattr(pred, "forward", lambda x: seen.append(x.shape[0]) or forward(x))
+    logits = pred.logits
+    monkeypatch.setattr(pred, "logits", lambda x: seen.append(x.shape[0]) or logits(x))
     imgs = [rand_image(40, 50, i) for i in range(8)] + [rand_image(10, 10, 9)] * 5
     out = pred.predict_arrays(imgs, batch_size=8)
     assert seen == [3, 3, 2, 5]  # 40x50 images three at a time; the small ones in one batch

@@ -39,6 +39,7 @@ def _inputs(root: Path) -> Path:
 def _run(predictor, inp: Path, out: Path, **kw):
     items, problems = discover([inp], out)
     kw.setdefault("encoders", 0)  # these tests edit the one segment a single writing process makes
+    kw.setdefault("procs", 1)
     return PredictJob(predictor, PredictOptions(out=out, workers=0, **kw)).run(items, problems)
 
 
