@@ -467,3 +467,24 @@ def test_procs_refuses_what_cannot_fork_and_defaults_by_backend(tmp_path, model_
     pred.backend = "ort"  # the check reads the kind only: no ONNX Runtime needed here
     with pytest.raises(ConfigError, match="--procs 2 works with --backend eager or bf16"):
         PredictJob(pred, PredictOptions(out=tmp_path / "o", procs=2)).procs_for(10)
+
+
+def test_coco_annotations_decode_to_the_class_masks_and_score_their_mean_confidence():
+    """Every present class: pycocotools' decoder gives back exactly its pixels; area and bbox as COCO
+    counts them; the score is the mean confidence over those pixels (float64 reference)."""
+    from fcn_label.predict.outputs import coco_annotations
+
+    rng = np.random.default_rng(3)
+    labels = rng.integers(0, 6, (41, 57)).astype(np.uint8)
+    labels[labels == 4] = 5  # a class that is absent
+    conf = rng.random((41, 57), dtype=np.float32)
+    anns = coco_annotations(labels, conf, 7)
+    assert [a["category_id"] - 1 for a in anns] == [0, 1, 2, 3, 5]
+    for a in anns:
+        c = a["category_id"] - 1
+        m = mask_utils.decode({"size": a["segmentation"]["size"], "counts": a["segmentation"]["counts"].encode()})
+        assert np.array_equal(m.astype(bool), labels == c)
+        assert a["area"] == (labels == c).sum()
+        ys, xs = np.nonzero(labels == c)
+        assert a["bbox"] == [xs.min(), ys.min(), xs.max() - xs.min() + 1, ys.max() - ys.min() + 1]
+        assert a["score"] == pytest.approx(conf[labels == c].astype(np.float64).mean(), abs=2e-6)
