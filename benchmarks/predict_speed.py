@@ -12,7 +12,7 @@ batching, softmax/argmax, palette PNG, RLE, records, reports). ``--workers`` tak
 Builds a folder of mixed-size images (CamVid val frames resized to several sizes
 when ../shared is present, else synthetic), then times:
 
-* model only: the forward pass on pre-decoded, pre-normalised tensors, batched by size;
+* model only: the network's forward pass (logits) on pre-decoded, pre-normalised tensors, batched by size;
 * naive loop: open, convert, normalise, forward, argmax, save PNG, one image at a time;
 * end to end: the real `PredictJob` (background decoding, batching, PNG + COCO + CSV outputs).
 
@@ -98,7 +98,7 @@ def calibration_arrays(n: int = 32) -> list[np.ndarray]:
 
 
 def bench(kind: str, n: int, device: str, amp: bool, batch: int | None, workers: int, sizes=None,
-          backend: str = "eager", encoders: int | None = None) -> dict:
+          backend: str = "eager", encoders: int | None = None, procs: int | None = None) -> dict:
     ck = model_checkpoint("compact" if kind == "none" else kind)
     t0 = time.perf_counter()
     calib = calibration_arrays() if backend in ("int8", "ort-int8") else ()
@@ -128,7 +128,7 @@ def bench(kind: str, n: int, device: str, amp: bool, batch: int | None, workers:
         _sync(device)
         t = time.perf_counter()
         for x in tensors:
-            pred.forward(x)
+            pred.logits(x)
         _sync(device)
         model_only = n / (time.perf_counter() - t)
         plain_fwd = float("nan")
@@ -157,12 +157,13 @@ def bench(kind: str, n: int, device: str, amp: bool, batch: int | None, workers:
         # end to end
         items, _ = discover([folder], tmp / "out")
         job = PredictJob(pred, PredictOptions(out=tmp / "out", batch_size=asked, workers=workers,
-                                                encoders=encoders))
+                                                encoders=encoders, procs=procs))
         t = time.perf_counter()
         res = job.run(items)
         e2e = res.done / (time.perf_counter() - t)
         assert res.done == n and not res.failed
-    return {"model": kind, "backend": backend, "images": n, "mpx_per_image": pixels / n / 1e6,
+    procs = job.procs_for(n)
+    return {"model": kind, "backend": backend, "images": n, "mpx_per_image": pixels / n / 1e6, "procs": procs,
             "device": str(pred.device), "amp": pred.amp, "batch": batch, "workers": workers, "encoders": encoders, "setup_s": setup_s,
             "plain_forward_img_s": plain_fwd, "model_only_img_s": model_only, "naive_img_s": naive,
             "end_to_end_img_s": e2e, "e2e_vs_model": e2e / model_only, "e2e_vs_plain": e2e / plain_fwd}
@@ -185,6 +186,8 @@ def main() -> None:
     ap.add_argument("--workers", default="1", help="decoding workers; a list (1,2) runs end to end once per value")
     ap.add_argument("--encoders", default="default",
                     help="predict --encoders; a list (0,2) runs end to end once per value; default: predict's")
+    ap.add_argument("--procs", default="default",
+                    help="predict --procs; a list (1,2) runs end to end once per value; default: predict's")
     ap.add_argument("--size", help="one size for every image, HxW (e.g. 360x480); default: mixed sizes")
     ap.add_argument("--backends", default="eager",
                     help="predict --backend kinds, comma-separated (e.g. eager,bf16,ort-int8); int8 kinds calibrate "
@@ -198,18 +201,20 @@ def main() -> None:
         for backend in a.backends.split(","):
             for workers in (int(w) for w in str(a.workers).split(",")):
                 for enc in a.encoders.split(","):
-                    rows.append(bench(kind, n, a.device, a.amp, a.batch_size, workers, sizes, backend,
-                                      None if enc == "default" else int(enc)))
+                    for procs in a.procs.split(","):
+                        rows.append(bench(kind, n, a.device, a.amp, a.batch_size, workers, sizes, backend,
+                                          None if enc == "default" else int(enc),
+                                          None if procs == "default" else int(procs)))
     hw = (torch.cuda.get_device_name() if a.device.startswith("cuda") else
           f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads")
     print(f"hardware: {hw}")
-    print("| model | backend | device | images | Mpx/img | batch | workers | plain fp32 forward (img/s) | "
+    print("| model | backend | device | images | Mpx/img | batch | procs | workers | plain fp32 forward (img/s) | "
           "backend forward (img/s) | naive loop (img/s) | end to end (img/s) | e2e / plain forward |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['model']} | {r['backend']} | {r['device']}{' AMP' if r['amp'] else ''} | {r['images']} | "
-              f"{r['mpx_per_image']:.2f} | {r['batch']} | {r['workers']}{'' if r['encoders'] is None else ' (encoders %d)' % r['encoders']} | {r['plain_forward_img_s']:.2f} | "
+              f"{r['mpx_per_image']:.2f} | {r['batch']} | {r['procs']} | {r['workers']}{'' if r['encoders'] is None else ' (encoders %d)' % r['encoders']} | {r['plain_forward_img_s']:.2f} | "
               f"{r['model_only_img_s']:.2f} | {r['naive_img_s']:.2f} | {r['end_to_end_img_s']:.2f} | "
               f"{r['e2e_vs_plain']:.2f}x |")
     if a.json:

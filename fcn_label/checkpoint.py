@@ -83,7 +83,7 @@ class Checkpoint:
     train_state: dict[str, Any] | None = None
 
     def build(self, device: str | torch.device = "cpu") -> FCN:
-        model = FCN(self.config)
+        model = FCN.empty(self.config)
         try:
             model.load_state_dict(self.state_dict, strict=True)
         except RuntimeError as e:

@@ -147,8 +147,18 @@ class FCN(nn.Module):
     def final_upsample(self) -> nn.ConvTranspose2d:
         return getattr(self, _FINAL_NAME[self.config.arch])
 
+    @classmethod
+    def empty(cls, config: FCNConfig, device: str | torch.device = "cpu") -> "FCN":
+        """Parameters allocated on ``device`` but not initialised, for a caller that loads weights next:
+        random initialisation would be wasted work (and on the CPU it imports torch._dynamo, ~1.2 s)."""
+        with torch.device("meta"):
+            model = cls(config)
+        return model.to_empty(device=device)
+
     def reset_parameters(self) -> None:
         """Paper init: score layers zero, upsampling bilinear, convs Kaiming (scratch)."""
+        if next(self.parameters()).is_meta:  # shapes only (FCN.empty, name checks): nothing to initialise
+            return
         for name, m in self.named_modules():
             if isinstance(m, nn.ConvTranspose2d):
                 m.weight.data.copy_(bilinear_kernel(m.in_channels, m.out_channels, m.kernel_size[0]))

@@ -96,7 +96,7 @@ def make_backend(model: FCN, kind: str = "eager", calib_images: Iterable[torch.T
 
 
 def _folded_copy(model: FCN) -> FCN:
-    m = FCN(model.config)
+    m = FCN.empty(model.config)
     m.load_state_dict(model.state_dict())
     return m.to("cpu").eval().fold_batch_norm().to(memory_format=torch.channels_last)
 
