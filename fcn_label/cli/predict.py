@@ -65,10 +65,10 @@ def predict(
                                              "(default: 8 on a GPU; on the CPU as many same-size images as fit in 0.3 Mpx, at most 32 - "
                                              "1 for a 480x360 frame, where larger batches run slower); "
                                              "only same-size images share a batch, so results equal one-at-a-time inference."),
-    workers: int = typer.Option(1, min=0, help="Background processes decoding images (0 = decode in the main process). One keeps a 2-core CPU busiest; raise it on bigger machines and GPUs."),
+    workers: int = typer.Option(1, min=0, help="Background processes decoding images (0 = decode in the main process), when predict runs in one process (a GPU, --procs 1, or a backend other than eager/bf16); raise it on bigger machines and GPUs."),
     encoders: Optional[int] = typer.Option(None, min=0, help="Processes encoding the outputs (mask PNG, COCO RLE, "
-                                           "record), each with its own record segment; 0 = two threads of the main "
-                                           "process. Default: 1 on 2 cores or fewer, else half the cores, at most 8."),
+                                           "record), each with its own record segment, when predict runs in one process; 0 = two threads of "
+                                           "the main process. Default: 1 on 2 cores or fewer, else half the cores, at most 8."),
     procs: Optional[int] = typer.Option(None, min=1, help="CPU inference processes, each a whole pipeline (decoding, a "
                                         "one-thread network, outputs) on every N-th image; --workers and --encoders "
                                         "then apply to none of them. Default: one per core (at most 16) with --backend "
