@@ -488,3 +488,24 @@ def test_coco_annotations_decode_to_the_class_masks_and_score_their_mean_confide
         ys, xs = np.nonzero(labels == c)
         assert a["bbox"] == [xs.min(), ys.min(), xs.max() - xs.min() + 1, ys.max() - ys.min() + 1]
         assert a["score"] == pytest.approx(conf[labels == c].astype(np.float64).mean(), abs=2e-6)
+
+
+def test_streamed_predictions_json_is_json_dumps_of_the_in_memory_results(tmp_path, model_file):
+    """predictions.json, streamed (annotations straight to the file, image entries spooled), byte for
+    byte what json.dumps gives for the whole results built in memory; and a valid COCO results file."""
+    from fcn_label.checkpoint import load_checkpoint
+    from fcn_label.predict.reports import coco_results
+
+    write_images(tmp_path / "in", [(37, 53), (64, 48), (30, 30)])
+    res = run_job(model_file, [tmp_path / "in"], tmp_path / "out")
+    assert res.done == 3
+    ck = load_checkpoint(model_file)
+    items, _ = discover([str(tmp_path / "in")], tmp_path / "out")
+    job = PredictJob(Predictor(ck, device="cpu"), PredictOptions(out=tmp_path / "out"))
+    expected = json.dumps(coco_results(job.load_records(items), job.classes, ck.metadata.get("name", "")))
+    text = (tmp_path / "out" / "predictions.json").read_text()
+    assert text == expected
+    coco = json.loads(text)
+    assert [im["id"] for im in coco["images"]] == [1, 2, 3]
+    assert len(coco["annotations"]) >= 3 and [a["id"] for a in coco["annotations"]] == list(range(1, len(coco["annotations"]) + 1))
+    assert {a["image_id"] for a in coco["annotations"]} == {1, 2, 3}
