@@ -58,34 +58,56 @@ def write_overlay(path: Path, image: np.ndarray, labels: np.ndarray, palette: Se
     write_bytes_atomic(path, buf.getvalue())
 
 
+def _class_runs(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Runs of equal labels in column-major order (COCO's pixel order): starts, ends, values."""
+    flat = labels.T.ravel()
+    change = np.flatnonzero(flat[1:] != flat[:-1]) + 1
+    starts = np.concatenate(([0], change))
+    ends = np.concatenate((change, [flat.size]))
+    return starts, ends, flat[starts]
+
+
 def coco_annotations(labels: np.ndarray, confidence: np.ndarray, num_classes: int) -> list[dict]:
     """One annotation per present class: compressed RLE, area, bbox, mean confidence as score.
 
     ``category_id`` is the class index + 1 (COCO ids start at 1); ``image_id`` and
     ``id`` are filled in when the results file is assembled.
+
+    The label map is cut into runs once for all classes: each class's COCO counts are then the
+    gaps and lengths of its own runs, and its confidence sum the float64 sum of its runs' sums.
+    One pass instead of a mask, an encode and a masked mean per class (4.9 -> ~1 ms a 480x360
+    frame); pycocotools still does the compression, so the strings are the ones
+    ``mask.encode`` would give (tested against its decoder).
     """
     from pycocotools import mask as mask_utils
 
-    out = []
-    counts = np.bincount(labels.ravel(), minlength=num_classes)
-    present = np.nonzero(counts)[0]
-    if len(present) == 0:
+    out: list[dict] = []
+    if labels.size == 0:
         return out
-    # pycocotools wants column-major uint8: transpose the labels once, not one mask copy per class
-    # (a bool array compared from a Fortran-ordered one is Fortran-ordered; bool and uint8 share bytes)
-    labels_f = np.asfortranarray(labels)
-    for c in present:
-        m = labels_f == c
-        rle = mask_utils.encode(m.view(np.uint8))
-        area = float(mask_utils.area(rle))
-        bbox = [float(v) for v in mask_utils.toBbox(rle)]
-        rle["counts"] = rle["counts"].decode("ascii")
+    h, w = labels.shape
+    n = labels.size
+    starts, ends, values = _class_runs(labels)
+    run_sums = np.add.reduceat(confidence.T.ravel(), starts, dtype=np.float64)
+    areas = np.bincount(values, weights=ends - starts, minlength=num_classes)
+    sums = np.bincount(values, weights=run_sums, minlength=num_classes)
+    for c in np.nonzero(areas)[0]:
+        sel = values == c
+        s, e = starts[sel], ends[sel]
+        # COCO counts alternate background, foreground, ..., starting with background (maybe 0)
+        counts = np.empty(2 * len(s) + 1, dtype=np.int64)
+        counts[0] = s[0]
+        counts[1::2] = e - s
+        counts[2:-1:2] = s[1:] - e[:-1]
+        counts[-1] = n - e[-1]
+        if counts[-1] == 0:
+            counts = counts[:-1]
+        rle = mask_utils.frPyObjects({"counts": counts.tolist(), "size": [h, w]}, h, w)
         out.append({
             "category_id": int(c) + 1,
-            "segmentation": {"size": [int(s) for s in rle["size"]], "counts": rle["counts"]},
-            "area": area,
-            "bbox": bbox,
+            "segmentation": {"size": [int(h), int(w)], "counts": rle["counts"].decode("ascii")},
+            "area": float(areas[c]),
+            "bbox": [float(v) for v in mask_utils.toBbox(rle)],
             "iscrowd": 0,
-            "score": round(float(confidence[m].mean()), 6),
+            "score": round(float(sums[c] / areas[c]), 6),
         })
     return out

@@ -490,6 +490,28 @@ def test_coco_annotations_decode_to_the_class_masks_and_score_their_mean_confide
         assert a["score"] == pytest.approx(conf[labels == c].astype(np.float64).mean(), abs=2e-6)
 
 
+@pytest.mark.parametrize("shape", [(1, 1), (1, 9), (9, 1), (17, 23), (60, 80)])
+def test_coco_annotations_are_the_strings_pycocotools_encode_gives(shape):
+    """The runs-based encoder gives byte for byte what ``mask.encode`` gives for each class's mask
+    (the reference: one Fortran-ordered mask per class), for noise, blocks, and classes that start
+    at the first pixel or end at the last."""
+    from fcn_label.predict.outputs import coco_annotations
+
+    rng = np.random.default_rng(sum(shape))
+    h, w = shape
+    noise = rng.integers(0, 4, shape)
+    blocks = np.kron(rng.integers(0, 4, (h // 4 + 1, w // 4 + 1)), np.ones((4, 4), int))[:h, :w]
+    single = np.zeros(shape, int)
+    single[-1, -1] = 3
+    for labels in (noise, blocks, single, np.full(shape, 2)):
+        labels = labels.astype(np.uint8)
+        anns = coco_annotations(labels, rng.random(shape, dtype=np.float32), 4)
+        want = [(c + 1, mask_utils.encode(np.asfortranarray(labels == c).astype(np.uint8))["counts"].decode())
+                for c in range(4) if (labels == c).any()]
+        assert [(a["category_id"], a["segmentation"]["counts"]) for a in anns] == want
+        assert all(a["segmentation"]["size"] == [h, w] for a in anns)
+
+
 def test_streamed_predictions_json_is_json_dumps_of_the_in_memory_results(tmp_path, model_file):
     """predictions.json, streamed (annotations straight to the file, image entries spooled), byte for
     byte what json.dumps gives for the whole results built in memory; and a valid COCO results file."""
