@@ -5,7 +5,7 @@
 For CamVid val frames (PNG, and the same frames re-encoded as JPEG quality 92) it times each
 host stage of ``predict`` on real logits of the shipped model (computed once, not timed):
 decode, preprocess (to a normalised tensor; next to its baseline from before the lookup table, timed in
-the same loop, as is COCO RLE's), softmax, max/argmax to NumPy, palette PNG encode,
+the same loop, as are COCO RLE's and the labels'), labels and confidences from the logits, palette PNG encode,
 per-class statistics, COCO RLE of all classes, the record (json + atomic write), the mask
 file write, the whole of PredictJob._finish (to check the sum), and the reports
 (predictions.csv/.json/failures.csv) amortised per image. Every stage is the mean over the
@@ -34,6 +34,7 @@ from fcn_label.images import read_image, write_bytes_atomic, write_text_atomic  
 from fcn_label.predict import Item, JobResult, PredictJob, PredictOptions  # noqa: E402
 from fcn_label.predict.outputs import coco_annotations, encode_png  # noqa: E402
 from fcn_label.predict import Predictor  # noqa: E402
+from fcn_label.predict.predictor import Prediction, labels_and_confidence  # noqa: E402
 from fcn_label.checkpoint import SHIPPED, load_checkpoint  # noqa: E402
 
 CAMVID = Path(os.environ.get("FCN_LABEL_SHARED", REPO.parent / "shared")) / "data" / "camvid"
@@ -46,12 +47,14 @@ def _preprocess_before(pred: Predictor, images) -> torch.Tensor:
 
 
 def _coco_before(labels: np.ndarray, confidence: np.ndarray, n_cls: int) -> None:
-    """coco_annotations' work before the single transpose (the baseline of its row)."""
+    """coco_annotations' work before it cut the label map into runs once (the baseline of its row):
+    one transpose, then a mask, an encode and a masked confidence mean per present class."""
     from pycocotools import mask as mask_utils
 
+    labels_f = np.asfortranarray(labels)
     for c in np.nonzero(np.bincount(labels.ravel(), minlength=n_cls))[0]:
-        m = labels == c
-        rle = mask_utils.encode(np.asfortranarray(m.astype(np.uint8)))
+        m = labels_f == c
+        rle = mask_utils.encode(m.view(np.uint8))
         mask_utils.area(rle), mask_utils.toBbox(rle), float(confidence[m].mean())
 
 
@@ -100,14 +103,18 @@ def main() -> None:
             t = time.perf_counter(); _preprocess_before(pred, [arrays[i]]); add("preprocess, before (torch ops, 4 temporaries)", time.perf_counter() - t)
             t = time.perf_counter(); pred.preprocess([arrays[i]]); add("preprocess (to normalised tensor)", time.perf_counter() - t)
             with torch.inference_mode():
-                t = time.perf_counter(); probs = torch.softmax(logits[i].float(), dim=1); add("softmax", time.perf_counter() - t)
-                t = time.perf_counter(); p = pred.postprocess(probs)[0]; add("max/argmax to NumPy", time.perf_counter() - t)
+                t = time.perf_counter()
+                pred.postprocess(torch.softmax(logits[i].float(), dim=1))
+                add("labels + confidence, before (torch softmax, max)", time.perf_counter() - t)
+                t = time.perf_counter()
+                p = Prediction(*labels_and_confidence(logits[i][0].float().numpy()))
+                add("labels + confidence (from the logits, NumPy)", time.perf_counter() - t)
             t = time.perf_counter(); data = encode_png(p.labels, job.palette); add("palette PNG encode", time.perf_counter() - t)
             t = time.perf_counter()
             counts = np.bincount(p.labels.ravel(), minlength=n_cls)
             stats = (float(p.confidence.mean()), float((p.confidence < 0.5).mean()))
             add("class stats (bincount, confidence means)", time.perf_counter() - t)
-            t = time.perf_counter(); _coco_before(p.labels, p.confidence, n_cls); add("COCO RLE, before (one mask copy per class)", time.perf_counter() - t)
+            t = time.perf_counter(); _coco_before(p.labels, p.confidence, n_cls); add("COCO RLE, before (a mask, encode, mean per class)", time.perf_counter() - t)
             t = time.perf_counter(); anns = coco_annotations(p.labels, p.confidence, n_cls); add("COCO RLE (all classes)", time.perf_counter() - t)
             t = time.perf_counter()
             rec = {"path": str(png), "classes": {str(c): int(counts[c]) for c in np.nonzero(counts)[0]}, "stats": stats,
@@ -127,8 +134,8 @@ def main() -> None:
     for k, v in best.items():
         print(f"| {k} | {1000 * v:.2f} |")
     host = sum(v for k, v in best.items()
-               if k.startswith(("decode PNG", "preprocess (", "softmax", "max/", "= ", "reports")))
-    print(f"| **host total with PNG input** (decode PNG + preprocess + softmax + max + _finish + reports) | **{1000 * host:.2f}** "
+               if k.startswith(("decode PNG", "preprocess (", "labels + confidence (", "= ", "reports")))
+    print(f"| **host total with PNG input** (decode PNG + preprocess + labels + _finish + reports) | **{1000 * host:.2f}** "
           f"(= {1 / host:.0f} img/s per core) |")
     if a.json:
         a.json.write_text(json.dumps({k: 1000 * v for k, v in best.items()}, indent=1))
