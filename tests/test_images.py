@@ -1,8 +1,10 @@
-"""io: Pillow's process-wide settings survive concurrent reads (evaluate decodes in threads)."""
+"""io: Pillow's process-wide settings survive concurrent reads (evaluate decodes in threads); the optional
+libspng fast path for PNGs gives Pillow's pixels."""
 
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from fcn_label.images import read_image, read_mask
@@ -17,3 +19,77 @@ def test_concurrent_reads_leave_pillow_bomb_guard_in_place(tmp_path):
                             range(400)))
     assert out == [((8, 8, 3), (8, 8))] * 400
     assert Image.MAX_IMAGE_PIXELS == before and before is not None
+
+
+def _png_cases(tmp_path):
+    """PNGs of every kind read_image meets: the fast path's colour types and those it leaves to Pillow."""
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(0, 256, (37, 53, 3), dtype=np.uint8)
+    cases = {
+        "rgb": Image.fromarray(rgb),
+        "rgba": Image.fromarray(rng.integers(0, 256, (37, 53, 4), dtype=np.uint8), mode="RGBA"),
+        "grey": Image.fromarray(rgb[..., 0], mode="L"),
+        "palette": Image.fromarray(rgb[..., 1], mode="P"),
+        "grey16": Image.fromarray(rgb[..., 2].astype(np.uint16) * 251),
+        "bilevel": Image.fromarray(rgb[..., 0] > 127),
+    }
+    cases["palette"].putpalette(rng.integers(0, 256, 768, dtype=np.uint8).tolist())
+    files = {}
+    for name, im in cases.items():
+        files[name] = tmp_path / f"{name}.png"
+        im.save(files[name])
+    cases["palette"].save(tmp_path / "palette_trns.png", transparency=7)
+    Image.fromarray(rgb).save(tmp_path / "rgb_trns.png", transparency=(1, 2, 3))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotated: Pillow's path applies it
+    Image.fromarray(rgb).save(tmp_path / "rotated.png", exif=exif)
+    files.update({"palette_trns": tmp_path / "palette_trns.png", "rgb_trns": tmp_path / "rgb_trns.png",
+                  "rotated": tmp_path / "rotated.png"})
+    return files
+
+
+def test_libspng_fast_path_gives_pillows_pixels_and_leaves_the_rest_to_pillow(tmp_path, monkeypatch):
+    """With pyspng installed, 8-bit grey/RGB/palette/RGBA PNGs are decoded by libspng; every image must
+    come out as Pillow's own path gives it (the reference), and 16-bit, 1-bit and EXIF-rotated PNGs
+    must not take the fast path at all."""
+    pyspng = pytest.importorskip("pyspng", reason="the optional png extra (pyspng) is not installed")
+    from fcn_label import images
+
+    files = _png_cases(tmp_path)
+    monkeypatch.setattr(images, "_spng", False)
+    want = {name: read_image(f) for name, f in files.items()}
+    assert want["rotated"].shape == (53, 37, 3)  # the reference did rotate it
+
+    used = []
+
+    class Counting:
+        @staticmethod
+        def load(data, format=None):
+            used.append(data)
+            return pyspng.load(data, format=format)
+
+    for name, f in files.items():
+        monkeypatch.setattr(images, "_spng", Counting)
+        before = len(used)
+        got = read_image(f)
+        assert got.dtype == np.uint8 and got.flags.c_contiguous
+        assert np.array_equal(got, want[name]), name
+        fast = len(used) > before
+        assert fast == (name in ("rgb", "rgba", "grey", "palette", "palette_trns", "rgb_trns")), name
+
+
+def test_libspng_errors_fall_back_to_pillows_message(tmp_path, monkeypatch):
+    """A truncated PNG gives the same one-line error with and without the fast path."""
+    pytest.importorskip("pyspng", reason="the optional png extra (pyspng) is not installed")
+    from fcn_label import images
+    from fcn_label.errors import InputError
+
+    f = _png_cases(tmp_path)["rgb"]
+    f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
+    messages = []
+    for spng in (None, False):
+        monkeypatch.setattr(images, "_spng", spng)
+        with pytest.raises(InputError) as e:
+            read_image(f)
+        messages.append(str(e.value))
+    assert messages[0] == messages[1] and str(f) in messages[0]
