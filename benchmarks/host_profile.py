@@ -4,8 +4,9 @@
 
 For CamVid val frames (PNG, and the same frames re-encoded as JPEG quality 92) it times each
 host stage of ``predict`` on real logits of the shipped model (computed once, not timed):
-decode, preprocess (to a normalised tensor; next to its baseline from before the lookup table, timed in
-the same loop, as are COCO RLE's and the labels'), labels and confidences from the logits, palette PNG encode,
+decode (PNG with read_image's decoder and with Pillow alone, JPEG), preprocess (to a normalised
+tensor; next to its baseline from before the lookup table, timed in the same loop, as are COCO
+RLE's and the labels'), labels and confidences from the logits, palette PNG encode,
 per-class statistics, COCO RLE of all classes, the record (json + atomic write), the mask
 file write, the whole of PredictJob._finish (to check the sum), and the reports
 (predictions.csv/.json/failures.csv) amortised per image. Every stage is the mean over the
@@ -16,6 +17,7 @@ a stage. One thread (torch and the stages alike): the figure is the cost per cor
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import sys
@@ -31,6 +33,10 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from fcn_label.images import read_image, write_bytes_atomic, write_text_atomic  # noqa: E402
+from fcn_label import images  # noqa: E402
+
+# read_image's PNG decoder here: libspng where the optional png extra is installed
+PNG_DECODER = " (libspng)" if importlib.util.find_spec("pyspng") else " (Pillow)"
 from fcn_label.predict import Item, JobResult, PredictJob, PredictOptions  # noqa: E402
 from fcn_label.predict.outputs import coco_annotations, encode_png  # noqa: E402
 from fcn_label.predict import Predictor  # noqa: E402
@@ -98,7 +104,10 @@ def main() -> None:
             t_stage[name] = t_stage.get(name, 0.0) + dt
 
         for i, (png, jpg) in enumerate(zip(pngs, jpgs)):
-            t = time.perf_counter(); read_image(png); add("decode PNG", time.perf_counter() - t)
+            spng, images._spng = images._spng, False
+            t = time.perf_counter(); read_image(png); add("decode PNG, Pillow alone", time.perf_counter() - t)
+            images._spng = spng
+            t = time.perf_counter(); read_image(png); add(f"decode PNG{PNG_DECODER}", time.perf_counter() - t)
             t = time.perf_counter(); read_image(jpg); add("decode JPEG (q92)", time.perf_counter() - t)
             t = time.perf_counter(); _preprocess_before(pred, [arrays[i]]); add("preprocess, before (torch ops, 4 temporaries)", time.perf_counter() - t)
             t = time.perf_counter(); pred.preprocess([arrays[i]]); add("preprocess (to normalised tensor)", time.perf_counter() - t)
@@ -134,8 +143,8 @@ def main() -> None:
     for k, v in best.items():
         print(f"| {k} | {1000 * v:.2f} |")
     host = sum(v for k, v in best.items()
-               if k.startswith(("decode PNG", "preprocess (", "labels + confidence (", "= ", "reports")))
-    print(f"| **host total with PNG input** (decode PNG + preprocess + labels + _finish + reports) | **{1000 * host:.2f}** "
+               if k.startswith(("decode PNG (", "preprocess (", "labels + confidence (", "= ", "reports")))
+    print(f"| **host total with PNG input** (decode PNG{PNG_DECODER} + preprocess + labels + _finish + reports) | **{1000 * host:.2f}** "
           f"(= {1 / host:.0f} img/s per core) |")
     if a.json:
         a.json.write_text(json.dumps({k: 1000 * v for k, v in best.items()}, indent=1))

@@ -22,6 +22,7 @@ Prints a Markdown table; numbers depend on the machine, so say which one ran it.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import platform
@@ -192,8 +193,13 @@ def main() -> None:
     ap.add_argument("--backends", default="eager",
                     help="predict --backend kinds, comma-separated (e.g. eager,bf16,ort-int8); int8 kinds calibrate "
                          "on 32 CamVid train frames")
+    ap.add_argument("--png-decoder", default="auto",
+                    help="auto: libspng where the png extra is installed, else Pillow; pillow: Pillow only; "
+                         "a list (auto,pillow) runs end to end once per value")
     ap.add_argument("--json", type=Path)
     a = ap.parse_args()
+    from fcn_label import images
+    has_spng = importlib.util.find_spec("pyspng") is not None  # the child processes decode, not this one
     rows = []
     for kind in (["compact", "vgg16"] if a.model == "both" else [a.model]):
         n = a.vgg_images if kind == "vgg16" else a.images
@@ -202,19 +208,24 @@ def main() -> None:
             for workers in (int(w) for w in str(a.workers).split(",")):
                 for enc in a.encoders.split(","):
                     for procs in a.procs.split(","):
-                        rows.append(bench(kind, n, a.device, a.amp, a.batch_size, workers, sizes, backend,
-                                          None if enc == "default" else int(enc),
-                                          None if procs == "default" else int(procs)))
+                        for decoder in a.png_decoder.split(","):
+                            if decoder not in ("auto", "pillow"):
+                                ap.error(f"--png-decoder {decoder!r}: use auto or pillow")
+                            images._spng = None if decoder == "auto" else False  # None: probe for pyspng
+                            rows.append(bench(kind, n, a.device, a.amp, a.batch_size, workers, sizes, backend,
+                                              None if enc == "default" else int(enc),
+                                              None if procs == "default" else int(procs)))
+                            rows[-1]["png_decoder"] = "Pillow" if decoder == "pillow" or not has_spng else "libspng"
     hw = (torch.cuda.get_device_name() if a.device.startswith("cuda") else
           f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads")
     print(f"hardware: {hw}")
-    print("| model | backend | device | images | Mpx/img | batch | procs | workers | plain fp32 forward (img/s) | "
+    print("| model | backend | device | images | Mpx/img | batch | procs | workers | PNG decoder | plain fp32 forward (img/s) | "
           "backend forward (img/s) | naive loop (img/s) | end to end (img/s) | e2e / plain forward |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['model']} | {r['backend']} | {r['device']}{' AMP' if r['amp'] else ''} | {r['images']} | "
-              f"{r['mpx_per_image']:.2f} | {r['batch']} | {r['procs']} | {r['workers']}{'' if r['encoders'] is None else ' (encoders %d)' % r['encoders']} | {r['plain_forward_img_s']:.2f} | "
+              f"{r['mpx_per_image']:.2f} | {r['batch']} | {r['procs']} | {r['workers']}{'' if r['encoders'] is None else ' (encoders %d)' % r['encoders']} | {r['png_decoder']} | {r['plain_forward_img_s']:.2f} | "
               f"{r['model_only_img_s']:.2f} | {r['naive_img_s']:.2f} | {r['end_to_end_img_s']:.2f} | "
               f"{r['e2e_vs_plain']:.2f}x |")
     if a.json:
