@@ -39,6 +39,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from fcn_label.predict import PredictJob, PredictOptions, discover  # noqa: E402
+from fcn_label.predict.job import default_workers  # noqa: E402
 from fcn_label.model import FCN, FCNConfig  # noqa: E402
 from fcn_label.predict import Predictor  # noqa: E402
 from fcn_label.checkpoint import SHIPPED, Checkpoint, load_checkpoint  # noqa: E402
@@ -98,7 +99,7 @@ def calibration_arrays(n: int = 32) -> list[np.ndarray]:
     return [np.asarray(Image.open(CAMVID / f).convert("RGB")) for f in picks]
 
 
-def bench(kind: str, n: int, device: str, amp: bool, batch: int | None, workers: int, sizes=None,
+def bench(kind: str, n: int, device: str, amp: bool, batch: int | None, workers: int | None, sizes=None,
           backend: str = "eager", encoders: int | None = None, procs: int | None = None) -> dict:
     ck = model_checkpoint("compact" if kind == "none" else kind)
     t0 = time.perf_counter()
@@ -165,7 +166,8 @@ def bench(kind: str, n: int, device: str, amp: bool, batch: int | None, workers:
         assert res.done == n and not res.failed
     procs = job.procs_for(n)
     return {"model": kind, "backend": backend, "images": n, "mpx_per_image": pixels / n / 1e6, "procs": procs,
-            "device": str(pred.device), "amp": pred.amp, "batch": batch, "workers": workers, "encoders": encoders, "setup_s": setup_s,
+            "device": str(pred.device), "amp": pred.amp, "batch": batch,
+            "workers": workers if workers is not None else f"default ({default_workers(pred.device)})", "encoders": encoders, "setup_s": setup_s,
             "plain_forward_img_s": plain_fwd, "model_only_img_s": model_only, "naive_img_s": naive,
             "end_to_end_img_s": e2e, "e2e_vs_model": e2e / model_only, "e2e_vs_plain": e2e / plain_fwd}
 
@@ -184,7 +186,7 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--amp", action="store_true")
     ap.add_argument("--batch-size", type=int, default=None, help="default: predict's (1 on CPU, 8 on GPU)")
-    ap.add_argument("--workers", default="1", help="decoding workers; a list (1,2) runs end to end once per value")
+    ap.add_argument("--workers", default="1", help="decoding workers; a list (1,2) runs end to end once per value; default: predict's")
     ap.add_argument("--encoders", default="default",
                     help="predict --encoders; a list (0,2) runs end to end once per value; default: predict's")
     ap.add_argument("--procs", default="default",
@@ -205,7 +207,7 @@ def main() -> None:
         n = a.vgg_images if kind == "vgg16" else a.images
         sizes = [tuple(int(v) for v in a.size.lower().split("x"))] if a.size else None
         for backend in a.backends.split(","):
-            for workers in (int(w) for w in str(a.workers).split(",")):
+            for workers in (None if w == "default" else int(w) for w in str(a.workers).split(",")):
                 for enc in a.encoders.split(","):
                     for procs in a.procs.split(","):
                         for decoder in a.png_decoder.split(","):

@@ -7,8 +7,8 @@
 #      AMP ran slower than TF32); plus JPEG decoding on the GPU vs PIL on one core;
 #   2. VGG16 half16 vs torch.compile vs CUDA graphs at batch 32; the compact model (fewer variants);
 #   3. end to end vs network alone, mixed sizes, compact and VGG16 (target e2e >= 80%),
-#      --workers 4 and 8;
-#   4. the host pipeline's ceiling: --model none, --workers 1, 4, 8 (16 cores);
+#      --workers 4 and predict's default (from the core count: 7 on 16 cores);
+#   4. the host pipeline's ceiling: --model none, --workers 1, 4 and the default (16 cores);
 #   5. tests/test_cuda.py.
 # Usage: OUT=dir scripts/gpu_bench.sh            (on the GPU machine, from the repository root)
 #        DRY=1 scripts/gpu_bench.sh              (CPU dry run of every Python step at toy sizes)
@@ -27,9 +27,9 @@ PY=${PY:-python3}
 TMUL=1
 if [ "$DRY" = 1 ]; then
   TMUL=4  # a CPU takes longer; the dry run checks the code paths, not the time
-  DEV=cpu; SIZE=64x96; VB=2; VB1=2; CB=2; ROUNDS="--rounds 1 --iters 1"; N=8; NV=2; DEC=8; WK="1,2"; WK_NONE="1,2"
+  DEV=cpu; SIZE=64x96; VB=2; VB1=2; CB=2; ROUNDS="--rounds 1 --iters 1"; N=8; NV=2; DEC=8; WK="1,default"; WK_NONE="1,default"
 else
-  DEV=cuda; SIZE=375x500; VB=16,32,64; VB1=32; CB=16,64; ROUNDS="--rounds 5 --iters 5"; N=192; NV=64; DEC=256; WK="4,8"; WK_NONE="1,4,8"
+  DEV=cuda; SIZE=375x500; VB=16,32,64; VB1=32; CB=16,64; ROUNDS="--rounds 5 --iters 5"; N=192; NV=64; DEC=256; WK="4,default"; WK_NONE="1,4,default"
 fi
 T0=$SECONDS
 step() {  # name, timeout seconds, command...

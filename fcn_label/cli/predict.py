@@ -65,7 +65,9 @@ def predict(
                                              "(default: 8 on a GPU; on the CPU as many same-size images as fit in 0.3 Mpx, at most 32 - "
                                              "1 for a 480x360 frame, where larger batches run slower); "
                                              "only same-size images share a batch, so results equal one-at-a-time inference."),
-    workers: int = typer.Option(1, min=0, help="Background processes decoding images (0 = decode in the main process), when predict runs in one process (a GPU, --procs 1, or a backend other than eager/bf16); raise it on bigger machines and GPUs."),
+    workers: Optional[int] = typer.Option(None, min=0, help="Background processes decoding images (0 = decode in the "
+                                          "main process), when predict runs in one process (a GPU, --procs 1, or a backend "
+                                          "other than eager/bf16). Default: 1 on the CPU; on a GPU about half the cores, at most 8."),
     encoders: Optional[int] = typer.Option(None, min=0, help="Processes encoding the outputs (mask PNG, COCO RLE, "
                                            "record), each with its own record segment, when predict runs in one process; 0 = two threads of "
                                            "the main process. Default: 1 on 2 cores or fewer, else half the cores, at most 8."),

@@ -43,7 +43,7 @@ from .reports import load_records, reports_lock, write_reports
 class PredictOptions:
     out: Path
     batch_size: int | None = None  # None: the predictor's default for its device
-    workers: int = 1
+    workers: int | None = None  # decoding processes; None: default_workers()
     palette: Palette | str = Palette.model
     coco: bool = True
     overlay: bool = False
@@ -79,6 +79,14 @@ class JobResult:
 # Write errors that say --out as a whole is unusable, not this one image.
 _OUT_UNUSABLE = {errno.ENOSPC, errno.EDQUOT, errno.EROFS}
 
+
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
 def default_encoders() -> int:
     """Encoding processes when --encoders is not given: 1 on 2 cores or fewer, else half the cores (<= 8).
 
@@ -88,8 +96,21 @@ def default_encoders() -> int:
     (and 48.7 with --workers 2): one encoder takes the encoding off the main process's GIL without
     crowding the decoding worker. Above 2 cores the GIL is the limit, which more encoders lift
     (not measured on such a host here)."""
-    cores = os.cpu_count() or 1
+    cores = _cores()
     return 1 if cores <= 2 else min(8, cores // 2)
+
+
+def default_workers(device: torch.device) -> int:
+    """Decoding processes when --workers is not given: 1 on the CPU, else about half the cores (at most 8).
+
+    On the CPU the network wants the cores (one decoding worker measured best on 2 cores, and --procs
+    decodes in each pipeline's own thread). A GPU leaves the host nothing to do but decode and encode:
+    one worker decodes ~200-350 frames a second (2.8-4.6 ms a 480x360 PNG), well below what the
+    network takes, so decoders get the cores the encoders (default_encoders) leave, one for the main
+    process. The split on a 16-core GPU host is not measured yet (scripts/gpu_bench.sh does)."""
+    if device.type == "cpu":
+        return 1
+    return max(1, min(8, (_cores() - 1) // 2))
 
 
 # PyTorch CPU backends whose state survives a fork (GNU OpenMP's and ONNX Runtime's thread pools,
@@ -109,13 +130,9 @@ def default_procs(device: torch.device, backend: str) -> int:
     GNU OpenMP hangs in a forked child that asks for more."""
     if device.type != "cpu" or backend not in PROCS_BACKENDS:
         return 1
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        cores = os.cpu_count() or 1
     if "fork" not in __import__("multiprocessing").get_all_start_methods():
         return 1
-    return max(1, min(MAX_DEFAULT_PROCS, cores))
+    return max(1, min(MAX_DEFAULT_PROCS, _cores()))
 
 
 def _exit_with_parent(parent: int) -> None:
@@ -464,7 +481,7 @@ class PredictJob:
         """This process's pipeline: decoding workers, the network, writer threads or encoding processes."""
         global _POOL_JOB
         self._stop_msg = ""
-        workers = max(0, self.o.workers)
+        workers = default_workers(self.p.device) if self.o.workers is None else max(0, self.o.workers)
         bs = max(1, self.o.batch_size or self.p.default_batch_size)  # sizes the queues
         # the batch of one size: --batch-size, or (None) the predictor's default by pixel count
         limit_of = lambda key: self.p.batch_limit(key, self.o.batch_size)  # noqa: E731

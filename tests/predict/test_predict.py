@@ -453,6 +453,37 @@ def test_inference_processes_write_what_one_process_writes(tmp_path, model_file)
     assert (again.done, again.skipped) == (0, 10)
 
 
+def test_default_workers_follow_the_device_and_the_core_count(monkeypatch):
+    """One decoding worker on the CPU (the network wants the cores); on a GPU the host's cores decode,
+    leaving the encoders and the main process theirs: never more than the machine has, never zero."""
+    from fcn_label.predict import job
+
+    for cores in (1, 2, 3, 4, 16, 64):
+        monkeypatch.setattr(job, "_cores", lambda c=cores: c)
+        assert job.default_workers(torch.device("cpu")) == 1
+        gpu = job.default_workers(torch.device("cuda"))
+        assert 1 <= gpu <= 8
+        assert gpu == 1 or gpu + job.default_encoders() + 1 <= cores, (cores, gpu)
+    monkeypatch.setattr(job, "_cores", lambda: 16)
+    assert job.default_workers(torch.device("cuda")) > 4  # a 16-core GPU host: more than the old default of 1
+
+
+def test_workers_default_reaches_the_loader(tmp_path, model_file, monkeypatch):
+    """PredictOptions(workers=None) asks default_workers for this predictor's device."""
+    from fcn_label.checkpoint import load_checkpoint
+    from fcn_label.predict import job
+
+    asked = []
+    monkeypatch.setattr(job, "default_workers", lambda device: asked.append(device) or 0)
+    src = tmp_path / "in"
+    src.mkdir()
+    Image.fromarray(np.zeros((20, 30, 3), np.uint8)).save(src / "a.png")
+    pred = Predictor(load_checkpoint(model_file), device="cpu")
+    items, _ = discover([src], tmp_path / "o")
+    res = PredictJob(pred, PredictOptions(out=tmp_path / "o", procs=1)).run(items)
+    assert res.done == 1 and asked == [torch.device("cpu")]
+
+
 def test_procs_refuses_what_cannot_fork_and_defaults_by_backend(tmp_path, model_file):
     from fcn_label.checkpoint import load_checkpoint
     from fcn_label.errors import ConfigError
