@@ -1,6 +1,8 @@
 """io: Pillow's process-wide settings survive concurrent reads (evaluate decodes in threads); the optional
 libspng fast path for PNGs gives Pillow's pixels."""
 
+import struct
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -45,6 +47,11 @@ def _png_cases(tmp_path):
     Image.fromarray(rgb).save(tmp_path / "rotated.png", exif=exif)
     files.update({"palette_trns": tmp_path / "palette_trns.png", "rgb_trns": tmp_path / "rgb_trns.png",
                   "rotated": tmp_path / "rotated.png"})
+    # a gAMA chunk of 0.5 right after IHDR: Pillow ignores it, so the fast path must not apply it either
+    data = files["rgb"].read_bytes()
+    gama = b"gAMA" + struct.pack(">I", 50000)
+    files["rgb_gamma"] = tmp_path / "rgb_gamma.png"
+    files["rgb_gamma"].write_bytes(data[:33] + struct.pack(">I", 4) + gama + struct.pack(">I", zlib.crc32(gama)) + data[33:])
     return files
 
 
@@ -75,7 +82,7 @@ def test_libspng_fast_path_gives_pillows_pixels_and_leaves_the_rest_to_pillow(tm
         assert got.dtype == np.uint8 and got.flags.c_contiguous
         assert np.array_equal(got, want[name]), name
         fast = len(used) > before
-        assert fast == (name in ("rgb", "rgba", "grey", "palette", "palette_trns", "rgb_trns")), name
+        assert fast == (name in ("rgb", "rgba", "grey", "palette", "palette_trns", "rgb_trns", "rgb_gamma")), name
 
 
 def test_libspng_errors_fall_back_to_pillows_message(tmp_path, monkeypatch):
