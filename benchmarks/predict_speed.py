@@ -26,6 +26,7 @@ import importlib.util
 import json
 import os
 import platform
+import resource
 import shutil
 import sys
 import tempfile
@@ -160,16 +161,21 @@ def bench(kind: str, n: int, device: str, amp: bool, batch: int | None, workers:
         items, _ = discover([folder], tmp / "out")
         job = PredictJob(pred, PredictOptions(out=tmp / "out", batch_size=asked, workers=workers,
                                                 encoders=encoders, procs=procs))
+        r0 = [resource.getrusage(w) for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]
         t = time.perf_counter()
         res = job.run(items)
         e2e = res.done / (time.perf_counter() - t)
+        r1 = [resource.getrusage(w) for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]
+        # CPU time of this process and of its finished children (--procs pipelines, encoders, decoding
+        # workers), per image: what the job costs the machine, beside how fast it went
+        cpu_ms = sum(b.ru_utime + b.ru_stime - a.ru_utime - a.ru_stime for a, b in zip(r0, r1)) / n * 1e3
         assert res.done == n and not res.failed
     procs = job.procs_for(n)
     return {"model": kind, "backend": backend, "images": n, "mpx_per_image": pixels / n / 1e6, "procs": procs,
             "device": str(pred.device), "amp": pred.amp, "batch": batch,
             "workers": workers if workers is not None else f"default ({default_workers(pred.device)})", "encoders": encoders, "setup_s": setup_s,
             "plain_forward_img_s": plain_fwd, "model_only_img_s": model_only, "naive_img_s": naive,
-            "end_to_end_img_s": e2e, "e2e_vs_model": e2e / model_only, "e2e_vs_plain": e2e / plain_fwd}
+            "end_to_end_img_s": e2e, "end_to_end_cpu_ms_per_img": cpu_ms, "e2e_vs_model": e2e / model_only, "e2e_vs_plain": e2e / plain_fwd}
 
 
 def _sync(device: str) -> None:
@@ -223,12 +229,13 @@ def main() -> None:
           f"{torch.get_num_threads()} threads")
     print(f"hardware: {hw}")
     print("| model | backend | device | images | Mpx/img | batch | procs | workers | PNG decoder | plain fp32 forward (img/s) | "
-          "backend forward (img/s) | naive loop (img/s) | end to end (img/s) | e2e / plain forward |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+          "backend forward (img/s) | naive loop (img/s) | end to end (img/s) | e2e CPU ms/img | e2e / plain forward |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['model']} | {r['backend']} | {r['device']}{' AMP' if r['amp'] else ''} | {r['images']} | "
               f"{r['mpx_per_image']:.2f} | {r['batch']} | {r['procs']} | {r['workers']}{'' if r['encoders'] is None else ' (encoders %d)' % r['encoders']} | {r['png_decoder']} | {r['plain_forward_img_s']:.2f} | "
               f"{r['model_only_img_s']:.2f} | {r['naive_img_s']:.2f} | {r['end_to_end_img_s']:.2f} | "
+              f"{r['end_to_end_cpu_ms_per_img']:.1f} | "
               f"{r['e2e_vs_plain']:.2f}x |")
     if a.json:
         a.json.write_text(json.dumps({"hardware": hw, "rows": rows}, indent=1))
