@@ -521,6 +521,35 @@ def test_coco_annotations_decode_to_the_class_masks_and_score_their_mean_confide
         assert a["score"] == pytest.approx(conf[labels == c].astype(np.float64).mean(), abs=2e-6)
 
 
+def test_mask_png_palette_is_the_models_then_vocs_for_each_palette_in_turn():
+    """Mask PNGs carry the model's colours first and VOC's standard colours after them (VOC's
+    bit-interleaving, written out here as the reference); the palette is cached per palette, so a
+    second palette must not be served the first one's table."""
+    import io
+
+    from fcn_label.predict.outputs import encode_png
+
+    def voc(i):
+        r = g = b = 0
+        for j in range(8):
+            r |= ((i >> 0) & 1) << (7 - j)
+            g |= ((i >> 1) & 1) << (7 - j)
+            b |= ((i >> 2) & 1) << (7 - j)
+            i >>= 3
+        return (r, g, b)
+
+    labels = np.arange(12, dtype=np.uint8).reshape(3, 4)
+    for pal in ([(1, 2, 3), (4, 5, 6)], [[7, 8, 9]], [(1, 2, 3), (4, 5, 6)], None):
+        im = Image.open(io.BytesIO(encode_png(labels, pal)))
+        if pal is None:
+            assert im.mode == "L"
+        else:
+            got = im.getpalette()
+            assert got[: 3 * len(pal)] == [v for c in pal for v in c]
+            assert got[3 * len(pal): 36] == [v for i in range(len(pal), 12) for v in voc(i)]
+        assert np.array_equal(np.asarray(im), labels)
+
+
 @pytest.mark.parametrize("shape", [(1, 1), (1, 9), (9, 1), (17, 23), (60, 80)])
 def test_coco_annotations_are_the_strings_pycocotools_encode_gives(shape):
     """The runs-based encoder gives byte for byte what ``mask.encode`` gives for each class's mask
