@@ -50,7 +50,8 @@ SIZES = [(360, 480), (375, 500), (480, 640), (257, 333), (360, 480), (375, 500)]
 CAMVID = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "camvid"
 
 
-def make_folder(root: Path, n: int, sizes) -> Path:
+def make_folder(root: Path, n: int, sizes, formats: str = "mixed") -> Path:
+    """n CamVid val frames (random pixels without the data), every other one JPEG unless formats is png."""
     src = CAMVID / "val"
     frames = sorted(src.glob("*.png"))[:n] if src.is_dir() else []
     d = root / "images"
@@ -62,7 +63,7 @@ def make_folder(root: Path, n: int, sizes) -> Path:
             im = Image.open(frames[i % len(frames)]).convert("RGB").resize((w, h), Image.BILINEAR)
         else:
             im = Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8))
-        im.save(d / f"{i:04d}.jpg" if i % 2 else d / f"{i:04d}.png", quality=92)
+        im.save(d / f"{i:04d}.jpg" if i % 2 and formats == "mixed" else d / f"{i:04d}.png", quality=92)
     return d
 
 
@@ -101,7 +102,8 @@ def calibration_arrays(n: int = 32) -> list[np.ndarray]:
 
 
 def bench(kind: str, n: int, device: str, amp: bool, batch: int | None, workers: int | None, sizes=None,
-          backend: str = "eager", encoders: int | None = None, procs: int | None = None) -> dict:
+          backend: str = "eager", encoders: int | None = None, procs: int | None = None,
+          formats: str = "mixed") -> dict:
     ck = model_checkpoint("compact" if kind == "none" else kind)
     t0 = time.perf_counter()
     calib = calibration_arrays() if backend in ("int8", "ort-int8") else ()
@@ -116,7 +118,8 @@ def bench(kind: str, n: int, device: str, amp: bool, batch: int | None, workers:
     batch = batch or pred.default_batch_size
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        folder = make_folder(tmp, n, sizes or (SIZES if kind in ("compact", "none") or device != "cpu" else SIZES[:2]))
+        folder = make_folder(tmp, n, sizes or (SIZES if kind in ("compact", "none") or device != "cpu" else SIZES[:2]),
+                             formats)
         files = sorted(folder.iterdir())
         arrays = [np.asarray(Image.open(f).convert("RGB")) for f in files]
         pixels = sum(a.shape[0] * a.shape[1] for a in arrays)
@@ -172,7 +175,7 @@ def bench(kind: str, n: int, device: str, amp: bool, batch: int | None, workers:
         assert res.done == n and not res.failed
     procs = job.procs_for(n)
     return {"model": kind, "backend": backend, "images": n, "mpx_per_image": pixels / n / 1e6, "procs": procs,
-            "device": str(pred.device), "amp": pred.amp, "batch": batch,
+            "device": str(pred.device), "amp": pred.amp, "batch": batch, "formats": formats,
             "workers": workers if workers is not None else f"default ({default_workers(pred.device)})", "encoders": encoders, "setup_s": setup_s,
             "plain_forward_img_s": plain_fwd, "model_only_img_s": model_only, "naive_img_s": naive,
             "end_to_end_img_s": e2e, "end_to_end_cpu_ms_per_img": cpu_ms, "e2e_vs_model": e2e / model_only, "e2e_vs_plain": e2e / plain_fwd}
@@ -204,6 +207,8 @@ def main() -> None:
     ap.add_argument("--png-decoder", default="auto",
                     help="auto: libspng where the png extra is installed, else Pillow; pillow: Pillow only; "
                          "a list (auto,pillow) runs end to end once per value")
+    ap.add_argument("--formats", default="mixed", choices=["mixed", "png"],
+                    help="mixed: every other image JPEG (quality 92); png: all PNG")
     ap.add_argument("--json", type=Path)
     a = ap.parse_args()
     from fcn_label import images
@@ -222,12 +227,13 @@ def main() -> None:
                             images._spng = None if decoder == "auto" else False  # None: probe for pyspng
                             rows.append(bench(kind, n, a.device, a.amp, a.batch_size, workers, sizes, backend,
                                               None if enc == "default" else int(enc),
-                                              None if procs == "default" else int(procs)))
+                                              None if procs == "default" else int(procs), a.formats))
                             rows[-1]["png_decoder"] = "Pillow" if decoder == "pillow" or not has_spng else "libspng"
     hw = (torch.cuda.get_device_name() if a.device.startswith("cuda") else
           f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads")
     print(f"hardware: {hw}")
+    print(f"files: {'all PNG' if a.formats == 'png' else 'every other one JPEG (quality 92), the rest PNG'}")
     print("| model | backend | device | images | Mpx/img | batch | procs | workers | PNG decoder | plain fp32 forward (img/s) | "
           "backend forward (img/s) | naive loop (img/s) | end to end (img/s) | e2e CPU ms/img | e2e / plain forward |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")

@@ -20,6 +20,9 @@ $PY benchmarks/predict_speed.py --model compact --images 96 --size 360x480 --bac
 $PY benchmarks/predict_speed.py --model none --images 768 --size 360x480 --workers 1,2 --procs 1 --json "$OUT/host.json" | tee "$OUT/host.md"
 $PY benchmarks/predict_speed.py --model none --images 768 --size 360x480 --workers 1 --png-decoder auto,pillow \
     --json "$OUT/host_procs.json" | tee "$OUT/host_procs.md"
+# goal 2 as the issue states it: 480x360 PNG only
+$PY benchmarks/predict_speed.py --model none --images 768 --size 360x480 --workers 1 --png-decoder auto,pillow --formats png \
+    --json "$OUT/host_png.json" | tee "$OUT/host_png.md"
 # goal 3: fixed cost per image (2,000 tiny images, half PNG half JPEG) and the no-op re-run
 $PY benchmarks/tiny_images.py --images 2000 | tee "$OUT/tiny.txt"
 # goal 4: a million-image job's resume scan and reports (synthetic records)
