@@ -261,13 +261,21 @@ def atomic_path(final: str | os.PathLike) -> Iterator[Path]:
 
 
 def _pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` of this host may still write. A zombie cannot: a run killed with -9 and
+    re-run at once finds its forked children as zombies until init reaps them, and their temp files
+    must go (on Linux, read from /proc; elsewhere a zombie counts as alive)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except OSError:  # EPERM: alive, someone else's
         return True
-    return True
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            state = f.read().rpartition(b")")[2].split()[0]  # after the command name, which may hold spaces
+    except (OSError, IndexError):
+        return True
+    return state not in (b"Z", b"X")
 
 
 def remove_stale_temp(folder: str | os.PathLike) -> int:

@@ -54,6 +54,23 @@ def launch(root: Path, out: Path) -> subprocess.Popen:
                             start_new_session=True)
 
 
+def _wait_killed(pgid: int, timeout: float = 10.0) -> None:
+    """Until every process of the killed group is gone or a zombie (SIGKILL is delivered, not instant)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        running = 0
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_bytes().rpartition(b")")[2].split()
+            except OSError:
+                continue
+            if len(fields) > 2 and int(fields[2]) == pgid and fields[0] not in (b"Z", b"X"):
+                running += 1
+        if not running:
+            return
+        time.sleep(0.01)
+
+
 def files(out: Path) -> dict[str, bytes]:
     """Every output file except the per-image records (they hold timings)."""
     return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*"))
@@ -93,6 +110,7 @@ def test_kill_9_mid_run_then_rerun_equals_uninterrupted(job, capsys):
         time.sleep(0.005)
     os.killpg(proc.pid, signal.SIGKILL)  # the job and its decoding worker, with no chance to clean up
     proc.wait()
+    _wait_killed(proc.pid)  # the forked pipelines too; they may stay zombies, which the re-run must see through
     assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed; give it more work"
     finished = finished_lines(records)
     assert 6 <= finished < N

@@ -100,6 +100,35 @@ def test_temporary_names_fit_and_stale_ones_are_removed(tmp_path):
     assert not dead.exists() and live.exists() and other_host.exists()
 
 
+@pytest.mark.skipif(not Path("/proc/self/stat").exists() or not hasattr(os, "fork"),
+                    reason="zombies are read from Linux's /proc")
+def test_a_zombie_writers_leftover_is_removed(tmp_path):
+    """A run killed with -9 and re-run at once: its forked children may still be zombies, not yet
+    reaped, and os.kill(pid, 0) succeeds on a zombie; their half-written files must still go."""
+    import time
+
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0)
+    try:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:  # the child has exited but is not reaped: a zombie
+            if Path(f"/proc/{pid}/stat").read_bytes().rpartition(b")")[2].split()[0] == b"Z":
+                break
+            time.sleep(0.01)
+        else:
+            pytest.fail("the forked child did not become a zombie")
+        with atomic_path(tmp_path / "x.png") as tmp:
+            tmp.write_bytes(b"x")
+        host = tmp.name.rsplit(".", 2)[-2].split("~")[0]
+        left = tmp_path / f".a.png.abcdefgh.{host}~{pid}.tmp"
+        left.write_bytes(b"partial")
+        os.kill(pid, 0)  # what a plain liveness check sees: no error, "alive"
+        assert remove_stale_temp(tmp_path) == 1 and not left.exists()
+    finally:
+        os.waitpid(pid, 0)
+
+
 def test_masks_never_overwrite_the_input_images(tmp_path, capsys):
     """`predict a.png --out .` and a list beside its images: the mask gets a new name, the photo survives."""
     from fcn_label.cli import run_cli
