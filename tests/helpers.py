@@ -70,3 +70,15 @@ def tempered(seed: int):
         if k.startswith("score"):
             ck.state_dict[k] = ck.state_dict[k] * 1e-5
     return ck
+
+
+def voc_colour(i: int) -> tuple[int, int, int]:
+    """PASCAL VOC's colour map, the bit-interleaving definition from its devkit (a reference the
+    tests write out, independent of fcn_label.classes.voc_palette)."""
+    r = g = b = 0
+    for j in range(8):
+        r |= ((i >> 0) & 1) << (7 - j)
+        g |= ((i >> 1) & 1) << (7 - j)
+        b |= ((i >> 2) & 1) << (7 - j)
+        i >>= 3
+    return r, g, b

@@ -15,7 +15,7 @@ from fcn_label.predict import PredictJob, PredictOptions, discover
 from fcn_label.model import FCN, FCNConfig
 from fcn_label.predict import Predictor
 from fcn_label.checkpoint import save_checkpoint
-from helpers import PALETTE, make_checkpoint, one_at_a_time, rand_image
+from helpers import PALETTE, make_checkpoint, one_at_a_time, rand_image, voc_colour
 
 
 @pytest.mark.parametrize("padding,bn", [("caffe", False), ("same", True)])
@@ -529,15 +529,6 @@ def test_mask_png_palette_is_the_models_then_vocs_for_each_palette_in_turn():
 
     from fcn_label.predict.outputs import encode_png
 
-    def voc(i):
-        r = g = b = 0
-        for j in range(8):
-            r |= ((i >> 0) & 1) << (7 - j)
-            g |= ((i >> 1) & 1) << (7 - j)
-            b |= ((i >> 2) & 1) << (7 - j)
-            i >>= 3
-        return (r, g, b)
-
     labels = np.arange(12, dtype=np.uint8).reshape(3, 4)
     for pal in ([(1, 2, 3), (4, 5, 6)], [[7, 8, 9]], [(1, 2, 3), (4, 5, 6)], None):
         im = Image.open(io.BytesIO(encode_png(labels, pal)))
@@ -546,7 +537,7 @@ def test_mask_png_palette_is_the_models_then_vocs_for_each_palette_in_turn():
         else:
             got = im.getpalette()
             assert got[: 3 * len(pal)] == [v for c in pal for v in c]
-            assert got[3 * len(pal): 36] == [v for i in range(len(pal), 12) for v in voc(i)]
+            assert got[3 * len(pal): 36] == [v for i in range(len(pal), 12) for v in voc_colour(i)]
         assert np.array_equal(np.asarray(im), labels)
 
 

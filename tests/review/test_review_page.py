@@ -18,7 +18,7 @@ from fcn_label.review import build_review
 from fcn_label.review.page import write_page
 
 from _review_folder import run_predict
-from helpers import rand_image
+from helpers import rand_image, voc_colour
 
 
 def expected(pred: Path, key: str) -> list[str]:
@@ -315,17 +315,6 @@ def test_build_review_at_ten_thousand_images(tmp_path):
     print(f"10,000 images: {first:.1f}s first run, {again:.1f}s re-run, index.html {size / 1e6:.1f} MB")
     assert res.images == 10_000 and res.thumbs_written == 10_000 and res2.thumbs_reused == 10_000
     assert size < 8_000_000 and first < 300 and again < 60
-
-
-def voc_colour(i: int) -> tuple[int, int, int]:
-    """PASCAL VOC's colour map, the bit-interleaving definition from its devkit."""
-    r = g = b = 0
-    for j in range(8):
-        r |= ((i >> 0) & 1) << (7 - j)
-        g |= ((i >> 1) & 1) << (7 - j)
-        b |= ((i >> 2) & 1) << (7 - j)
-        i >>= 3
-    return r, g, b
 
 
 def test_plain_index_masks_get_colours(tmp_path):
