@@ -107,6 +107,9 @@ _spng = None  # pyspng (libspng), the optional `png` extra: False when it is not
 # Pillow. 16-bit and sub-byte images, Adam7 interlacing and files with an eXIf chunk (orientation)
 # or an acTL chunk (APNG) take Pillow's path.
 _SPNG_COLOUR_TYPES = (0, 2, 3, 6)
+# Above this, Pillow decodes: libspng wants the whole file in memory beside the pixels, and the
+# decode time of a huge photo is dwarfed by its tiled inference anyway (the memory benchmark's path).
+_SPNG_MAX_PIXELS = 16_000_000
 
 
 def _png_fast(path: Path, w: int, h: int) -> np.ndarray | None:
@@ -151,7 +154,7 @@ def read_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) ->
     """
     path = Path(path)
     im = _open(path, max_pixels)
-    if im.format == "PNG":
+    if im.format == "PNG" and im.size[0] * im.size[1] <= _SPNG_MAX_PIXELS:
         fast = _png_fast(path, *im.size)
         if fast is not None:
             im.close()

@@ -84,6 +84,11 @@ def test_libspng_fast_path_gives_pillows_pixels_and_leaves_the_rest_to_pillow(tm
         fast = len(used) > before
         assert fast == (name in ("rgb", "rgba", "grey", "palette", "palette_trns", "rgb_trns", "rgb_gamma")), name
 
+    # above the pixel cap (huge photos), Pillow decodes, with the same result
+    monkeypatch.setattr(images, "_SPNG_MAX_PIXELS", 37 * 53 - 1)
+    before = len(used)
+    assert np.array_equal(read_image(files["rgb"]), want["rgb"]) and len(used) == before
+
 
 def test_libspng_errors_fall_back_to_pillows_message(tmp_path, monkeypatch):
     """A truncated PNG gives the same one-line error with and without the fast path."""
