@@ -523,8 +523,8 @@ def test_coco_annotations_decode_to_the_class_masks_and_score_their_mean_confide
 
 def test_mask_png_palette_is_the_models_then_vocs_for_each_palette_in_turn():
     """Mask PNGs carry the model's colours first and VOC's standard colours after them (VOC's
-    bit-interleaving, written out here as the reference); the palette is cached per palette, so a
-    second palette must not be served the first one's table."""
+    bit-interleaving, written out here as the reference); VOC's colour map is cached, so a second
+    palette must not be served the first one's table nor change the cached map."""
     import io
 
     from fcn_label.predict.outputs import encode_png
