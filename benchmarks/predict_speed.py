@@ -40,7 +40,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from fcn_label.predict import PredictJob, PredictOptions, discover  # noqa: E402
-from fcn_label.predict.job import default_workers  # noqa: E402
+from fcn_label.predict.processes import default_workers  # noqa: E402
 from fcn_label.model import FCN, FCNConfig  # noqa: E402
 from fcn_label.predict import Predictor  # noqa: E402
 from fcn_label.checkpoint import SHIPPED, Checkpoint, load_checkpoint  # noqa: E402

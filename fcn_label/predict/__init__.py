@@ -1,7 +1,8 @@
 """Inference: the Predictor (one checkpoint on arrays of any size) and the predict job over many files.
 
 predictor.py (batching by size, tiling, flip), discover.py (inputs -> items and
-their output names), layout.py (every path under --out), job.py (the loop),
+their output names), layout.py (every path under --out), options.py (a job's options and
+result), job.py (the loop), processes.py (how many processes, and what the forked ones run),
 outputs.py (mask / overlay / confidence / COCO RLE encoders), reports.py
 (predictions.csv / .json, failures.csv from the records).
 """
@@ -10,7 +11,7 @@ from .._lazy import lazy_attributes
 from .discover import Item, discover, shard_from_env, shown
 from .layout import OutputLayout, Palette
 
-_WHERE = {**{n: ".job" for n in ("JobResult", "PredictJob", "PredictOptions")},
+_WHERE = {"PredictJob": ".job", **{n: ".options" for n in ("JobResult", "PredictOptions")},
           **{n: ".predictor" for n in ("DEFAULT_TILE", "DEFAULT_TILE_THRESHOLD", "MAX_BATCH_PIXELS", "Prediction",
                                        "Predictor", "pick_device")}}
 

@@ -18,7 +18,6 @@ import os
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -28,7 +27,7 @@ import torch
 from ..classes import voc_palette
 from ..errors import ConfigError
 from ..guard import failure_message, first_line, guarded
-from ..images import DEFAULT_MAX_PIXELS, InputError, remove_stale_temp_in
+from ..images import InputError, remove_stale_temp_in
 from ..metrics import confusion_matrix, scores
 from .decoding import TRIM_EVERY_PIXELS, WORKER_MAX_PIXELS, _collate, _Decode, release_free_memory  # noqa: F401
 from .discover import Item, shown
@@ -36,180 +35,14 @@ from .layout import AUX_DIRS, OutputLayout, Palette
 from .outputs import coco_annotations, write_confidence, write_mask, write_overlay
 from .predictor import CPU_BATCH_PIXELS, CPU_MAX_BATCH, MAX_BATCH_PIXELS, Prediction, Predictor, read_for_model
 from .records import RecordIndex, SegmentWriter, scan_records
+from .options import JobResult, PredictOptions
+from .processes import (PROCS_BACKENDS, _pool_write, _proc_main, can_fork, default_encoders, default_procs,
+                        default_workers, encoding_pool, encoding_pool_done)
 from .reports import load_records, reports_lock, write_reports
-
-
-@dataclass
-class PredictOptions:
-    out: Path
-    batch_size: int | None = None  # None: the predictor's default for its device
-    workers: int | None = None  # decoding processes; None: default_workers()
-    palette: Palette | str = Palette.model
-    coco: bool = True
-    overlay: bool = False
-    probs: bool = False
-    gt: Path | None = None
-    ignore_index: int | None = None
-    overwrite: bool = False
-    shard: tuple[int, int] = (0, 1)
-    max_pixels: int = DEFAULT_MAX_PIXELS
-    low_confidence: float = 0.5
-    # Processes encoding the outputs (mask PNG, RLE, record line), each appending to its own record
-    # segment; 0 = two threads of the main process (GIL-bound). None: default_encoders().
-    encoders: int | None = None
-    # CPU: forked processes, each a whole pipeline (decoding, a one-thread network, outputs) on every
-    # procs-th image; 1 = this process only. None: default_procs().
-    procs: int | None = None
-
-
-@dataclass
-class JobResult:
-    total: int = 0
-    done: int = 0
-    skipped: int = 0
-    failed: list[tuple[str, str]] = field(default_factory=list)
-    seconds: float = 0.0
-    stopped: str = ""  # why the job stopped before the end (disk full...); empty when it ran through
-
-    @property
-    def images_per_second(self) -> float:
-        return self.done / self.seconds if self.seconds > 0 else 0.0
 
 
 # Write errors that say --out as a whole is unusable, not this one image.
 _OUT_UNUSABLE = {errno.ENOSPC, errno.EDQUOT, errno.EROFS}
-
-
-def _cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
-
-
-def default_encoders() -> int:
-    """Encoding processes when --encoders is not given: 1 on 2 cores or fewer, else half the cores (<= 8).
-
-    Measured on a shared 2-core CPU (alternating runs, one session): 2,000 64x48 images 268-283 img/s
-    with threads, 292-321 with 1 encoder, 331-342 with 2; 480x360 frames with a free network
-    (predict_speed.py --model none, --workers 1) 55.6-60.4 threads, 56.4-64.4 with 1, 53.6-58.5 with 2
-    (and 48.7 with --workers 2): one encoder takes the encoding off the main process's GIL without
-    crowding the decoding worker. Above 2 cores the GIL is the limit, which more encoders lift
-    (not measured on such a host here)."""
-    cores = _cores()
-    return 1 if cores <= 2 else min(8, cores // 2)
-
-
-def default_workers(device: torch.device) -> int:
-    """Decoding processes when --workers is not given: 1 on the CPU, else about half the cores (at most 8).
-
-    On the CPU the network wants the cores (one decoding worker measured best on 2 cores, and --procs
-    decodes in each pipeline's own thread). A GPU leaves the host nothing to do but decode and encode:
-    one worker decodes ~200-350 frames a second (2.8-4.6 ms a 480x360 PNG), well below what the
-    network takes, so decoders get the cores the encoders (default_encoders) leave, one for the main
-    process. The split on a 16-core GPU host is not measured yet (scripts/gpu_bench.sh does)."""
-    if device.type == "cpu":
-        return 1
-    return max(1, min(8, (_cores() - 1) // 2))
-
-
-# PyTorch CPU backends whose state survives a fork (GNU OpenMP's and ONNX Runtime's thread pools,
-# and Inductor's compiled kernels, do not): the only ones --procs can split across processes.
-PROCS_BACKENDS = ("eager", "bf16")
-MAX_DEFAULT_PROCS = 16
-
-
-def default_procs(device: torch.device, backend: str) -> int:
-    """Inference processes when --procs is not given: one per core (at most 16) on the CPU with the eager
-    or bf16 backend, else 1.
-
-    On 2 cores a 2-thread network shares the cores with decoding and encoding, and OpenMP's threads spin
-    at every barrier while the other one is descheduled; two one-thread pipelines side by side waste
-    nothing of that (shipped model, 480x360, one session: eager 22.7-24.0 img/s vs 18.8-20.5, bf16
-    33.4-34.6 vs 28.4-30.2, stand-in network 92-106 vs 45-58). The children run one thread each because
-    GNU OpenMP hangs in a forked child that asks for more."""
-    if device.type != "cpu" or backend not in PROCS_BACKENDS:
-        return 1
-    if "fork" not in __import__("multiprocessing").get_all_start_methods():
-        return 1
-    return max(1, min(MAX_DEFAULT_PROCS, _cores()))
-
-
-def _exit_with_parent(parent: int) -> None:
-    """In a forked child: a daemon thread that ends the process when ``parent`` is gone (kill -9 leaves no orphans)."""
-    def watch() -> None:
-        while os.getppid() == parent:
-            time.sleep(0.2)
-        os._exit(0)
-
-    threading.Thread(target=watch, daemon=True).start()
-
-
-def _own_writers(job: "PredictJob") -> None:
-    """In a forked child: its own lock, folder cache and record / failure segments (named by its pid)."""
-    job._lock = threading.Lock()
-    job._checked_dirs = set()
-    job._records = SegmentWriter(job.layout.records_dir, job._checked)
-    job._failures = SegmentWriter(job.layout.failures_dir, job._checked)
-
-
-def _proc_main(job: "PredictJob", items: list[Item], conn, parent: int) -> None:
-    """An inference process (--procs): the whole pipeline on ``items``, events sent to the parent; never returns."""
-    code = 0
-    try:
-        _exit_with_parent(parent)
-        torch.set_num_threads(1)
-        job.o = replace(job.o, workers=0, encoders=0, procs=1)
-        _own_writers(job)
-        lock = threading.Lock()
-
-        def send(*msg) -> None:
-            with lock:
-                conn.send(msg)
-
-        job.on_progress = lambda done, total: send("ok")
-        job.on_failure = lambda path, msg: send("fail", path, msg)
-        res = JobResult(total=len(items))
-        try:
-            job._predict_here(items, res)
-        finally:
-            job._records.close()
-            job._failures.close()
-        if res.stopped:
-            send("stop", res.stopped)
-        send("end")
-    except BaseException as e:  # noqa: BLE001 - Ctrl-C or a bug: tell the parent, never unwind into its code
-        code = 1
-        try:
-            conn.send(("stop", f"an inference process failed ({type(e).__name__}: {first_line(e)}); re-run the "
-                               "same command to finish (finished images are kept), or add --procs 1"))
-        except BaseException:  # noqa: BLE001
-            pass
-    finally:
-        os._exit(code)
-
-
-# The job an encoding process works for: set in the parent just before the pool forks, so the
-# children inherit it (and any test's monkeypatching) without pickling the ground truth or palette.
-_POOL_JOB: "PredictJob | None" = None
-
-
-def _pool_init(parent: int) -> None:
-    """In an encoding process: its own record segment; exit when the parent dies (kill -9 leaves no orphans)."""
-    job = _POOL_JOB
-    job._lock = threading.Lock()
-    job._checked_dirs = set()
-    job._records = SegmentWriter(job.layout.records_dir, job._checked)
-    _exit_with_parent(parent)
-
-
-def _pool_write(it: Item, image: np.ndarray | None, labels: np.ndarray, confidence: np.ndarray,
-                seconds: float) -> tuple[str, str]:
-    """In an encoding process: write one image's outputs and record; ``(kind, message)`` as in :meth:`PredictJob.try_write`."""
-    return _POOL_JOB.try_write(it, image, Prediction(labels, confidence), seconds)
-
-
-# ---------------------------------------------------------------------------
 
 
 class PredictJob:
@@ -418,7 +251,7 @@ class PredictJob:
             if procs > 1 and self.p.backend not in PROCS_BACKENDS:
                 raise ConfigError(f"--procs {procs} works with --backend {' or '.join(PROCS_BACKENDS)}; "
                                   f"--backend {self.p.backend} keeps thread pools a fork cannot copy: use --procs 1")
-            if procs > 1 and "fork" not in __import__("multiprocessing").get_all_start_methods():
+            if procs > 1 and not can_fork():
                 procs = 1  # Windows: no fork
         return max(1, min(procs, n_todo))
 
@@ -479,7 +312,6 @@ class PredictJob:
 
     def _predict_here(self, todo: list[Item], res: JobResult) -> None:
         """This process's pipeline: decoding workers, the network, writer threads or encoding processes."""
-        global _POOL_JOB
         self._stop_msg = ""
         workers = default_workers(self.p.device) if self.o.workers is None else max(0, self.o.workers)
         bs = max(1, self.o.batch_size or self.p.default_batch_size)  # sizes the queues
@@ -495,18 +327,11 @@ class PredictJob:
             prefetch_factor=max(2, bs) if workers else None, shuffle=False,
         )
         encoders = default_encoders() if self.o.encoders is None else max(0, self.o.encoders)
-        if encoders and "fork" not in __import__("multiprocessing").get_all_start_methods():
+        if encoders and not can_fork():
             encoders = 0  # Windows: no fork, and the job is not picklable for spawn; threads as before
         pool = None
         if encoders:
-            import multiprocessing
-            from concurrent.futures import ProcessPoolExecutor
-
-            _POOL_JOB = self
-            # fork: the children inherit the job (palette, ground truth) as it is; they use no torch
-            pool = ProcessPoolExecutor(encoders, mp_context=multiprocessing.get_context("fork"),
-                                       initializer=_pool_init, initargs=(os.getpid(),))
-            writer = pool
+            writer = pool = encoding_pool(self, encoders)
         else:
             writer = ThreadPoolExecutor(max_workers=2, thread_name_prefix="fcn-label-writer")
         inflight: list[tuple[Item, Future]] = []
@@ -591,7 +416,7 @@ class PredictJob:
         finally:
             writer.shutdown(wait=True)
             if pool is not None:
-                _POOL_JOB = None
+                encoding_pool_done()
 
     def try_write(self, it: Item, image: np.ndarray | None, pred: Prediction, seconds: float) -> tuple[str, str]:
         """The image's boundary: ``("ok", "")``, ``("fail", one-line reason)`` or ``("stop", why --out is unusable)``.

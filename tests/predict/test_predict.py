@@ -456,16 +456,16 @@ def test_inference_processes_write_what_one_process_writes(tmp_path, model_file)
 def test_default_workers_follow_the_device_and_the_core_count(monkeypatch):
     """One decoding worker on the CPU (the network wants the cores); on a GPU the host's cores decode,
     leaving the encoders and the main process theirs: never more than the machine has, never zero."""
-    from fcn_label.predict import job
+    from fcn_label.predict import processes
 
     for cores in (1, 2, 3, 4, 16, 64):
-        monkeypatch.setattr(job, "_cores", lambda c=cores: c)
-        assert job.default_workers(torch.device("cpu")) == 1
-        gpu = job.default_workers(torch.device("cuda"))
+        monkeypatch.setattr(processes, "_cores", lambda c=cores: c)
+        assert processes.default_workers(torch.device("cpu")) == 1
+        gpu = processes.default_workers(torch.device("cuda"))
         assert 1 <= gpu <= 8
-        assert gpu == 1 or gpu + job.default_encoders() + 1 <= cores, (cores, gpu)
-    monkeypatch.setattr(job, "_cores", lambda: 16)
-    assert job.default_workers(torch.device("cuda")) > 4  # a 16-core GPU host: more than the old default of 1
+        assert gpu == 1 or gpu + processes.default_encoders() + 1 <= cores, (cores, gpu)
+    monkeypatch.setattr(processes, "_cores", lambda: 16)
+    assert processes.default_workers(torch.device("cuda")) > 4  # a 16-core GPU host: more than the old default of 1
 
 
 def test_workers_default_reaches_the_loader(tmp_path, model_file, monkeypatch):
@@ -487,7 +487,7 @@ def test_workers_default_reaches_the_loader(tmp_path, model_file, monkeypatch):
 def test_procs_refuses_what_cannot_fork_and_defaults_by_backend(tmp_path, model_file):
     from fcn_label.checkpoint import load_checkpoint
     from fcn_label.errors import ConfigError
-    from fcn_label.predict.job import default_procs
+    from fcn_label.predict.processes import default_procs
 
     ck = load_checkpoint(model_file)
     pred = Predictor(ck, device="cpu")

@@ -1,0 +1,46 @@
+"""What a predict job is asked to do (PredictOptions) and what it reports back (JobResult)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..images import DEFAULT_MAX_PIXELS
+from .layout import Palette
+
+
+@dataclass
+class PredictOptions:
+    out: Path
+    batch_size: int | None = None  # None: the predictor's default for its device
+    workers: int | None = None  # decoding processes; None: default_workers()
+    palette: Palette | str = Palette.model
+    coco: bool = True
+    overlay: bool = False
+    probs: bool = False
+    gt: Path | None = None
+    ignore_index: int | None = None
+    overwrite: bool = False
+    shard: tuple[int, int] = (0, 1)
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    low_confidence: float = 0.5
+    # Processes encoding the outputs (mask PNG, RLE, record line), each appending to its own record
+    # segment; 0 = two threads of the main process (GIL-bound). None: default_encoders().
+    encoders: int | None = None
+    # CPU: forked processes, each a whole pipeline (decoding, a one-thread network, outputs) on every
+    # procs-th image; 1 = this process only. None: default_procs().
+    procs: int | None = None
+
+
+@dataclass
+class JobResult:
+    total: int = 0
+    done: int = 0
+    skipped: int = 0
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    seconds: float = 0.0
+    stopped: str = ""  # why the job stopped before the end (disk full...); empty when it ran through
+
+    @property
+    def images_per_second(self) -> float:
+        return self.done / self.seconds if self.seconds > 0 else 0.0
