@@ -100,6 +100,27 @@ def image_size(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) ->
         return im.size
 
 
+def plain_jpeg(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[bytes, int, int] | None:
+    """``(file bytes, width, height)`` of a JPEG that a bare JPEG decoder (torchvision's decode_jpeg,
+    nvJPEG on a GPU) turns into the picture :func:`read_image` gives; None for any other file, which
+    :func:`read_image` must decode.
+
+    Plain means: YCbCr or greyscale (no CMYK, no Adobe transform marker), upright (no EXIF rotation,
+    which bare decoders ignore), and complete (ends with the EOI marker: a truncated file goes to
+    Pillow and gets its usual message). Raises :class:`InputError` like :func:`image_size`."""
+    path = Path(path)
+    with _open(path, max_pixels) as im:
+        if im.format != "JPEG" or im.mode not in ("RGB", "L") or "adobe" in im.info:
+            return None
+        if im.getexif().get(0x0112, 1) in (2, 3, 4, 5, 6, 7, 8):
+            return None
+        w, h = im.size
+    data = path.read_bytes()
+    if not data.endswith(b"\xff\xd9"):
+        return None
+    return data, w, h
+
+
 _spng = None  # pyspng (libspng), the optional `png` extra: False when it is not installed
 
 # 8-bit PNG colour types libspng turns into RGB exactly as Pillow's convert("RGB") does (greyscale,

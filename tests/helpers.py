@@ -1,6 +1,8 @@
 """Test helpers shared by several test modules: a tiny random FCN checkpoint, smooth random
 images, and the plain one-image reference prediction every fast path is compared against."""
 
+import io
+
 import numpy as np
 import torch
 from PIL import Image
@@ -82,3 +84,29 @@ def voc_colour(i: int) -> tuple[int, int, int]:
         b |= ((i >> 2) & 1) << (7 - j)
         i >>= 3
     return r, g, b
+
+
+def jpeg_folder(d):
+    """Plain JPEGs (baseline, progressive, 4:2:0, greyscale; repeated sizes so they batch) and the files that
+    must not take the device path (predict --gpu-jpeg): CMYK, EXIF-rotated, truncated, a PNG, a text file
+    named .jpg; returns the plain ones."""
+    d.mkdir()
+    plain = []
+    for i, (h, w) in enumerate([(37, 53), (37, 53), (64, 48), (37, 53), (64, 48), (20, 26)]):
+        p = d / f"plain{i}.jpg"
+        Image.fromarray(rand_image(h, w, i)).save(p, quality=90, progressive=i == 1, subsampling=2 if i == 2 else 0)
+        plain.append(p)
+    Image.fromarray(rand_image(30, 40, 9)).convert("L").save(d / "grey.jpg")
+    plain.append(d / "grey.jpg")
+    rgb = rand_image(30, 50, 1)
+    Image.fromarray(rgb).convert("CMYK").save(d / "cmyk.jpg")
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(rgb).save(d / "rot.jpg", exif=exif)
+    buf = io.BytesIO()
+    Image.fromarray(rand_image(40, 60, 3)).save(buf, "JPEG")
+    (d / "truncated.jpg").write_bytes(buf.getvalue()[: len(buf.getvalue()) * 9 // 10])  # header intact
+    # decoded by Pillow after plain2 and plain4 (the same size) were decoded on the device: they share a batch
+    Image.fromarray(rand_image(64, 48, 5)).save(d / "strip.png")
+    (d / "notes.jpg").write_text("not an image")
+    return plain

@@ -115,3 +115,49 @@ def test_plain_cuda_names_this_process_device():
     # torch.cuda.set_device() and DDP refuse an index-less "cuda" (seen on the first GPU run)
     assert pick_device("cuda") == torch.device("cuda", 0)
     assert pick_device("cuda", local_rank=0).index == 0
+
+
+def test_pinned_staging_copies_every_batch_exactly():
+    """The uint8 batch goes through page-locked memory with a non-blocking copy: back-to-back batches of
+    changing content must each arrive intact (a buffer reused before its copy ran would mix them)."""
+    ck = make_checkpoint()
+    cpu, gpu = Predictor(ck, device="cpu"), Predictor(ck, device="cuda")
+    for k in range(40):
+        imgs = [rand_image(120, 160, 100 * k + i) for i in range(4)]
+        x = gpu.preprocess(imgs)
+        assert x.is_cuda
+        torch.testing.assert_close(x.cpu(), cpu.preprocess(imgs), rtol=0, atol=1e-5)
+
+
+def test_gpu_jpeg_predicts_what_pillow_decoding_predicts(tmp_path):
+    """predict --gpu-jpeg (nvJPEG batches) against Pillow decoding: the same images done and failed, masks
+    that agree (nvJPEG's IDCT may change a few pixel values), and the device decoder really used."""
+    from fcn_label.predict import job as job_module
+    from helpers import jpeg_folder
+
+    plain = jpeg_folder(tmp_path / "in")
+    ck = make_checkpoint("same", True)
+    save_checkpoint(ck, tmp_path / "m.pt")
+    decoded = []
+    real = job_module.decode_jpegs
+
+    def spy(batch, device):
+        out = real(batch, device)
+        decoded.extend(t.device.type for t in out)
+        return out
+
+    job_module.decode_jpegs = spy
+    try:
+        for name, extra in (("pillow", []), ("nvjpeg", ["--gpu-jpeg"])):
+            code = _cli("predict", tmp_path / "in", "--out", tmp_path / name, "-w", tmp_path / "m.pt",
+                        "--device", "cuda", "-q", "--workers", "0", *extra)
+            assert code == 1  # the truncated file and notes.jpg
+    finally:
+        job_module.decode_jpegs = real
+    assert decoded == ["cuda"] * len(plain)
+    for d in ("pillow", "nvjpeg"):
+        assert len(list((tmp_path / d).glob("*.png"))) == 10
+    for p in plain:
+        a = np.asarray(Image.open(tmp_path / "pillow" / f"{p.stem}.png"))
+        b = np.asarray(Image.open(tmp_path / "nvjpeg" / f"{p.stem}.png"))
+        assert (a == b).mean() >= 0.98, p

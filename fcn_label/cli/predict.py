@@ -76,6 +76,10 @@ def predict(
                                         "then apply to none of them. Default: one per core (at most 16) with --backend "
                                         "eager or bf16 on the CPU, else 1."),
     device: str = typer.Option("auto", help="auto (CUDA when available, else CPU), cpu, cuda or cuda:N."),
+    gpu_jpeg: bool = typer.Option(False, "--gpu-jpeg", help="On CUDA: decode plain JPEGs on the GPU in batches "
+                                  "(nvJPEG), leaving the CPU cores the PNGs and the outputs. nvJPEG's pixels can differ "
+                                  "slightly from Pillow's, so a mask may differ in a few pixels; CMYK, EXIF-rotated "
+                                  "and truncated JPEGs are still decoded by Pillow."),
     amp: bool = typer.Option(False, "--amp", help="Mixed precision (float16 autocast) on CUDA; ignored on CPU."),
     flip: bool = typer.Option(False, "--flip", help="Test-time augmentation: average the predictions of each image "
                               "and its mirror image; about twice as slow, slightly better masks (see README)."),
@@ -143,11 +147,15 @@ def predict(
     predictor = Predictor(ck, device=device, amp=amp, tile=tile or None, tile_overlap=tile_overlap,
                           tile_threshold=tile_threshold, flip=flip, backend=backend, calib=calib_arrays,
                           workdir=OutputLayout(out).state if backend != "eager" else None)
+    if gpu_jpeg and predictor.device.type != "cuda":
+        raise fail(f"--gpu-jpeg decodes JPEGs on a CUDA GPU; this run is on {predictor.device}: drop --gpu-jpeg "
+                   "or use --device cuda")
     if amp and predictor.device.type != "cuda":
         console.print("[yellow]note:[/] --amp only applies on CUDA; running in float32 on the CPU")
     opts = PredictOptions(out=out, batch_size=batch_size, workers=workers, encoders=encoders, procs=procs, palette=palette, coco=coco,
                           overlay=overlay, probs=probs, gt=gt, ignore_index=ignore_index, overwrite=overwrite,
-                          shard=(shard_i, shard_n), max_pixels=max_pixels)
+                          shard=(shard_i, shard_n), max_pixels=max_pixels,
+                          jpeg_device=str(predictor.device) if gpu_jpeg else None)
     src = ck.metadata.get("name") or weights_path.name
     console.print(escape(f"fcn-label: {len(items)} images, model {src} ({ck.config.arch}, {ck.config.num_classes} "
                          f"classes) on {predictor.device}" + (f", backend {backend}" if backend != "eager" else "") + (f", shard {shard_i}/{shard_n}" if shard_n > 1 else "")),

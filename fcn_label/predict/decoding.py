@@ -3,18 +3,30 @@
 Each item is read behind the per-file guard, so any exception one file raises becomes that file's
 failure row; a worker only reads headers of very large images and leaves their decoding to the
 main process, which bounds the queue between the workers and the model.
+
+With ``jpeg_device`` set (``--gpu-jpeg``), a worker hands over a plain JPEG's bytes instead of its
+pixels (:class:`JpegBytes`), and the main process decodes them in batches on that device
+(:func:`decode_jpegs`): nvJPEG on a GPU, so the host's cores are left the PNG decoding and the
+outputs. Anything else (PNG, CMYK, EXIF-rotated, truncated...) is decoded by Pillow as before.
 """
 
 from __future__ import annotations
 
+import warnings
+from dataclasses import dataclass
 from typing import Sequence
 
+import numpy as np
 import torch
 
 from ..guard import guarded
-from ..images import image_size
+from ..images import image_size, plain_jpeg
 from .discover import Item
-from .predictor import read_for_model
+from .predictor import MAX_ASPECT, read_for_model
+
+# torchvision 0.29 marks its image decoders deprecated in favour of TorchCodec, with a warning per
+# call; they are what this torch ships with, so the warning is noise on a job's console.
+warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torchvision\.io")
 
 # Decoding workers hand over images up to this many pixels (48 MB as RGB); larger ones are only
 # looked at (header) and decoded by the main process when their turn comes. Up to 2 x workers x
@@ -23,9 +35,52 @@ from .predictor import read_for_model
 WORKER_MAX_PIXELS = 16_000_000
 
 
+@dataclass
+class JpegBytes:
+    """A plain JPEG's file, read and checked (size, aspect) but not decoded: :func:`decode_jpegs` decodes it."""
+
+    data: bytes
+    width: int
+    height: int
+
+
+def _read_jpeg(path, max_pixels: int) -> JpegBytes | None:
+    found = plain_jpeg(path, max_pixels)
+    if found is None:
+        return None
+    data, w, h = found
+    if max(w, h) > MAX_ASPECT * max(1, min(w, h)):
+        return None  # read_for_model refuses it, after decoding: with the message a Pillow-decoded run gives
+    return JpegBytes(data, w, h)
+
+
+def decode_jpegs(batch: Sequence[JpegBytes], device: torch.device) -> list[torch.Tensor]:
+    """(H, W, 3) uint8 tensors on ``device``, one per JPEG, from one torchvision ``decode_jpeg`` call (one
+    nvJPEG batch on a GPU). Raises if any image fails: the caller then decodes each with Pillow."""
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    if device.type == "cuda":
+        # torchvision's CUDA decoder writes on its own stream into memory allocated on ours, without
+        # waiting for our queued kernels (pytorch/vision#9606): let them finish first.
+        torch.cuda.current_stream(device).synchronize()
+    data = [torch.frombuffer(bytearray(b.data), dtype=torch.uint8) for b in batch]
+    out = decode_jpeg(data, mode=ImageReadMode.RGB, device=device)
+    for b, t in zip(batch, out):
+        if tuple(t.shape) != (3, b.height, b.width):
+            raise ValueError(f"decoded to {tuple(t.shape)}, header says {b.width}x{b.height}")
+    return [t.permute(1, 2, 0) for t in out]
+
+
+def as_array(image) -> np.ndarray:
+    """A host array of an image the job holds (a device tensor from :func:`decode_jpegs`, or an array)."""
+    return image.cpu().numpy() if isinstance(image, torch.Tensor) else image
+
+
 class _Decode(torch.utils.data.Dataset):
-    def __init__(self, items: Sequence[Item], max_pixels: int, worker_max_pixels: int = WORKER_MAX_PIXELS):
+    def __init__(self, items: Sequence[Item], max_pixels: int, worker_max_pixels: int = WORKER_MAX_PIXELS,
+                 jpeg_bytes: bool = False):
         self.items, self.max_pixels, self.worker_max_pixels = list(items), max_pixels, worker_max_pixels
+        self.jpeg_bytes = jpeg_bytes  # hand plain JPEGs over undecoded (JpegBytes), for decode_jpegs
 
     def __len__(self) -> int:
         return len(self.items)
@@ -38,8 +93,14 @@ class _Decode(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int):
         """In a worker: the header first (behind the guard), so a huge image is left to the main process."""
+        path = self.items[i].path
+        if self.jpeg_bytes:
+            found, err = guarded(path, _read_jpeg, path, self.max_pixels)
+            if err is not None:
+                return i, None, err
+            if found is not None and found.width * found.height <= self.worker_max_pixels:
+                return i, found, None
         if torch.utils.data.get_worker_info() is not None:
-            path = self.items[i].path
             size, err = guarded(path, image_size, path, self.max_pixels)
             if err is not None:
                 return i, None, err

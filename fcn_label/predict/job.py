@@ -29,7 +29,8 @@ from ..errors import ConfigError
 from ..guard import failure_message, first_line, guarded
 from ..images import InputError, remove_stale_temp_in
 from ..metrics import confusion_matrix, scores
-from .decoding import TRIM_EVERY_PIXELS, WORKER_MAX_PIXELS, _collate, _Decode, release_free_memory  # noqa: F401
+from .decoding import (TRIM_EVERY_PIXELS, WORKER_MAX_PIXELS, JpegBytes, _collate, _Decode,  # noqa: F401
+                       as_array, decode_jpegs, release_free_memory)
 from .discover import Item, shown
 from .layout import AUX_DIRS, OutputLayout, Palette
 from .outputs import coco_annotations, write_confidence, write_mask, write_overlay
@@ -321,7 +322,9 @@ class PredictJob:
         cpu_auto = self.o.batch_size is None and self.p.device.type == "cpu"
         wait_n = 4 * (CPU_MAX_BATCH if cpu_auto else bs)
         wait_px = 4 * (CPU_BATCH_PIXELS if cpu_auto else MAX_BATCH_PIXELS)
-        dataset = _Decode(todo, self.o.max_pixels, WORKER_MAX_PIXELS)
+        jpeg_device = None if self.o.jpeg_device is None else torch.device(self.o.jpeg_device)
+        dataset = _Decode(todo, self.o.max_pixels, WORKER_MAX_PIXELS, jpeg_bytes=jpeg_device is not None)
+        jpegs: list[tuple[int, JpegBytes]] = []  # read by the workers, waiting to be decoded together
         loader = torch.utils.data.DataLoader(
             dataset, batch_size=1, collate_fn=_collate, num_workers=workers,
             prefetch_factor=max(2, bs) if workers else None, shuffle=False,
@@ -362,6 +365,8 @@ class PredictJob:
                 release_free_memory()
             for i, pred in preds:
                 img = images.pop(i)
+                if isinstance(img, torch.Tensor):  # decoded on the device: only --overlay needs the pixels
+                    img = as_array(img) if self.o.overlay else None
                 if pool is not None:
                     f = pool.submit(_pool_write, todo[i], img if self.o.overlay else None, pred.labels,
                                     pred.confidence, per)
@@ -380,36 +385,60 @@ class PredictJob:
             while inflight:
                 settle_first()
 
+        def decode_jpeg_batch() -> None:
+            """The waiting JPEGs in one decode call on ``jpeg_device``; if it fails, Pillow decodes each
+            (so a file the device decoder refuses gets Pillow's verdict and message, and nothing else is lost)."""
+            batch = jpegs[:]
+            jpegs.clear()
+            try:
+                decoded = decode_jpegs([b for _, b in batch], jpeg_device)
+            except Exception:  # noqa: BLE001 - any decoder error: the per-file path below decides
+                decoded = None
+            for k, (i, _) in enumerate(batch):
+                admit(i, *((decoded[k], None) if decoded is not None else self.decode(todo[i])))
+
+        def admit(i: int, arr, err: str | None) -> None:
+            """A decoded image joins the window of its size (or fails, or runs tiled at once)."""
+            nonlocal buffered, buffered_px
+            if err is not None:
+                self._fail(res, str(todo[i].path), err)
+                return
+            if self.p.needs_tiling(arr.shape):
+                drain()
+                images[i] = as_array(arr)  # tiles run from host memory, a band at a time
+                run_group([i])
+                return
+            images[i] = arr
+            key = tuple(arr.shape)
+            window.setdefault(key, []).append(i)
+            buffered += 1
+            buffered_px += key[0] * key[1]
+            if len(window[key]) >= limit_of(key):
+                buffered -= len(window[key])
+                buffered_px -= len(window[key]) * key[0] * key[1]
+                run_group(window.pop(key))
+            elif buffered >= wait_n or buffered_px >= wait_px:
+                # many sizes in flight: run the fullest group to bound memory
+                key = max(window, key=lambda k: len(window[k]))
+                buffered -= len(window[key])
+                buffered_px -= len(window[key]) * key[0] * key[1]
+                run_group(window.pop(key))
+
         try:
             for i, arr, err in loader:
                 if res.stopped:
                     break
+                if isinstance(arr, JpegBytes):
+                    jpegs.append((i, arr))
+                    if len(jpegs) >= bs:
+                        decode_jpeg_batch()
+                    continue
                 if arr is None and err is None:  # a large image the worker left to us
                     drain()
                     arr, err = self.decode(todo[i])
-                if err is not None:
-                    self._fail(res, str(todo[i].path), err)
-                    continue
-                if self.p.needs_tiling(arr.shape):
-                    drain()
-                    images[i] = arr
-                    run_group([i])
-                    continue
-                images[i] = arr
-                key = arr.shape
-                window.setdefault(key, []).append(i)
-                buffered += 1
-                buffered_px += key[0] * key[1]
-                if len(window[key]) >= limit_of(key):
-                    buffered -= len(window[key])
-                    buffered_px -= len(window[key]) * key[0] * key[1]
-                    run_group(window.pop(key))
-                elif buffered >= wait_n or buffered_px >= wait_px:
-                    # many sizes in flight: run the fullest group to bound memory
-                    key = max(window, key=lambda k: len(window[k]))
-                    buffered -= len(window[key])
-                    buffered_px -= len(window[key]) * key[0] * key[1]
-                    run_group(window.pop(key))
+                admit(i, arr, err)
+            if jpegs and not res.stopped:
+                decode_jpeg_batch()
             for key in list(window):
                 run_group(window.pop(key))
             drain()

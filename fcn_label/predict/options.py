@@ -30,6 +30,9 @@ class PredictOptions:
     # CPU: forked processes, each a whole pipeline (decoding, a one-thread network, outputs) on every
     # procs-th image; 1 = this process only. None: default_procs().
     procs: int | None = None
+    # Where plain JPEGs are decoded, in batches by torchvision (--gpu-jpeg: the CUDA device, nvJPEG);
+    # None: by Pillow in the decoding workers, like every other file.
+    jpeg_device: str | None = None
 
 
 @dataclass

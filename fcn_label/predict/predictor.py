@@ -163,12 +163,22 @@ class Predictor:
 
     # -- the three stages -----------------------------------------------------
     def preprocess(self, images: Sequence[np.ndarray]) -> torch.Tensor:
-        """Same-size RGB uint8 arrays -> normalised (N, 3, H, W) float on the device."""
-        if self.device.type == "cpu":
+        """Same-size RGB uint8 images -> normalised (N, 3, H, W) float on the device.
+
+        ``images``: (H, W, 3) arrays, or tensors (decoded on the device by --gpu-jpeg), or both: a
+        Pillow-decoded image (a PNG, a CMYK JPEG) can share a batch with device-decoded ones."""
+        if any(isinstance(t, torch.Tensor) for t in images):  # normalised on the device, where they are
+            x = torch.stack([torch.as_tensor(t).to(self.device) for t in images])
+            x = self.norm.apply(x.permute(0, 3, 1, 2))
+        elif self.device.type == "cpu":
             x = torch.from_numpy(self._normalised(images)).permute(0, 3, 1, 2)
         else:  # normalised on the GPU: a quarter of the bytes cross the bus
-            x = torch.from_numpy(np.stack(images)).to(self.device, non_blocking=True).permute(0, 3, 1, 2)
-            x = self.norm.apply(x)
+            # stacked straight into page-locked memory, so the copy is a DMA that does not hold up this
+            # thread (non_blocking from pageable memory is a synchronous copy through a staging buffer);
+            # the caching host allocator keeps the buffer alive until the copy has run
+            batch = torch.empty((len(images),) + tuple(images[0].shape), dtype=torch.uint8, pin_memory=True)
+            np.stack(images, out=batch.numpy())
+            x = self.norm.apply(batch.to(self.device, non_blocking=True).permute(0, 3, 1, 2))
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
     def _normalised(self, images: Sequence[np.ndarray]) -> np.ndarray:

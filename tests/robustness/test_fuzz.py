@@ -98,3 +98,31 @@ def test_memory_and_time_per_file_are_bounded(fuzz_round):
     # the whole process, start-up included, averages well under a second a file (shared 2-core CPU)
     assert r.predict.seconds < 20 + 0.5 * len(items), r.predict.seconds
     assert r.evaluate.seconds < 20 + 0.5 * len(items), r.evaluate.seconds
+
+
+def test_jpeg_mutants_decoded_in_batches_get_pillows_verdicts(tmp_path):
+    """predict --gpu-jpeg's path (here torchvision's CPU decoder, batched) on damaged JPEGs: the same images
+    done and failed as with Pillow decoding, with the same messages and the same masks. (A 600-mutant run
+    of this found a batch mixing device- and Pillow-decoded images of one size, now in test_device_jpeg's
+    folder, and an aspect check that pre-empted Pillow's verdict, which this round catches.)"""
+    from fcn_label.checkpoint import load_checkpoint
+    from fcn_label.predict import PredictJob, PredictOptions, Predictor, discover
+
+    pool = {k: v for k, v in fuzz.seeds().items() if k.endswith(".jpg")}
+    (tmp_path / "in").mkdir()
+    for m in fuzz.mutants(240, seed=3, pool=pool):
+        if m.name.endswith(".jpg"):  # (the zTXt bomb is a PNG)
+            (tmp_path / "in" / m.name).write_bytes(m.data)
+    ck = load_checkpoint(fuzz.tiny_model(tmp_path / "model.pt"))
+    runs = {}
+    for name, dev in (("pillow", None), ("batched", "cpu")):
+        items, problems = discover([str(tmp_path / "in")], tmp_path / name)
+        opts = PredictOptions(out=tmp_path / name, procs=1, workers=1, jpeg_device=dev, max_pixels=fuzz.MAX_PIXELS)
+        runs[name] = PredictJob(Predictor(ck, device="cpu"), opts).run(items, problems)
+    a, b = runs["pillow"], runs["batched"]
+    assert a.done + len(a.failed) == 239 and a.done > 50 and len(a.failed) > 50
+    assert b.done == a.done and sorted(b.failed) == sorted(a.failed)
+    masks = sorted(p.name for p in (tmp_path / "pillow").glob("*.png"))
+    assert masks == sorted(p.name for p in (tmp_path / "batched").glob("*.png")) and len(masks) == a.done
+    for name in masks:
+        assert (tmp_path / "pillow" / name).read_bytes() == (tmp_path / "batched" / name).read_bytes(), name
