@@ -1,7 +1,7 @@
 """End-to-end `predict` throughput vs the model alone vs a naive one-image loop.
 
     python benchmarks/predict_speed.py [--model compact|vgg16|both|none] [--images N] [--device cpu|cuda] [--amp]
-                                       [--workers 1,2]
+                                       [--workers 1,2] [--formats mixed|png|jpeg] [--jpeg-decoder pillow,device]
 
 ``--model none`` swaps the network for a stand-in that costs nothing (it replays the compact
 model's logits for each image size, computed once during warm-up, so label maps, PNGs and RLEs
@@ -51,7 +51,7 @@ CAMVID = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "ca
 
 
 def make_folder(root: Path, n: int, sizes, formats: str = "mixed") -> Path:
-    """n CamVid val frames (random pixels without the data), every other one JPEG unless formats is png."""
+    """n CamVid val frames (random pixels without the data): every other one JPEG (mixed), or all PNG, or all JPEG."""
     src = CAMVID / "val"
     frames = sorted(src.glob("*.png"))[:n] if src.is_dir() else []
     d = root / "images"
@@ -63,7 +63,8 @@ def make_folder(root: Path, n: int, sizes, formats: str = "mixed") -> Path:
             im = Image.open(frames[i % len(frames)]).convert("RGB").resize((w, h), Image.BILINEAR)
         else:
             im = Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8))
-        im.save(d / f"{i:04d}.jpg" if i % 2 and formats == "mixed" else d / f"{i:04d}.png", quality=92)
+        jpeg = formats == "jpeg" or (formats == "mixed" and i % 2)
+        im.save(d / f"{i:04d}.jpg" if jpeg else d / f"{i:04d}.png", quality=92)
     return d
 
 
@@ -103,7 +104,7 @@ def calibration_arrays(n: int = 32) -> list[np.ndarray]:
 
 def bench(kind: str, n: int, device: str, amp: bool, batch: int | None, workers: int | None, sizes=None,
           backend: str = "eager", encoders: int | None = None, procs: int | None = None,
-          formats: str = "mixed") -> dict:
+          formats: str = "mixed", jpeg_decoder: str = "pillow") -> dict:
     ck = model_checkpoint("compact" if kind == "none" else kind)
     t0 = time.perf_counter()
     calib = calibration_arrays() if backend in ("int8", "ort-int8") else ()
@@ -126,6 +127,10 @@ def bench(kind: str, n: int, device: str, amp: bool, batch: int | None, workers:
 
         # warm-up (allocator, cuDNN algorithm choice): every size once
         pred.predict_arrays(list({a.shape: a for a in arrays}.values()), batch)
+        if jpeg_decoder == "device":  # and the decoder: loading torchvision's image library takes ~1.4 s here
+            from fcn_label.predict.decoding import _read_jpeg, decode_jpegs
+            first = next(f for f in files if f.suffix == ".jpg")
+            decode_jpegs([_read_jpeg(first, 10**9)], pred.device)
         # model only: forward pass on pre-normalised tensors, grouped by size
         groups: dict[tuple, list[np.ndarray]] = {}
         for a in arrays:
@@ -163,7 +168,8 @@ def bench(kind: str, n: int, device: str, amp: bool, batch: int | None, workers:
         # end to end
         items, _ = discover([folder], tmp / "out")
         job = PredictJob(pred, PredictOptions(out=tmp / "out", batch_size=asked, workers=workers,
-                                                encoders=encoders, procs=procs))
+                                                encoders=encoders, procs=procs,
+                                                jpeg_device=str(pred.device) if jpeg_decoder == "device" else None))
         r0 = [resource.getrusage(w) for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]
         t = time.perf_counter()
         res = job.run(items)
@@ -175,7 +181,7 @@ def bench(kind: str, n: int, device: str, amp: bool, batch: int | None, workers:
         assert res.done == n and not res.failed
     procs = job.procs_for(n)
     return {"model": kind, "backend": backend, "images": n, "mpx_per_image": pixels / n / 1e6, "procs": procs,
-            "device": str(pred.device), "amp": pred.amp, "batch": batch, "formats": formats,
+            "device": str(pred.device), "amp": pred.amp, "batch": batch, "formats": formats, "jpeg_decoder": jpeg_decoder,
             "workers": workers if workers is not None else f"default ({default_workers(pred.device)})", "encoders": encoders, "setup_s": setup_s,
             "plain_forward_img_s": plain_fwd, "model_only_img_s": model_only, "naive_img_s": naive,
             "end_to_end_img_s": e2e, "end_to_end_cpu_ms_per_img": cpu_ms, "e2e_vs_model": e2e / model_only, "e2e_vs_plain": e2e / plain_fwd}
@@ -207,8 +213,11 @@ def main() -> None:
     ap.add_argument("--png-decoder", default="auto",
                     help="auto: libspng where the png extra is installed, else Pillow; pillow: Pillow only; "
                          "a list (auto,pillow) runs end to end once per value")
-    ap.add_argument("--formats", default="mixed", choices=["mixed", "png"],
-                    help="mixed: every other image JPEG (quality 92); png: all PNG")
+    ap.add_argument("--formats", default="mixed", choices=["mixed", "png", "jpeg"],
+                    help="mixed: every other image JPEG (quality 92); png: all PNG; jpeg: all JPEG")
+    ap.add_argument("--jpeg-decoder", default="pillow",
+                    help="pillow: in the decoding workers; device: in batches on --device (predict --gpu-jpeg on "
+                         "CUDA); a list (pillow,device) runs end to end once per value")
     ap.add_argument("--json", type=Path)
     a = ap.parse_args()
     from fcn_label import images
@@ -224,22 +233,28 @@ def main() -> None:
                         for decoder in a.png_decoder.split(","):
                             if decoder not in ("auto", "pillow"):
                                 ap.error(f"--png-decoder {decoder!r}: use auto or pillow")
-                            images._spng = None if decoder == "auto" else False  # None: probe for pyspng
-                            rows.append(bench(kind, n, a.device, a.amp, a.batch_size, workers, sizes, backend,
-                                              None if enc == "default" else int(enc),
-                                              None if procs == "default" else int(procs), a.formats))
-                            rows[-1]["png_decoder"] = "Pillow" if decoder == "pillow" or not has_spng else "libspng"
+                            for jdec in a.jpeg_decoder.split(","):
+                                if jdec not in ("pillow", "device"):
+                                    ap.error(f"--jpeg-decoder {jdec!r}: use pillow or device")
+                                images._spng = None if decoder == "auto" else False  # None: probe for pyspng
+                                rows.append(bench(kind, n, a.device, a.amp, a.batch_size, workers, sizes, backend,
+                                                  None if enc == "default" else int(enc),
+                                                  None if procs == "default" else int(procs), a.formats, jdec))
+                                rows[-1]["png_decoder"] = "Pillow" if decoder == "pillow" or not has_spng else "libspng"
     hw = (torch.cuda.get_device_name() if a.device.startswith("cuda") else
           f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads")
     print(f"hardware: {hw}")
-    print(f"files: {'all PNG' if a.formats == 'png' else 'every other one JPEG (quality 92), the rest PNG'}")
-    print("| model | backend | device | images | Mpx/img | batch | procs | workers | PNG decoder | plain fp32 forward (img/s) | "
-          "backend forward (img/s) | naive loop (img/s) | end to end (img/s) | e2e CPU ms/img | e2e / plain forward |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    files = {"png": "all PNG", "jpeg": "all JPEG (quality 92)"}.get(a.formats, "every other one JPEG (quality 92), the rest PNG")
+    print(f"files: {files}")
+    print("| model | backend | device | images | Mpx/img | batch | procs | workers | PNG decoder | JPEG decoder | "
+          "plain fp32 forward (img/s) | backend forward (img/s) | naive loop (img/s) | end to end (img/s) | "
+          "e2e CPU ms/img | e2e / plain forward |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['model']} | {r['backend']} | {r['device']}{' AMP' if r['amp'] else ''} | {r['images']} | "
-              f"{r['mpx_per_image']:.2f} | {r['batch']} | {r['procs']} | {r['workers']}{'' if r['encoders'] is None else ' (encoders %d)' % r['encoders']} | {r['png_decoder']} | {r['plain_forward_img_s']:.2f} | "
+              f"{r['mpx_per_image']:.2f} | {r['batch']} | {r['procs']} | {r['workers']}{'' if r['encoders'] is None else ' (encoders %d)' % r['encoders']} | {r['png_decoder']} | "
+              f"{'batched on ' + r['device'] if r['jpeg_decoder'] == 'device' else 'Pillow'} | {r['plain_forward_img_s']:.2f} | "
               f"{r['model_only_img_s']:.2f} | {r['naive_img_s']:.2f} | {r['end_to_end_img_s']:.2f} | "
               f"{r['end_to_end_cpu_ms_per_img']:.1f} | "
               f"{r['e2e_vs_plain']:.2f}x |")

@@ -9,7 +9,8 @@
 #   3. end to end vs network alone, mixed sizes, compact and VGG16 (target e2e >= 80%),
 #      --workers 4 and predict's default (from the core count: 7 on 16 cores);
 #   4. the host pipeline's ceiling: --model none, --workers 1, 4 and the default (16 cores);
-#   5. tests/test_cuda.py.
+#   5. all-JPEG frames end to end, decoded by Pillow in the workers vs predict --gpu-jpeg (nvJPEG batches);
+#   6. tests/test_cuda.py (pinned-memory staging and --gpu-jpeg among them).
 # Usage: OUT=dir scripts/gpu_bench.sh            (on the GPU machine, from the repository root)
 #        DRY=1 scripts/gpu_bench.sh              (CPU dry run of every Python step at toy sizes)
 # Results: $OUT/*.json, $OUT/*.log, $OUT/summary.md.
@@ -47,19 +48,21 @@ step() {  # name, timeout seconds, command...
   > "$OUT/machine.txt" 2>&1
 cat "$OUT/machine.txt" | tee -a "$OUT/summary.md"
 
-step vgg16_forward 95 $PY benchmarks/gpu_forward.py --device $DEV --model vgg16 --size $SIZE --batch $VB $ROUNDS \
-  --variants fp32,tf32,amp16,amp_bf16,half16,half_bf16,tf32_nchw,half16_nchw --budget 75 --decode $DEC \
+step vgg16_forward 85 $PY benchmarks/gpu_forward.py --device $DEV --model vgg16 --size $SIZE --batch $VB $ROUNDS \
+  --variants fp32,tf32,amp16,amp_bf16,half16,half_bf16,tf32_nchw,half16_nchw --budget 68 --decode $DEC \
   --json "$OUT/vgg16_forward.json"
 step vgg16_compiled 70 $PY benchmarks/gpu_forward.py --device $DEV --model vgg16 --size $SIZE --batch $VB1 $ROUNDS \
   --variants half16,compile16,graphs16 --budget 50 --json "$OUT/vgg16_compiled.json"
 step compact_forward 45 $PY benchmarks/gpu_forward.py --device $DEV --model compact --size $SIZE --batch $CB $ROUNDS \
   --variants tf32,amp16,half16,half_bf16,compile16,graphs16 --budget 30 --json "$OUT/compact_forward.json"
-step e2e_compact 70 $PY benchmarks/predict_speed.py --device $DEV --model compact --batch-size 16 --workers $WK \
+step e2e_compact 65 $PY benchmarks/predict_speed.py --device $DEV --model compact --batch-size 16 --workers $WK \
   --images $N --json "$OUT/e2e_compact.json"
 step e2e_vgg16 55 $PY benchmarks/predict_speed.py --device $DEV --model vgg16 --batch-size 16 --workers $WK \
   --vgg-images $NV --json "$OUT/e2e_vgg16.json"
 step host_ceiling 40 $PY benchmarks/predict_speed.py --device $DEV --model none --batch-size 16 --workers $WK_NONE \
   --images $N --json "$OUT/host_ceiling.json"
+step gpu_jpeg 35 $PY benchmarks/predict_speed.py --device $DEV --model compact --batch-size 16 --workers default \
+  --images $N --formats jpeg --jpeg-decoder pillow,device --json "$OUT/gpu_jpeg.json"
 if [ "$DRY" = 1 ]; then
   echo "## cuda tests: skipped in a dry run" | tee -a "$OUT/summary.md"
 else
