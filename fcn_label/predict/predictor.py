@@ -176,7 +176,8 @@ class Predictor:
             # stacked straight into page-locked memory, so the copy is a DMA that does not hold up this
             # thread (non_blocking from pageable memory is a synchronous copy through a staging buffer);
             # the caching host allocator keeps the buffer alive until the copy has run
-            batch = torch.empty((len(images),) + tuple(images[0].shape), dtype=torch.uint8, pin_memory=True)
+            batch = torch.empty((len(images),) + tuple(images[0].shape), dtype=torch.uint8,
+                                pin_memory=self.device.type == "cuda")
             np.stack(images, out=batch.numpy())
             x = self.norm.apply(batch.to(self.device, non_blocking=True).permute(0, 3, 1, 2))
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
