@@ -57,16 +57,16 @@ step compact_forward 45 $PY benchmarks/gpu_forward.py --device $DEV --model comp
   --variants tf32,amp16,half16,half_bf16,compile16,graphs16 --budget 30 --json "$OUT/compact_forward.json"
 step e2e_compact 65 $PY benchmarks/predict_speed.py --device $DEV --model compact --batch-size 16 --workers $WK \
   --images $N --json "$OUT/e2e_compact.json"
-step e2e_vgg16 55 $PY benchmarks/predict_speed.py --device $DEV --model vgg16 --batch-size 16 --workers $WK \
+step e2e_vgg16 50 $PY benchmarks/predict_speed.py --device $DEV --model vgg16 --batch-size 16 --workers $WK \
   --vgg-images $NV --json "$OUT/e2e_vgg16.json"
-step host_ceiling 40 $PY benchmarks/predict_speed.py --device $DEV --model none --batch-size 16 --workers $WK_NONE \
+step host_ceiling 35 $PY benchmarks/predict_speed.py --device $DEV --model none --batch-size 16 --workers $WK_NONE \
   --images $N --json "$OUT/host_ceiling.json"
 step gpu_jpeg 35 $PY benchmarks/predict_speed.py --device $DEV --model compact --batch-size 16 --workers default \
   --images $N --formats jpeg --jpeg-decoder pillow,device --json "$OUT/gpu_jpeg.json"
 if [ "$DRY" = 1 ]; then
   echo "## cuda tests: skipped in a dry run" | tee -a "$OUT/summary.md"
 else
-  step cuda_tests 85 $PY -m pytest -q tests/test_cuda.py -p no:cacheprovider
+  step cuda_tests 95 $PY -m pytest -q tests/test_cuda.py -p no:cacheprovider
   tail -3 "$OUT/cuda_tests.log" >> "$OUT/summary.md"
 fi
 echo "total $((SECONDS - T0)) s" | tee -a "$OUT/summary.md"
