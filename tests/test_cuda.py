@@ -132,7 +132,7 @@ def test_pinned_staging_copies_every_batch_exactly():
 def test_gpu_jpeg_predicts_what_pillow_decoding_predicts(tmp_path):
     """predict --gpu-jpeg (nvJPEG batches) against Pillow decoding: the same images done and failed, masks
     that agree (nvJPEG's IDCT may change a few pixel values), and the device decoder really used."""
-    from fcn_label.predict import job as job_module
+    from fcn_label.predict import pipeline as job_module
     from helpers import jpeg_folder
 
     plain = jpeg_folder(tmp_path / "in")

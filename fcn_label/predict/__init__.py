@@ -2,7 +2,8 @@
 
 predictor.py (batching by size, tiling, flip), discover.py (inputs -> items and
 their output names), layout.py (every path under --out), options.py (a job's options and
-result), job.py (the loop), processes.py (how many processes, and what the forked ones run),
+result), job.py (resume, the per-image stages, reports), pipeline.py (one process's loop),
+processes.py (how many processes, and what the forked ones run),
 outputs.py (mask / overlay / confidence / COCO RLE encoders), reports.py
 (predictions.csv / .json, failures.csv from the records).
 """

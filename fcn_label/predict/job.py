@@ -7,38 +7,33 @@ and the reports are always assembled from the records (:mod:`.reports`).
 Per image, the work is three stages, each a method, so that they can later run
 in worker processes: :meth:`PredictJob.decode` (file -> RGB array, behind the
 per-file guard), :meth:`PredictJob.infer` (same-size arrays -> predictions) and
-:meth:`PredictJob.write` (prediction -> mask, extras and record). :meth:`run`
-only schedules them.
+:meth:`PredictJob.write` (prediction -> mask, extras and record). They are scheduled by
+:class:`.pipeline.Pipeline` in one process, or in each process :func:`.processes.run_in_procs` forks.
 """
 
 from __future__ import annotations
 
 import errno
-import os
 import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
-import torch
 
 from ..classes import voc_palette
 from ..errors import ConfigError
-from ..guard import failure_message, first_line, guarded
+from ..guard import failure_message, guarded
 from ..images import InputError, remove_stale_temp_in
 from ..metrics import confusion_matrix, scores
-from .decoding import (TRIM_EVERY_PIXELS, WORKER_MAX_PIXELS, JpegBytes, _collate, _Decode,  # noqa: F401
-                       as_array, decode_jpegs, release_free_memory)
 from .discover import Item, shown
 from .layout import AUX_DIRS, OutputLayout, Palette
-from .outputs import coco_annotations, write_confidence, write_mask, write_overlay
-from .predictor import CPU_BATCH_PIXELS, CPU_MAX_BATCH, MAX_BATCH_PIXELS, Prediction, Predictor, read_for_model
-from .records import RecordIndex, SegmentWriter, scan_records
 from .options import JobResult, PredictOptions
-from .processes import (PROCS_BACKENDS, _pool_write, _proc_main, can_fork, default_encoders, default_procs,
-                        default_workers, encoding_pool, encoding_pool_done)
+from .outputs import coco_annotations, write_confidence, write_mask, write_overlay
+from .pipeline import Pipeline
+from .predictor import Prediction, Predictor, read_for_model
+from .processes import PROCS_BACKENDS, can_fork, default_procs, run_in_procs
+from .records import RecordIndex, SegmentWriter, scan_records
 from .reports import load_records, reports_lock, write_reports
 
 
@@ -259,193 +254,13 @@ class PredictJob:
     def _predict(self, todo: list[Item], res: JobResult) -> None:
         procs = self.procs_for(len(todo))
         if procs > 1:
-            self._predict_in_procs(todo, res, procs)
+            run_in_procs(self, todo, res, procs)
         else:
             self._predict_here(todo, res)
 
-    def _predict_in_procs(self, todo: list[Item], res: JobResult, procs: int) -> None:
-        """Fork ``procs`` inference processes, process k taking every procs-th image from k; gather their events.
-
-        Each child decodes in its main thread and writes in two threads (--workers and --encoders apply to a
-        single process), appends to its own record segment, and exits with the parent."""
-        import multiprocessing
-        from multiprocessing.connection import wait
-
-        ctx = multiprocessing.get_context("fork")
-        readers: dict = {}
-        ended: set = set()
-        done = res.skipped
-        try:
-            for k in range(procs):
-                r, w = ctx.Pipe(duplex=False)
-                p = ctx.Process(target=_proc_main, args=(self, todo[k::procs], w, os.getpid()),
-                                name=f"fcn-label-predict-{k}", daemon=True)
-                p.start()
-                w.close()  # the child holds the only write end: end of file when it exits
-                readers[r] = p
-            while readers:
-                for r in wait(list(readers)):
-                    try:
-                        msg = r.recv()
-                    except (EOFError, OSError):
-                        p = readers.pop(r)
-                        p.join()
-                        if r not in ended and not res.stopped:
-                            res.stopped = (f"an inference process ended unexpectedly (exit code {p.exitcode}); re-run "
-                                           "the same command to finish: finished images are kept and skipped")
-                        continue
-                    if msg[0] == "ok":
-                        res.done += 1
-                        done += 1
-                        self.on_progress(done, res.total)
-                    elif msg[0] == "fail":
-                        res.failed.append((msg[1], msg[2]))  # the child kept the failure record
-                        self.on_failure(msg[1], msg[2])
-                    elif msg[0] == "stop":
-                        res.stopped = res.stopped or msg[1]
-                    elif msg[0] == "end":
-                        ended.add(r)
-        finally:
-            for p in readers.values():  # Ctrl-C or an error here: take the children down with us
-                p.terminate()
-            for p in readers.values():
-                p.join()
-
     def _predict_here(self, todo: list[Item], res: JobResult) -> None:
-        """This process's pipeline: decoding workers, the network, writer threads or encoding processes."""
-        self._stop_msg = ""
-        workers = default_workers(self.p.device) if self.o.workers is None else max(0, self.o.workers)
-        bs = max(1, self.o.batch_size or self.p.default_batch_size)  # sizes the queues
-        # the batch of one size: --batch-size, or (None) the predictor's default by pixel count
-        limit_of = lambda key: self.p.batch_limit(key, self.o.batch_size)  # noqa: E731
-        # bound the decoded images waiting in the window: 4 batches' worth, in pixels as well as count
-        cpu_auto = self.o.batch_size is None and self.p.device.type == "cpu"
-        wait_n = 4 * (CPU_MAX_BATCH if cpu_auto else bs)
-        wait_px = 4 * (CPU_BATCH_PIXELS if cpu_auto else MAX_BATCH_PIXELS)
-        jpeg_device = None if self.o.jpeg_device is None else torch.device(self.o.jpeg_device)
-        dataset = _Decode(todo, self.o.max_pixels, WORKER_MAX_PIXELS, jpeg_bytes=jpeg_device is not None)
-        jpegs: list[tuple[int, JpegBytes]] = []  # read by the workers, waiting to be decoded together
-        loader = torch.utils.data.DataLoader(
-            dataset, batch_size=1, collate_fn=_collate, num_workers=workers,
-            prefetch_factor=max(2, bs) if workers else None, shuffle=False,
-        )
-        encoders = default_encoders() if self.o.encoders is None else max(0, self.o.encoders)
-        if encoders and not can_fork():
-            encoders = 0  # Windows: no fork, and the job is not picklable for spawn; threads as before
-        pool = None
-        if encoders:
-            writer = pool = encoding_pool(self, encoders)
-        else:
-            writer = ThreadPoolExecutor(max_workers=2, thread_name_prefix="fcn-label-writer")
-        inflight: list[tuple[Item, Future]] = []
-        images: dict[int, np.ndarray] = {}
-        window: dict[tuple, list[int]] = {}
-        buffered = buffered_px = 0
-        done_count = [res.skipped]
-        since_trim = [0]
-
-        def run_group(idxs: list[int]) -> None:
-            if res.stopped:  # --out cannot take more: predicting would only waste time
-                for i in idxs:
-                    images.pop(i, None)
-                return
-            t = time.perf_counter()
-            try:
-                preds = self.infer([(i, images[i]) for i in idxs])
-            except Exception as e:  # the batch's boundary: out of memory on one size, or anything else
-                for i in idxs:
-                    self._fail(res, str(todo[i].path), f"inference failed ({type(e).__name__}: {first_line(e)}); "
-                               "try --tile 512 or a smaller --batch-size")
-                    images.pop(i, None)
-                return
-            per = (time.perf_counter() - t) / max(1, len(idxs))
-            since_trim[0] += sum(images[i].shape[0] * images[i].shape[1] for i in idxs)
-            if since_trim[0] >= TRIM_EVERY_PIXELS:
-                since_trim[0] = 0
-                release_free_memory()
-            for i, pred in preds:
-                img = images.pop(i)
-                if isinstance(img, torch.Tensor):  # decoded on the device: only --overlay needs the pixels
-                    img = as_array(img) if self.o.overlay else None
-                if pool is not None:
-                    f = pool.submit(_pool_write, todo[i], img if self.o.overlay else None, pred.labels,
-                                    pred.confidence, per)
-                else:
-                    f = writer.submit(self.try_write, todo[i], img, pred, per)
-                inflight.append((todo[i], f))
-            while len(inflight) > 2 * max(bs, len(idxs)) + 2 * encoders:  # two batches of this size in writing
-                settle_first()
-
-        def settle_first() -> None:
-            it, f = inflight.pop(0)
-            self._settle(it, f.result(), res, done_count)
-
-        def drain() -> None:
-            """Wait for pending writes: before a large image, so two large images are never held at once."""
-            while inflight:
-                settle_first()
-
-        def decode_jpeg_batch() -> None:
-            """The waiting JPEGs in one decode call on ``jpeg_device``; if it fails, Pillow decodes each
-            (so a file the device decoder refuses gets Pillow's verdict and message, and nothing else is lost)."""
-            batch = jpegs[:]
-            jpegs.clear()
-            try:
-                decoded = decode_jpegs([b for _, b in batch], jpeg_device)
-            except Exception:  # noqa: BLE001 - any decoder error: the per-file path below decides
-                decoded = None
-            for k, (i, _) in enumerate(batch):
-                admit(i, *((decoded[k], None) if decoded is not None else self.decode(todo[i])))
-
-        def admit(i: int, arr, err: str | None) -> None:
-            """A decoded image joins the window of its size (or fails, or runs tiled at once)."""
-            nonlocal buffered, buffered_px
-            if err is not None:
-                self._fail(res, str(todo[i].path), err)
-                return
-            if self.p.needs_tiling(arr.shape):
-                drain()
-                images[i] = as_array(arr)  # tiles run from host memory, a band at a time
-                run_group([i])
-                return
-            images[i] = arr
-            key = tuple(arr.shape)
-            window.setdefault(key, []).append(i)
-            buffered += 1
-            buffered_px += key[0] * key[1]
-            if len(window[key]) >= limit_of(key):
-                buffered -= len(window[key])
-                buffered_px -= len(window[key]) * key[0] * key[1]
-                run_group(window.pop(key))
-            elif buffered >= wait_n or buffered_px >= wait_px:
-                # many sizes in flight: run the fullest group to bound memory
-                key = max(window, key=lambda k: len(window[k]))
-                buffered -= len(window[key])
-                buffered_px -= len(window[key]) * key[0] * key[1]
-                run_group(window.pop(key))
-
-        try:
-            for i, arr, err in loader:
-                if res.stopped:
-                    break
-                if isinstance(arr, JpegBytes):
-                    jpegs.append((i, arr))
-                    if len(jpegs) >= bs:
-                        decode_jpeg_batch()
-                    continue
-                if arr is None and err is None:  # a large image the worker left to us
-                    drain()
-                    arr, err = self.decode(todo[i])
-                admit(i, arr, err)
-            if jpegs and not res.stopped:
-                decode_jpeg_batch()
-            for key in list(window):
-                run_group(window.pop(key))
-            drain()
-        finally:
-            writer.shutdown(wait=True)
-            if pool is not None:
-                encoding_pool_done()
+        """This process's pipeline (:class:`.pipeline.Pipeline`): decoding workers, the network, writers."""
+        Pipeline(self, todo, res).run()
 
     def try_write(self, it: Item, image: np.ndarray | None, pred: Prediction, seconds: float) -> tuple[str, str]:
         """The image's boundary: ``("ok", "")``, ``("fail", one-line reason)`` or ``("stop", why --out is unusable)``.

@@ -144,6 +144,55 @@ def _proc_main(job: "PredictJob", items: list[Item], conn, parent: int) -> None:
         os._exit(code)
 
 
+def run_in_procs(job: "PredictJob", todo: list[Item], res: JobResult, procs: int) -> None:
+    """Fork ``procs`` inference processes, process k taking every procs-th image from k; gather their events.
+
+    Each child decodes in its main thread and writes in two threads (--workers and --encoders apply to a
+    single process), appends to its own record segment, and exits with the parent."""
+    import multiprocessing
+    from multiprocessing.connection import wait
+
+    ctx = multiprocessing.get_context("fork")
+    readers: dict = {}
+    ended: set = set()
+    done = res.skipped
+    try:
+        for k in range(procs):
+            r, w = ctx.Pipe(duplex=False)
+            p = ctx.Process(target=_proc_main, args=(job, todo[k::procs], w, os.getpid()),
+                            name=f"fcn-label-predict-{k}", daemon=True)
+            p.start()
+            w.close()  # the child holds the only write end: end of file when it exits
+            readers[r] = p
+        while readers:
+            for r in wait(list(readers)):
+                try:
+                    msg = r.recv()
+                except (EOFError, OSError):
+                    p = readers.pop(r)
+                    p.join()
+                    if r not in ended and not res.stopped:
+                        res.stopped = (f"an inference process ended unexpectedly (exit code {p.exitcode}); re-run "
+                                       "the same command to finish: finished images are kept and skipped")
+                    continue
+                if msg[0] == "ok":
+                    res.done += 1
+                    done += 1
+                    job.on_progress(done, res.total)
+                elif msg[0] == "fail":
+                    res.failed.append((msg[1], msg[2]))  # the child kept the failure record
+                    job.on_failure(msg[1], msg[2])
+                elif msg[0] == "stop":
+                    res.stopped = res.stopped or msg[1]
+                elif msg[0] == "end":
+                    ended.add(r)
+    finally:
+        for p in readers.values():  # Ctrl-C or an error here: take the children down with us
+            p.terminate()
+        for p in readers.values():
+            p.join()
+
+
 # The job an encoding process works for: set in the parent just before the pool forks, so the
 # children inherit it (and any test's monkeypatching) without pickling the ground truth or palette.
 _POOL_JOB: "PredictJob | None" = None
@@ -166,10 +215,7 @@ def encoding_pool_done() -> None:
 
 def _pool_init(parent: int) -> None:
     """In an encoding process: its own record segment; exit when the parent dies (kill -9 leaves no orphans)."""
-    job = _POOL_JOB
-    job._lock = threading.Lock()
-    job._checked_dirs = set()
-    job._records = SegmentWriter(job.layout.records_dir, job._checked)
+    _own_writers(_POOL_JOB)
     _exit_with_parent(parent)
 
 

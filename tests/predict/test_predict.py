@@ -471,10 +471,10 @@ def test_default_workers_follow_the_device_and_the_core_count(monkeypatch):
 def test_workers_default_reaches_the_loader(tmp_path, model_file, monkeypatch):
     """PredictOptions(workers=None) asks default_workers for this predictor's device."""
     from fcn_label.checkpoint import load_checkpoint
-    from fcn_label.predict import job
+    from fcn_label.predict import pipeline
 
     asked = []
-    monkeypatch.setattr(job, "default_workers", lambda device: asked.append(device) or 0)
+    monkeypatch.setattr(pipeline, "default_workers", lambda device: asked.append(device) or 0)
     src = tmp_path / "in"
     src.mkdir()
     Image.fromarray(np.zeros((20, 30, 3), np.uint8)).save(src / "a.png")

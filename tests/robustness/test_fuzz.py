@@ -18,7 +18,7 @@ import fuzz
 from fcn_label.guard import guarded
 from fcn_label.images import image_size, read_image, read_mask
 from fcn_label.predict.discover import Item
-from fcn_label.predict.job import _Decode
+from fcn_label.predict.decoding import _Decode
 
 CI_MUTANTS = 300
 # Peak RSS of one CLI process (torch alone is ~350 MB); images are capped at fuzz.MAX_PIXELS,

@@ -17,10 +17,10 @@ import pytest
 import torch
 from PIL import Image
 
-import fcn_label.predict.job as job_mod
+import fcn_label.predict.pipeline as job_mod  # the loop the job runs
 import fcn_label.predict.predictor as predict_mod
 from fcn_label.predict import Item, PredictJob, PredictOptions, discover
-from fcn_label.predict.job import _Decode
+from fcn_label.predict.decoding import _Decode
 from fcn_label.predict import Predictor
 from helpers import make_checkpoint, one_at_a_time, rand_image
 
