@@ -121,6 +121,7 @@ def _files(root: Path) -> dict[str, bytes]:
             if p.is_file() and p.name not in NEW_OR_RESHAPED and ".fcn-label" not in p.parts}
 
 
+@pytest.mark.integration
 def test_every_output_byte_matches_the_base_commit(tmp_path):
     base = _base_tree(tmp_path / "base")
     imgs, gt, ck = _inputs(tmp_path / "in")
