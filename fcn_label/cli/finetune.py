@@ -15,6 +15,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from ..classes import read_class_file
+from ..devices import dist_info
 from ..train.config import CHOICES, PAPER_SUM_LOSS, PRESETS, VGG16_MODEL, TrainConfig  # torch-free
 from ._common import app, choice, console, fail, value
 
@@ -199,8 +200,6 @@ def finetune(
     mismatches, naming the files), then trains with random scale, crop, flip and colour jitter, validating
     and writing OUT/best.pt (best val mean IU) and OUT/last.pt (latest, resumable) atomically.
     """
-    from ..train.distributed import dist_info  # torch: only when the verb runs
-
     Trainer = globals().get("Trainer") or __getattr__("Trainer")  # noqa: N806  (tests replace the module's)
 
     # explicit = typed on the command line (or from the environment), not a default; by name

@@ -21,7 +21,7 @@ from ..classes import resolve_classes, voc_palette
 from ..errors import InputError
 from ..guard import guarded
 from ..images import IMAGE_EXTENSIONS, read_mask, write_text_atomic
-from ..predict.layout import EXPORT_MARKER as MANIFEST  # marks --out as an export of one format
+from ..markers import EXPORT_MARKER as MANIFEST  # marks --out as an export of one format
 from ..predict.layout import OutputLayout
 from ..predict.records import iter_segment_records, legacy_records
 

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from ..checkpoint import Checkpoint, Normalization, WeightsError, load_checkpoint, save_checkpoint
 from ..images import InputError, atomic_path, remove_stale_temp, write_csv_atomic
 from ..metrics import confusion_matrix, scores
-from ..predict.predictor import pick_device
+from ..devices import dist_info, pick_device
 from . import distributed
 from .config import RESUME_FREE, DivergedError, TrainConfig
 from .data import SegmentationDataset
@@ -91,7 +91,7 @@ class Trainer:
                  parts: Parts | None = None):
         self.cfg = cfg
         self.parts = parts  # None: built from cfg by setup()
-        self.rank, self.world, self.local_rank = distributed.dist_info()
+        self.rank, self.world, self.local_rank = dist_info()
         self.is_main = self.rank == 0
         self._log = log
         self.progress = progress
