@@ -1,7 +1,8 @@
 """Everything a training run is handed: data, classes, model, optimiser, class weights.
 
 :func:`build` reads the data once (scanning every mask for its labels), names
-the classes through :func:`fcn_label.classes.resolve_classes`, builds the
+the classes from the options and the candidate sources of the data
+(:mod:`fcn_label.classes`), builds the
 model (from --init, --init-backbone or fresh) and its optimiser; the
 :class:`~fcn_label.train.loop.Trainer` only runs the loop over them.
 """
@@ -16,7 +17,8 @@ import numpy as np
 import torch
 
 from ..checkpoint import IMAGENET, Checkpoint, Normalization, WeightsError, load_checkpoint, resolve_weights
-from ..classes import resolve_classes, voc_palette
+from ..classes import (choose_classes, class_file_beside, dataset_categories, explicit_classes, model_classes,
+                       resolve_palette, voc_classes, voc_palette)
 from ..datasets import CocoRasteriser, detect_layout, load_pairs
 from ..images import InputError
 from ..model import FCN, FCNConfig
@@ -64,14 +66,17 @@ def datasets(cfg: TrainConfig, log) -> tuple[SegmentationDataset, SegmentationDa
 
 
 def classes(cfg: TrainConfig, train_ds: SegmentationDataset, init: Checkpoint | None, counts: np.ndarray, log):
-    """Names and colours from the one resolver; the training data's labels decide N when nothing else does."""
+    """Names and colours: the options, else the data's own names, --init's, VOC's; the labels decide N last."""
     labels = [int(v) for v in np.nonzero(counts)[0] if v != cfg.ignore_index]
     if not cfg.classes and not cfg.num_classes and init is None and not labels:
         raise InputError(f"{cfg.data}: every mask pixel is the ignore label {cfg.ignore_index}; check --ignore-index")
     coco = train_ds.coco
-    spec = resolve_classes(cfg.num_classes, names=cfg.classes, palette=cfg.palette, dataset=cfg.data,
-                           layout=detect_layout(Path(cfg.data)), dataset_names=coco.class_names if coco else None,
-                           first_mask=train_ds.pairs[0].mask, init=init, labels=labels, log=log)
+    count = cfg.num_classes or (max(labels) + 1 if labels else None)
+    candidates = [dataset_categories(coco.class_names if coco else None, cfg.data), class_file_beside(cfg.data),
+                  model_classes(init), voc_classes(detect_layout(Path(cfg.data)), cfg.data, count)]
+    spec = choose_classes(explicit_classes(cfg.num_classes, names=cfg.classes), candidates,
+                          num_classes=cfg.num_classes, labels=labels, log=log)
+    resolve_palette(spec, cfg.palette, init=init, first_mask=train_ds.pairs[0].mask)
     names = spec.names
     pal = spec.palette or voc_palette()
     if len(pal) < len(names):
