@@ -24,7 +24,7 @@ from ..images import InputError
 from ..model import FCN, FCNConfig
 from .augment import Augment
 from .backbone import backbone_file, backbone_state
-from .config import TrainConfig
+from .config import DEFAULT_IGNORE, TrainConfig
 from .data import SegmentationDataset, check_labels, drop_bad, median_frequency_weights, scan_masks
 
 
@@ -56,7 +56,8 @@ def _load_split(cfg: TrainConfig, source: str, split: str | None, log) -> tuple[
 
 def datasets(cfg: TrainConfig, log) -> tuple[SegmentationDataset, SegmentationDataset | None]:
     pairs, coco = _load_split(cfg, cfg.data, cfg.split, log)
-    aug = Augment(crop=tuple(cfg.crop), scale=tuple(cfg.scale), ignore_index=cfg.ignore_index)
+    aug = Augment(crop=tuple(cfg.crop), scale=tuple(cfg.scale), flip=cfg.hflip, jitter=cfg.jitter, blur_p=cfg.blur_p,
+                  ignore_index=cfg.ignore_index)
     train_ds = SegmentationDataset(pairs, aug, cache=cfg.cache, coco=coco, seed=cfg.seed)
     val_ds = None
     if cfg.val:
@@ -102,7 +103,7 @@ def transfer_weights(model: FCN, init: Checkpoint, source: str) -> str:
     for k, v in keep.items():
         if v.shape != dst[k].shape:
             raise WeightsError(f"{source}: {k} is {tuple(v.shape)} but this model needs {tuple(dst[k].shape)}; "
-                               "the checkpoint's width/fc size must match (drop --width/--fc-channels with --init)")
+                               "the checkpoint's width/fc size must match (drop width/fc_channels with --init)")
     model.load_state_dict(keep, strict=False)
     if len(keep) == len(src) == len(dst):
         return f"init: all layers from {source}"
@@ -158,6 +159,8 @@ def class_weights(cfg: TrainConfig, counts: np.ndarray, names: list[str], device
     w = median_frequency_weights(counts)
     if cfg.class_weights == "sqrt-median":
         w = np.sqrt(w)
+    if cfg.class_weight_power != 1:
+        w = w ** cfg.class_weight_power
     log("class weights: " + ", ".join(f"{names[i]} {x:.2f}" for i, x in enumerate(w)))
     return torch.tensor(w, dtype=torch.float32, device=device)
 
@@ -165,8 +168,12 @@ def class_weights(cfg: TrainConfig, counts: np.ndarray, names: list[str], device
 def build(cfg: TrainConfig, device: torch.device, log: Callable[[str], None] = print) -> Parts:
     """Data, classes, model and optimiser for ``cfg``; records the model actually trained into ``cfg``."""
     backbone = backbone_file(cfg.init_backbone) if cfg.init_backbone else None  # before the long data scan
-    train_ds, val_ds = datasets(cfg, log)
     init = load_checkpoint(resolve_weights(cfg.init)) if cfg.init else None
+    if cfg.ignore_index is None:  # the data is read with it, so it is settled first
+        cfg.ignore_index = init.ignore_index if init is not None else DEFAULT_IGNORE
+        if init is not None:
+            log(f"ignore label {cfg.ignore_index} (from --init; --ignore-index overrides)")
+    train_ds, val_ds = datasets(cfg, log)
     counts, present, bad = scan_masks(train_ds)
     if len(bad) == len(train_ds):  # nothing readable: say so before guessing classes from nothing
         drop_bad([("train", train_ds, bad)], cfg.skip_bad, log)
@@ -205,7 +212,7 @@ def build(cfg: TrainConfig, device: torch.device, log: Callable[[str], None] = p
         model.load_state_dict(backbone_state(backbone, model_cfg), strict=False)
         log(f"init: VGG16 backbone and fc6/fc7 from {backbone}; score layers zero")
     elif cfg.preset == "paper":
-        log("warning: the paper preset fine-tunes ImageNet VGG16; from scratch (no --init-backbone) "
+        log("warning: the paper preset fine-tunes ImageNet VGG16; from scratch (no init_backbone) "
             "it converges slowly")
     model.to(device)
     if cfg.channels_last:
