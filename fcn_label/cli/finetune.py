@@ -17,9 +17,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from ..classes import read_class_file
 from ..devices import dist_info
-from ..errors import ConfigError
 from ..train.config import CHOICES, DEFAULT_IGNORE, FIELDS, FLAGS, PRESETS, TrainConfig  # torch-free
-from ..train.config import config_values, parse_set, read_config_file
+from ..train.config import load_config
 from ._common import app, choice, console, fail, value
 
 _DEFAULT = {f.name: f.default for f in fields(TrainConfig)}
@@ -79,23 +78,6 @@ def __getattr__(name: str):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def build_config(data: str | None, config: Path | None, sets: list[str], flags: dict) -> tuple[TrainConfig, set[str]]:
-    """The run's TrainConfig from the preset, the file, --set and the flags (later wins), and the keys --set gave."""
-    kw = read_config_file(config) if config is not None else {}
-    set_kw = config_values(parse_set(sets), "--set")
-    kw |= set_kw
-    kw |= {k: v for k, v in flags.items() if v is not None}
-    if data is not None:
-        kw["data"] = data
-    if not kw.get("data"):
-        raise ConfigError("no training data: give DATA (a folder, list file or COCO .json)"
-                          + (f" or a 'data' key in {config}" if config is not None else ""))
-    cfg = TrainConfig(**kw)
-    cfg.apply_preset(set(kw))
-    cfg.validate()
-    return cfg, set(set_kw)
-
-
 @app.command("finetune", epilog=EPILOG)
 def finetune(
     data: Optional[str] = typer.Argument(None, help="Training data: a VOC folder (JPEGImages/ + SegmentationClass/), "
@@ -152,7 +134,7 @@ def finetune(
                  preset=value(preset), epochs=epochs, batch_size=batch_size, lr=lr, device=device, amp=amp)
     if classes is not None:
         flags["classes"], flags["palette"] = read_class_file(classes)
-    cfg, set_keys = build_config(data, config, sets or [], flags)
+    cfg, set_keys = load_config(data, config, sets or [], flags)
     if cfg.init is not None:
         ignored = [k for k in _MODEL_OPTIONS if k in set_keys]
         if ignored:

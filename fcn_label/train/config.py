@@ -12,6 +12,7 @@ import json
 import typing
 from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import Sequence
 
 from ..errors import ConfigError
 from ..choices import ARCHS
@@ -304,6 +305,25 @@ def parse_set(items: list[str]) -> dict:
         except ValueError:
             out[key.strip()] = text.strip()
     return out
+
+
+def load_config(data: str | None = None, config: str | Path | None = None, sets: Sequence[str] = (),
+                overrides: dict | None = None) -> tuple[TrainConfig, set[str]]:
+    """A run's TrainConfig from the preset, a config file, ``KEY=VALUE`` pairs and explicit values (later wins;
+    None in ``overrides`` means not given), validated; also the keys the pairs set."""
+    kw = read_config_file(config) if config is not None else {}
+    set_kw = config_values(parse_set(list(sets)), "--set")
+    kw |= set_kw
+    kw |= {k: v for k, v in (overrides or {}).items() if v is not None}
+    if data is not None:
+        kw["data"] = data
+    if not kw.get("data"):
+        raise ConfigError("no training data: give DATA (a folder, list file or COCO .json)"
+                          + (f" or a 'data' key in {config}" if config is not None else ""))
+    cfg = TrainConfig(**kw)
+    cfg.apply_preset(set(kw))
+    cfg.validate()
+    return cfg, set(set_kw)
 
 
 FIELDS = tuple(f.name for f in fields(TrainConfig))
