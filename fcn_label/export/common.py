@@ -3,7 +3,7 @@
 Paths come from :class:`~fcn_label.predict.layout.OutputLayout`. The per-image
 records are the source of truth (they map each mask to its input photo and carry
 the mean confidence); the COCO predictions file names the classes (category id =
-class index + 1) and the model; colours come from :func:`fcn_label.classes.resolve_classes`
+class index + 1) and the model; colours come from :func:`fcn_label.classes.resolve_palette`
 (the masks' palette).
 """
 
@@ -17,11 +17,11 @@ from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
-from ..classes import resolve_classes, voc_palette
+from ..classes import choose_classes, explicit_classes, resolve_palette, voc_palette
 from ..errors import InputError
 from ..guard import guarded
 from ..images import IMAGE_EXTENSIONS, read_mask, write_text_atomic
-from ..predict.layout import EXPORT_MARKER as MANIFEST  # marks --out as an export of one format
+from ..markers import EXPORT_MARKER as MANIFEST  # marks --out as an export of one format
 from ..predict.layout import OutputLayout
 from ..predict.records import iter_segment_records, legacy_records
 
@@ -133,8 +133,8 @@ def read_pred_folder(root: str | os.PathLike) -> PredFolder:
             raise InputError(f"{pj}: field 'categories' unusable ({type(e).__name__}: {e}); re-run predict") from None
     # names: the predictions file's (predict ran with --no-coco: class_0.. up to the largest label seen)
     labels = None if classes else sorted({int(v) for it in items[:50] for v in np.unique(it.labels())})
-    spec = resolve_classes(names=classes or None, labels=labels or [0],
-                           first_mask=items[0].mask if items else None)
+    spec = choose_classes(explicit_classes(names=classes or None), labels=labels or [0])
+    resolve_palette(spec, first_mask=items[0].mask if items else None)
     palette = [tuple(int(v) for v in c) for c in (spec.palette or voc_palette())]
     return PredFolder(root, items, spec.names, palette[: max(spec.num, 1)], model, problems)
 
