@@ -44,6 +44,11 @@ KEEP = 0.995
 AUTO_TOLERANCES = (1.0, 0.5, 0.25, 0.0)
 
 
+def unlabelled(num_classes: int) -> int:
+    """The label-map value of a pixel no shape covers (255, or the class count when 255 is a class)."""
+    return max(255, num_classes)
+
+
 @dataclass(frozen=True)
 class FittedShapes:
     """One image's polygons, the tolerance they were simplified with and the share of pixels they keep."""
@@ -114,7 +119,7 @@ def kept_share(labels: np.ndarray, shapes: Sequence[dict], classes: Sequence[str
     """The share of ``labels``' pixels whose class LabelMe's drawing of ``shapes`` reproduces."""
     if labels.size == 0:
         return 1.0
-    got = rasterise(shapes, classes, *labels.shape[:2])
+    got = rasterise(shapes, classes, *labels.shape[:2], empty=unlabelled(len(classes)))
     return float(np.count_nonzero(got == labels)) / labels.size
 
 
