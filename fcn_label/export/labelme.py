@@ -28,6 +28,7 @@ import numpy as np
 from ..errors import InputError
 from ..images import write_text_atomic
 from ..datasets.corrections import extra_module
+from ..datasets.labelme import rasterise
 from .common import MANIFEST, ExportResult, OutGuard, PredFolder, PredItem, check_manifest, run_items
 
 LABELME_VERSION = "5.5.0"
@@ -99,27 +100,15 @@ def mask_to_shapes(labels: np.ndarray, classes: Sequence[str], tolerance: float 
     return _polygons(_traced(labels, classes), classes, tolerance)
 
 
-def rasterise(shapes: Sequence[dict], classes: Sequence[str], height: int, width: int,
-              empty: int = 255) -> np.ndarray:
-    """The label map LabelMe draws from ``shapes`` (labelme.utils.shape_to_mask: Pillow's polygon fill and
-    outline, shapes in order, later over earlier); ``empty`` where no shape lies."""
-    from PIL import Image, ImageDraw
-
-    index = {name: i for i, name in enumerate(classes)}
-    big = max(len(classes), empty + 1) > 256
-    canvas = Image.new("I" if big else "L", (width, height), empty)
-    draw = ImageDraw.Draw(canvas)
-    for s in shapes:
-        c = index[s["label"]]
-        draw.polygon([tuple(p) for p in s["points"]], fill=c, outline=c)
-    return np.asarray(canvas, dtype=np.int32 if big else np.uint8)
-
-
 def kept_share(labels: np.ndarray, shapes: Sequence[dict], classes: Sequence[str]) -> float:
-    """The share of ``labels``' pixels whose class LabelMe's drawing of ``shapes`` reproduces."""
+    """The share of ``labels``' pixels whose class LabelMe's drawing of ``shapes`` reproduces (drawn by the
+    corrections reader, :func:`fcn_label.datasets.labelme.rasterise`: fill and outline, later over earlier)."""
     if labels.size == 0:
         return 1.0
-    got = rasterise(shapes, classes, *labels.shape[:2], empty=unlabelled(len(classes)))
+    index: dict[str, int] = {}
+    for i, name in enumerate(classes):
+        index.setdefault(name, i)
+    got = rasterise(list(shapes), *labels.shape[:2], index, unlabelled(len(classes)), "labelme export")
     return float(np.count_nonzero(got == labels)) / labels.size
 
 
