@@ -2,9 +2,10 @@
 
 No CVAT server here (it needs Docker): the spec is validated by cvat-sdk's DetectionFunctionSpec and
 the shapes by its driver's annotation mapper (what annotate_task and the agent run on every frame);
-cvat-cli's own parser and function loader build the function from `-p` parameters. The masks are
-decoded with cvat_sdk.masks.decode_mask and compared with the masks the real `fcn-label predict` CLI
-wrote for the same files; polygons are rasterised the way LabelMe does.
+cvat-cli's own parser and function loader build the function from `-p` parameters; and the real
+`cvat-cli task auto-annotate` runs end to end against a stand-in for the endpoints it calls
+(_fake_cvat.py). The masks are decoded with cvat_sdk.masks.decode_mask and compared with the masks
+the real `fcn-label predict` CLI wrote for the same files; polygons are rasterised the way LabelMe does.
 """
 
 from __future__ import annotations
@@ -259,3 +260,72 @@ def test_bad_parameters_are_one_line(params, says):
     with pytest.raises(UserError) as e:
         cvat.create(**params)
     assert says in str(e.value) and "\n" not in str(e.value)
+
+
+def _cvat_cli(fake, *args: str, home: Path) -> subprocess.CompletedProcess:
+    """The real cvat-cli in its own process, talking to the stand-in server."""
+    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+               CVAT_ACCESS_TOKEN="token", HOME=str(home), XDG_CACHE_HOME=str(home / "cache"))
+    return subprocess.run([sys.executable, "-m", "cvat_cli", "--server-host", fake.url, *args], env=env,
+                          capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.integration
+def test_cvat_cli_auto_annotate_uploads_predicts_masks(predicted, tmp_path):
+    """`cvat-cli task auto-annotate --function-module fcn_label.integrations.cvat` end to end against a stand-in
+    for the CVAT endpoints it calls (tests/integrations/_fake_cvat.py): frames from an original-quality chunk,
+    shapes uploaded; decoded from the upload's JSON, every frame's masks are predict's, and the polygons
+    drawn as LabelMe draws them keep >= 99.5 %."""
+    pytest.importorskip("cvat_cli", reason="cvat-cli not installed (pip install cvat-cli)")
+    from _fake_cvat import FakeCvat
+
+    photos, pred = predicted
+    names = _classes(pred)
+    files = sorted(photos.iterdir())
+    with FakeCvat(5, files, names) as fake:
+        r = _cvat_cli(fake, "task", "auto-annotate", "5", "--function-module", MODULE, "-p", "device=str:cpu",
+                      "--clear-existing", home=tmp_path)
+        assert r.returncode == 0, r.stderr[-3000:]
+        r = _cvat_cli(fake, "task", "auto-annotate", "5", "--function-module", MODULE, "-p", "device=str:cpu",
+                      "--conv-mask-to-poly", home=tmp_path)
+        assert r.returncode == 0, r.stderr[-3000:]
+    assert [q.split("?")[0] for q in fake.requests if not q.startswith("GET")] == \
+           ["PUT /api/tasks/5/annotations", "PATCH /api/tasks/5/annotations"]  # replace, then add
+    masks_up, polys_up = fake.uploads
+    for f, photo in enumerate(files):
+        want = _reference(pred, photo)
+        h, w = want.shape
+        got = np.full((h, w), 255, np.uint8)
+        for s in (s for s in masks_up["shapes"] if s["frame"] == f):
+            assert s["type"] == "mask" and s["source"] == "auto"
+            got[decode_mask(s["points"], image_width=w, image_height=h)] = s["label_id"] - 100  # the task's label ids
+        assert np.array_equal(got, want), photo.name
+        drawn = _draw([types.SimpleNamespace(type=types.SimpleNamespace(value=s["type"]), points=s["points"],
+                                             z_order=s.get("z_order", 0), label_id=s["label_id"] - 100)
+                       for s in polys_up["shapes"] if s["frame"] == f], h, w)
+        assert (drawn == want).mean() >= 0.995, photo.name
+
+
+@pytest.mark.integration
+def test_cvat_cli_label_mismatch_and_bad_parameter(predicted, tmp_path):
+    pytest.importorskip("cvat_cli", reason="cvat-cli not installed (pip install cvat-cli)")
+    from _fake_cvat import FakeCvat
+
+    photos, pred = predicted
+    names = [n for n in _classes(pred) if n != "pole"]
+    files = sorted(photos.glob("0016E5_*.png"))[:1]
+    with FakeCvat(6, files, names) as fake:
+        r = _cvat_cli(fake, "task", "auto-annotate", "6", "--function-module", MODULE, "-p", "device=str:cpu",
+                      home=tmp_path)
+        assert r.returncode != 0 and "label 'pole' is not in dataset" in r.stderr  # CVAT's driver refuses
+        r = _cvat_cli(fake, "task", "auto-annotate", "6", "--function-module", MODULE, "-p", "device=str:cpu",
+                      "--allow-unmatched-labels", home=tmp_path)
+        assert r.returncode == 0, r.stderr[-3000:]
+        r = _cvat_cli(fake, "task", "auto-annotate", "6", "--function-module", MODULE, "-p", "wieghts=str:x.pt",
+                      home=tmp_path)
+        assert r.returncode != 0 and "-p wieghts: unknown parameter of fcn_label.integrations.cvat" in r.stderr
+    (up,) = fake.uploads
+    want = _reference(pred, files[0])
+    assert (want == _classes(pred).index("pole")).any()  # the model did see poles: they were dropped
+    assert sorted({s["label_id"] - 100 for s in up["shapes"]}) == \
+           sorted({names.index(_classes(pred)[c]) for c in np.unique(want) if _classes(pred)[c] != "pole"})
