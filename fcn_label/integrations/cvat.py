@@ -24,6 +24,7 @@ least that sure of.
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import numpy as np
@@ -94,8 +95,9 @@ class FcnFunction:
                 for z, s in enumerate(fit.shapes)]
 
 
-def create(**params: Any) -> FcnFunction:
-    """The factory cvat-cli calls with the ``-p`` parameters (see :data:`PARAMETERS`)."""
+def from_parameters(**params: Any) -> FcnFunction:
+    """A function from ``-p`` parameters as cvat-cli passes them (see :data:`PARAMETERS`); a wrong one raises
+    :class:`~fcn_label.errors.UserError` naming it."""
     unknown = sorted(set(params) - set(PARAMETERS))
     if unknown:
         raise ConfigError(f"-p {unknown[0]}: unknown parameter of fcn_label.integrations.cvat; "
@@ -116,3 +118,14 @@ def create(**params: Any) -> FcnFunction:
             raise ConfigError(f"-p {name}={value!r}: expected {want.__name__}; give -p {name}={want.__name__}:...")
         kwargs[name] = value
     return FcnFunction(**kwargs)
+
+
+def create(**params: Any) -> FcnFunction:
+    """The factory cvat-cli calls with the ``-p`` parameters. cvat-cli prints a traceback for any exception
+    it is not expecting, so a user's mistake here ends the process with one line and exit status 2, as
+    fcn-label's own commands do; from Python, use :class:`FcnFunction` or :func:`from_parameters`."""
+    try:
+        return from_parameters(**params)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None

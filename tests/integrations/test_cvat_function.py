@@ -258,8 +258,17 @@ def test_bad_parameters_are_one_line(params, says):
     from fcn_label.integrations import cvat
 
     with pytest.raises(UserError) as e:
-        cvat.create(**params)
+        cvat.from_parameters(**params)
     assert says in str(e.value) and "\n" not in str(e.value)
+
+
+def test_create_ends_with_one_line_for_cvat_cli(capsys):
+    from fcn_label.integrations import cvat
+
+    with pytest.raises(SystemExit) as e:
+        cvat.create(weights="no-such.pt")
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.startswith("error: no-such.pt: no such weights file") and err.count("\n") == 1
 
 
 def _cvat_cli(fake, *args: str, home: Path) -> subprocess.CompletedProcess:
@@ -323,7 +332,9 @@ def test_cvat_cli_label_mismatch_and_bad_parameter(predicted, tmp_path):
         assert r.returncode == 0, r.stderr[-3000:]
         r = _cvat_cli(fake, "task", "auto-annotate", "6", "--function-module", MODULE, "-p", "wieghts=str:x.pt",
                       home=tmp_path)
-        assert r.returncode != 0 and "-p wieghts: unknown parameter of fcn_label.integrations.cvat" in r.stderr
+        assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-3000:]
+        assert r.stderr.strip().splitlines()[-1].startswith(
+            "error: -p wieghts: unknown parameter of fcn_label.integrations.cvat; known: weights=str:...")
     (up,) = fake.uploads
     want = _reference(pred, files[0])
     assert (want == _classes(pred).index("pole")).any()  # the model did see poles: they were dropped
