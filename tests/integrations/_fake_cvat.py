@@ -45,8 +45,6 @@ class FakeCvat:
         self.server.server_close()
 
     def _task(self) -> dict:
-        from PIL import Image
-
         n = len(self.images)
         return {"id": self.task_id, "url": f"{self.url}/api/tasks/{self.task_id}", "name": "fake", "mode": "annotation",
                 "size": n, "data_chunk_size": n, "data_original_chunk_type": "imageset",
