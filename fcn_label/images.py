@@ -180,12 +180,37 @@ def read_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) ->
         if fast is not None:
             im.close()
             return fast
+    try:
+        arr = _to_rgb(im, close_input=True)
+    except InputError:
+        raise
+    except (OSError, SyntaxError, ValueError) as e:
+        raise InputError(f"{path}: corrupt or truncated image ({e}); re-export or remove it") from None
+    finally:
+        im.close()
+    if arr.ndim != 3 or arr.shape[0] == 0 or arr.shape[1] == 0:
+        raise InputError(f"{path}: decoded to an empty image; re-export or remove it")
+    return np.ascontiguousarray(arr)
+
+
+def pil_to_rgb(im: Image.Image) -> np.ndarray:
+    """An already opened Pillow image -> RGB uint8 (H, W, 3), converted exactly as :func:`read_image`
+    converts a file (EXIF orientation, first frame, 16-bit, palette, alpha): for callers handed an
+    image rather than a path (an annotation tool's auto-annotation function). ``im`` is left open."""
+    arr = _to_rgb(im, close_input=False)
+    return np.ascontiguousarray(arr)
+
+
+def _to_rgb(im: Image.Image, close_input: bool) -> np.ndarray:
+    """The conversion steps of :func:`read_image`; intermediate images are closed as soon as the next
+    exists (huge photos: one copy at a time), the input only when ``close_input``."""
+    first = im
 
     def step(new: Image.Image) -> None:
-        """Move on to a converted image, freeing the previous one at once (huge photos: one copy at a time)."""
         nonlocal im
         if new is not im:
-            im.close()
+            if im is not first or close_input:
+                im.close()
             im = new
 
     try:
@@ -206,16 +231,10 @@ def read_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) ->
             step(im.convert("RGBA"))
         if im.mode != "RGB":
             step(im.convert("RGB"))
-        arr = np.array(im, dtype=np.uint8)
-    except InputError:
-        raise
-    except (OSError, SyntaxError, ValueError) as e:
-        raise InputError(f"{path}: corrupt or truncated image ({e}); re-export or remove it") from None
+        return np.array(im, dtype=np.uint8)
     finally:
-        im.close()
-    if arr.ndim != 3 or arr.shape[0] == 0 or arr.shape[1] == 0:
-        raise InputError(f"{path}: decoded to an empty image; re-export or remove it")
-    return np.ascontiguousarray(arr)
+        if im is not first:
+            im.close()
 
 
 def read_mask(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:

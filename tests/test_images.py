@@ -105,3 +105,22 @@ def test_libspng_errors_fall_back_to_pillows_message(tmp_path, monkeypatch):
             read_image(f)
         messages.append(str(e.value))
     assert messages[0] == messages[1] and str(f) in messages[0]
+
+
+def test_pil_to_rgb_converts_an_open_image_as_read_image_converts_the_file(tmp_path):
+    """The CVAT function is handed a Pillow image: same pixels as predict reading the file, image left usable."""
+    from fcn_label.images import pil_to_rgb
+
+    files = _png_cases(tmp_path)
+    for name, f in files.items():
+        with Image.open(f) as im:
+            mode = im.mode
+            got = pil_to_rgb(im)
+            assert im.mode == mode and im.load() is not None  # not closed, not converted in place
+        assert got.dtype == np.uint8 and got.flags.c_contiguous
+        assert np.array_equal(got, read_image(f)), name
+    with Image.open(files["rotated"]) as im:
+        assert pil_to_rgb(im).shape == (53, 37, 3)  # EXIF orientation applied
+    with Image.open(files["grey16"]) as im:
+        raw = np.asarray(im).astype(np.int64)
+        assert np.array_equal(pil_to_rgb(im)[..., 1], raw * 255 // 65535)  # 16-bit range scaled, not clipped

@@ -83,7 +83,8 @@ def _run_all(tree: Path, imgs: Path, gt: Path, ck: Path, out: Path) -> None:
     cli("predict", str(imgs), "--out", str(pred), "-w", str(ck), "--overlay", "--probs", "--gt", str(gt), "--ignore-index", "11", "-q")
     cli("evaluate", "--gt", str(gt), "--pred", str(pred), "--out", str(out / "eval"), "--ignore-index", "11", "-q")
     for fmt in ("cvat", "labelstudio", "labelme"):
-        cli("export", str(pred), "--format", fmt, "--out", str(out / f"export-{fmt}"))
+        # labelme: --tolerance 1 (the default before issue 23 chose it per image), so this keeps pinning the polygon code
+        cli("export", str(pred), "--format", fmt, "--out", str(out / f"export-{fmt}"), *(["--tolerance", "1"] if fmt == "labelme" else []))
     cli("review", str(pred), "--out", str(out / "review"), "--gt", str(gt), "--ignore-index", "11", "-q")
     for strategy in ("uncertainty", "diverse"):
         cli("select", str(pred), "--k", "3", "--strategy", strategy, "--out", str(out / f"select-{strategy}.txt"))

@@ -24,8 +24,10 @@ def export_cmd(
     only: Optional[Path] = typer.Option(None, "--only", help="List file (one input path or relative name per line, "
                                         "as `select` writes): export just these images."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Redo images already exported in --out (default: skip them)."),
-    tolerance: float = typer.Option(1.0, "--tolerance", min=0.0, help="labelme: polygon simplification in pixels "
-                                    "(Douglas-Peucker); 0 keeps every boundary pixel."),
+    tolerance: Optional[float] = typer.Option(None, "--tolerance", min=0.0, help="labelme: polygon simplification "
+                                              "in pixels (Douglas-Peucker). Default: chosen per image (1, 0.5, "
+                                              "0.25 or 0) so that each keeps 99.5 % of its pixels; 0 keeps every "
+                                              "boundary pixel."),
     url_prefix: Optional[str] = typer.Option(None, "--url-prefix", help="labelstudio: prefix of each task's image "
                                              "URL (default '/data/local-files/?d=', Label Studio's local file serving)."),
 ) -> None:
@@ -41,6 +43,8 @@ def export_cmd(
         console.print(f"[yellow]note:[/] {msg}", soft_wrap=True, markup=False)
     if len(res.notes) > 20:
         console.print(f"[yellow]note:[/] ... and {len(res.notes) - 20} more", soft_wrap=True, markup=False)
+    if res.summary:
+        console.print(res.summary, soft_wrap=True, markup=False)
     for _, msg in res.failed:
         console.print(f"[red]failed:[/] {msg}", soft_wrap=True, markup=False)
     console.print(f"export {fmt}: {res.written} written, {res.skipped} already done, {len(res.failed)} failed, "

@@ -15,9 +15,11 @@ FORMATS = ("cvat", "labelstudio", "labelme")
 
 
 def export(pred_dir: str | os.PathLike, fmt: str, out: str | os.PathLike, images: str | os.PathLike | None = None,
-           only: str | os.PathLike | None = None, overwrite: bool = False, tolerance: float = 1.0,
+           only: str | os.PathLike | None = None, overwrite: bool = False, tolerance: float | None = None,
            url_prefix: str | None = None, on_progress=None) -> tuple[ExportResult, PredFolder, list[str]]:
-    """Export PRED_DIR's masks in ``fmt`` under ``out``; returns the result, the folder and problem lines."""
+    """Export PRED_DIR's masks in ``fmt`` under ``out``; returns the result, the folder and problem lines.
+
+    ``tolerance`` (labelme): None chooses it per image so each keeps 99.5 % of its pixels; a number fixes it."""
     if fmt not in FORMATS:
         raise InputError(f"--format {fmt!r}: unknown; choose one of {', '.join(FORMATS)}")
     pred_dir, out = Path(pred_dir), Path(out)

@@ -247,6 +247,7 @@ class ExportResult:
     failed: list[tuple[str, str]] | None = None
     files: list[Path] | None = None
     notes: list[str] | None = None  # exported, but worth a look (e.g. the photo was not found)
+    summary: str | None = None  # one line on the whole export (labelme: the lowest share of pixels kept)
 
     def __post_init__(self):
         self.failed = self.failed or []

@@ -7,7 +7,7 @@ import subprocess
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -62,3 +62,19 @@ def open_corrections(path, layout: str | None = None):
 
     module = importlib.import_module(f"fcn_label.datasets.{layout}") if layout else layout_module(Path(path))
     return module.read(Path(path))
+
+
+def fill(doc: dict, names: list[str]) -> np.ndarray:
+    """LabelMe's own rule (labelme.utils.shape_to_mask: PIL polygon, outline and fill), shapes in file order.
+
+    The labelme package itself is not importable here (its __init__ needs Qt and onnxruntime), so
+    this is a separate, plain re-statement of that rule.
+    """
+    h, w = doc["imageHeight"], doc["imageWidth"]
+    out = np.full((h, w), 255, np.uint8)
+    for s in doc["shapes"]:
+        assert s["shape_type"] == "polygon" and len(s["points"]) >= 3
+        im = Image.new("L", (w, h), 0)
+        ImageDraw.Draw(im).polygon([tuple(p) for p in s["points"]], outline=1, fill=1)
+        out[np.array(im, bool)] = names.index(s["label"])
+    return out

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image, ImageDraw
 
 from fcn_label.datasets import GroundTruth, detect_layout, load_pairs
 from fcn_label.export import export
@@ -15,31 +14,15 @@ from fcn_label.train.data import SegmentationDataset
 from fcn_label.export.labelme import mask_to_shapes
 from fcn_label.errors import InputError
 
-from _export_helpers import open_corrections, classes, masks, run_cli
+from _export_helpers import fill, open_corrections, classes, masks, run_cli
 
 pytest.importorskip("cv2", reason='labelme export needs OpenCV: pip install "fcn-label[export]"')
-
-
-def fill(doc: dict, names: list[str]) -> np.ndarray:
-    """LabelMe's own rule (labelme.utils.shape_to_mask: PIL polygon, outline and fill), shapes in file order.
-
-    The labelme package itself is not importable here (its __init__ needs Qt and onnxruntime), so
-    this is a separate, plain re-statement of that rule.
-    """
-    h, w = doc["imageHeight"], doc["imageWidth"]
-    out = np.full((h, w), 255, np.uint8)
-    for s in doc["shapes"]:
-        assert s["shape_type"] == "polygon" and len(s["points"]) >= 3
-        im = Image.new("L", (w, h), 0)
-        ImageDraw.Draw(im).polygon([tuple(p) for p in s["points"]], outline=1, fill=1)
-        out[np.array(im, bool)] = names.index(s["label"])
-    return out
 
 
 @pytest.mark.parametrize("which", ["examples", "camvid"])
 def test_polygons_rasterise_back_to_99_percent(which, request, tmp_path):
     pred = request.getfixturevalue("pred_dir" if which == "examples" else "camvid_pred")
-    r = run_cli("export", str(pred), "--format", "labelme", "--out", str(tmp_path / "lm"))
+    r = run_cli("export", str(pred), "--format", "labelme", "--out", str(tmp_path / "lm"), "--tolerance", "1")
     assert r.returncode == 0, r.stderr
     names = classes(pred)
     assert (tmp_path / "lm/labels.txt").read_text().split("\n")[:-1] == names
