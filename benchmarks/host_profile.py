@@ -38,8 +38,8 @@ from fcn_label import images  # noqa: E402
 # read_image's PNG decoder here: libspng where the optional png extra is installed
 PNG_DECODER = " (libspng)" if importlib.util.find_spec("pyspng") else " (Pillow)"
 from fcn_label.predict import Item, JobResult, PredictJob, PredictOptions  # noqa: E402
-from fcn_label.predict import outputs as outputs_mod  # noqa: E402
-from fcn_label.predict.outputs import coco_annotations, encode_png  # noqa: E402
+from fcn_label.predfolder import outputs as outputs_mod  # noqa: E402
+from fcn_label.predfolder.outputs import coco_annotations, encode_png  # noqa: E402
 from fcn_label.predict import Predictor  # noqa: E402
 from fcn_label.predict.predictor import Prediction, labels_and_confidence  # noqa: E402
 from fcn_label.checkpoint import SHIPPED, load_checkpoint  # noqa: E402

@@ -46,7 +46,7 @@ def build(out: Path, n: int, size: tuple[int, int], per_folder: int) -> tuple[in
 
     from fcn_label.checkpoint import SHIPPED, load_checkpoint
     from fcn_label.predict import Item, PredictJob, PredictOptions, Predictor
-    from fcn_label.predict.layout import STATE_DIR
+    from fcn_label.predfolder.layout import STATE_DIR
 
     w, h = size
     pred = Predictor(load_checkpoint(SHIPPED["fcn8s-compact-camvid"].path), device="cpu")
@@ -90,7 +90,7 @@ def measure(out: Path, n: int, per_folder: int) -> dict:
     """In this (fresh) process: the job over n done items; seconds per phase and peak RSS."""
     from fcn_label.checkpoint import SHIPPED, load_checkpoint
     from fcn_label.predict import Item, PredictJob, PredictOptions, Predictor
-    from fcn_label.predict.records import scan_records
+    from fcn_label.predfolder.records import scan_records
 
     pred = Predictor(load_checkpoint(SHIPPED["fcn8s-compact-camvid"].path), device="cpu")
     items = [Item(Path(f"/data/in/{rel_of(i, per_folder)}.png"), rel_of(i, per_folder)) for i in range(n)]

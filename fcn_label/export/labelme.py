@@ -24,7 +24,7 @@ import numpy as np
 from ..errors import InputError
 from ..images import write_text_atomic
 from ..datasets.corrections import extra_module
-from .common import MANIFEST, ExportResult, OutGuard, PredFolder, PredItem, check_manifest, run_items
+from .common import MANIFEST, ExportResult, OutGuard, ExportSource, PredItem, check_manifest, run_items
 
 LABELME_VERSION = "5.5.0"
 LABELS_FILE = "labels.txt"
@@ -58,7 +58,7 @@ def mask_to_shapes(labels: np.ndarray, classes: Sequence[str], tolerance: float 
     return [s for _, s in shapes]
 
 
-def export_labelme(folder: PredFolder, out: str | os.PathLike, items: Sequence[PredItem] | None = None,
+def export_labelme(folder: ExportSource, out: str | os.PathLike, items: Sequence[PredItem] | None = None,
                    images: Path | None = None, overwrite: bool = False, tolerance: float = 1.0,
                    on_progress=None) -> ExportResult:
     out = Path(out)

@@ -247,7 +247,7 @@ def _rle(mask):
 
 
 def test_coco_json_and_png_predictions_give_identical_reports(tmp_path):
-    from fcn_label.predict.outputs import coco_annotations
+    from fcn_label.predfolder.outputs import coco_annotations
 
     n = 5
     gts, preds = random_set(tmp_path, n=n, count=5, seed=4)

@@ -503,7 +503,7 @@ def test_procs_refuses_what_cannot_fork_and_defaults_by_backend(tmp_path, model_
 def test_coco_annotations_decode_to_the_class_masks_and_score_their_mean_confidence():
     """Every present class: pycocotools' decoder gives back exactly its pixels; area and bbox as COCO
     counts them; the score is the mean confidence over those pixels (float64 reference)."""
-    from fcn_label.predict.outputs import coco_annotations
+    from fcn_label.predfolder.outputs import coco_annotations
 
     rng = np.random.default_rng(3)
     labels = rng.integers(0, 6, (41, 57)).astype(np.uint8)
@@ -527,7 +527,7 @@ def test_mask_png_palette_is_the_models_then_vocs_for_each_palette_in_turn():
     palette must not be served the first one's table nor change the cached map."""
     import io
 
-    from fcn_label.predict.outputs import encode_png
+    from fcn_label.predfolder.outputs import encode_png
 
     labels = np.arange(12, dtype=np.uint8).reshape(3, 4)
     for pal in ([(1, 2, 3), (4, 5, 6)], [[7, 8, 9]], [(1, 2, 3), (4, 5, 6)], None):
@@ -546,7 +546,7 @@ def test_coco_annotations_are_the_strings_pycocotools_encode_gives(shape):
     """The runs-based encoder gives byte for byte what ``mask.encode`` gives for each class's mask
     (the reference: one Fortran-ordered mask per class), for noise, blocks, and classes that start
     at the first pixel or end at the last."""
-    from fcn_label.predict.outputs import coco_annotations
+    from fcn_label.predfolder.outputs import coco_annotations
 
     rng = np.random.default_rng(sum(shape))
     h, w = shape
@@ -567,7 +567,7 @@ def test_streamed_predictions_json_is_json_dumps_of_the_in_memory_results(tmp_pa
     """predictions.json, streamed (annotations straight to the file, image entries spooled), byte for
     byte what json.dumps gives for the whole results built in memory; and a valid COCO results file."""
     from fcn_label.checkpoint import load_checkpoint
-    from fcn_label.predict.reports import coco_results
+    from fcn_label.predfolder.reports import coco_results
 
     write_images(tmp_path / "in", [(37, 53), (64, 48), (30, 30)])
     res = run_job(model_file, [tmp_path / "in"], tmp_path / "out")

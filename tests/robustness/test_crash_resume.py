@@ -19,7 +19,7 @@ import pytest
 from PIL import Image
 
 from fcn_label.cli import run_cli
-from fcn_label.images import _HOST
+from fcn_label.images import HOST
 from fcn_label.checkpoint import save_checkpoint
 from helpers import make_checkpoint, rand_image
 
@@ -118,7 +118,7 @@ def test_kill_9_mid_run_then_rerun_equals_uninterrupted(job, capsys):
     # the kill rarely lands inside a write (microseconds per file); plant what it leaves when it does:
     # the dead process's half-written temp file beside a mask, and one inside the records
     for folder in (out, records):
-        (folder / f".im99.png.k1ll3d00.{_HOST}~{proc.pid}.tmp").write_bytes(b"\x89PNG\r\n\x1a\n partial")
+        (folder / f".im99.png.k1ll3d00.{HOST}~{proc.pid}.tmp").write_bytes(b"\x89PNG\r\n\x1a\n partial")
 
     capsys.readouterr()
     with pytest.raises(SystemExit) as e:
@@ -225,7 +225,7 @@ def test_disk_full_stops_the_job_keeps_finished_work_and_resumes(tmp_path, monke
     import errno
     import fcntl
 
-    import fcn_label.predict.outputs as outputs
+    import fcn_label.predfolder.outputs as outputs
 
     for i in range(12):
         Image.fromarray(rand_image(16, 20, i)).save(tmp_path / f"im{i:02d}.png")

@@ -15,8 +15,8 @@ from PIL import Image
 
 from fcn_label.predict import PredictJob, PredictOptions, Predictor
 from fcn_label.predict.discover import Item, discover
-from fcn_label.predict.layout import OutputLayout
-from fcn_label.predict.reports import write_reports
+from fcn_label.predfolder.layout import OutputLayout
+from fcn_label.predfolder.reports import write_reports
 from helpers import make_checkpoint, rand_image
 
 N = 6
@@ -133,7 +133,7 @@ def test_an_output_folder_of_the_previous_version_resumes(tmp_path, predictor):
     _to_legacy(out)
     (out / ".fcn-label" / "records" / "sub" / "p1.json").unlink()  # killed before p1's record
     (out / "predictions.json").unlink()
-    from fcn_label.predict.records import read_failures
+    from fcn_label.predfolder.records import read_failures
 
     assert [Path(p).name for p in read_failures(OutputLayout(out))] == ["bad.png"]  # the legacy failure file
     res = _run(predictor, inp, out)
