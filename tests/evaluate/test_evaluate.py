@@ -572,7 +572,7 @@ def test_predict_output_folder_and_its_json_give_identical_reports(tmp_path, cap
     n = 5
     gts, preds = _model_and_data(tmp_path, n)
     code, _, err = run(["predict", str(tmp_path / "imgs"), "--out", str(tmp_path / "p"), "-w", str(tmp_path / "m.pt"),
-                        "--workers", "0", "--device", "cpu", "--probs", "--overlay", "-q"], capsys)
+                        "--parallel", "workers=0", "--device", "cpu", "--probs", "--overlay", "-q"], capsys)
     assert code == 0, err
     assert list((tmp_path / "p" / "confidence").glob("*.png"))  # PNGs that must not be read as predictions
     reports = []

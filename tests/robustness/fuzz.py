@@ -475,7 +475,7 @@ def run_round(root: Path, items: list[Mutant], model: Path, timeout: float = 600
 
     # -- predict: every input is a mask or a failures.csv row ------------------------------------
     r.predict = p = run_cli(["predict", str(inp), "--out", str(out), "-w", str(model), "--max-pixels", str(MAX_PIXELS),
-                             "--workers", "1", "--quiet"], timeout)
+                             "--parallel", "workers=1", "--quiet"], timeout)
     if p.returncode not in (0, 1):
         r.problems.append(f"predict exit status {p.returncode}: {p.stderr[-2000:]}")
     if "Traceback" in p.stderr:

@@ -39,7 +39,7 @@ def job(tmp_path_factory):
         Image.fromarray(rand_image(h, w, i)).save(src / ("sub" if i % 4 == 0 else "") / f"im{i:02d}.png")
     ref = root / "ref"
     with pytest.raises(SystemExit) as e:
-        run_cli(args(root, ref) + ["--workers", "0"])
+        run_cli(args(root, ref) + ["--parallel", "workers=0"])
     assert e.value.code == 0
     return root, ref
 
@@ -49,7 +49,7 @@ def args(root: Path, out: Path) -> list[str]:
 
 
 def launch(root: Path, out: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "fcn_label", *args(root, out), "--workers", "1"],
+    return subprocess.Popen([sys.executable, "-m", "fcn_label", *args(root, out), "--parallel", "workers=1"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV,
                             start_new_session=True)
 
@@ -122,7 +122,7 @@ def test_kill_9_mid_run_then_rerun_equals_uninterrupted(job, capsys):
 
     capsys.readouterr()
     with pytest.raises(SystemExit) as e:
-        run_cli(args(root, out) + ["--workers", "0"])
+        run_cli(args(root, out) + ["--parallel", "workers=0"])
     assert e.value.code == 0
     # exactly the images without a record are predicted again (one whose mask was written but
     # not yet its record is among them); a finished image never is
@@ -148,7 +148,7 @@ def launch_together(root: Path, out: Path, n: int = 2) -> list[subprocess.Popen]
                 "from fcn_label.cli import main\n"
                 f"pathlib.Path({str(ready)!r}).touch()\n"
                 f"while not pathlib.Path({str(go)!r}).exists(): time.sleep(0.005)\n"
-                f"sys.argv = ['fcn-label', *{args(root, out) + ['--workers', '1']!r}]\n"
+                f"sys.argv = ['fcn-label', *{args(root, out) + ['--parallel', 'workers=1']!r}]\n"
                 "main()\n")
         procs.append(subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                       text=True, env=ENV, start_new_session=True))
@@ -219,7 +219,7 @@ def test_finetune_killed_while_writing_its_checkpoint_resumes_from_the_last_whol
 def test_disk_full_stops_the_job_keeps_finished_work_and_resumes(tmp_path, monkeypatch, capsys, encoders):
     """ENOSPC is not one bad file: stop at once (no hour of doomed predictions), keep what is done.
 
-    With --encoders 2 the writes happen in forked encoding processes, which inherit the patched
+    With encoders=2 the writes happen in forked encoding processes, which inherit the patched
     writer; the write attempts are counted in a file (under a lock) so that every process sees them.
     """
     import errno
@@ -231,8 +231,8 @@ def test_disk_full_stops_the_job_keeps_finished_work_and_resumes(tmp_path, monke
         Image.fromarray(rand_image(16, 20, i)).save(tmp_path / f"im{i:02d}.png")
     save_checkpoint(make_checkpoint(), tmp_path / "m.pt")
     out = tmp_path / "out"
-    argv = ["predict", str(tmp_path), "--out", str(out), "-w", str(tmp_path / "m.pt"), "-q", "--workers", "0",
-            "--batch-size", "1", "--encoders", str(encoders)]
+    argv = ["predict", str(tmp_path), "--out", str(out), "-w", str(tmp_path / "m.pt"), "-q",
+            "--parallel", f"workers=0,encoders={encoders}", "--batch-size", "1"]
     real, log = outputs.write_bytes_atomic, tmp_path / "calls.log"
     log.touch()
 

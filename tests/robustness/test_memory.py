@@ -75,7 +75,9 @@ def test_a_large_image_waits_for_pending_writes(tmp_path, monkeypatch):
     import time
 
     events = []
-    write = PredictJob.try_write
+    from fcn_label.predict.sink import Sink
+
+    write = Sink.try_write
 
     def slow_write(self, it, *a):
         time.sleep(0.05)
@@ -84,7 +86,7 @@ def test_a_large_image_waits_for_pending_writes(tmp_path, monkeypatch):
         return outcome
 
     tiled = Predictor.predict_tiled
-    monkeypatch.setattr(PredictJob, "try_write", slow_write)
+    monkeypatch.setattr(Sink, "try_write", slow_write)
     monkeypatch.setattr(Predictor, "predict_tiled", lambda self, img: events.append("tiling") or tiled(self, img))
     for i in range(4):
         Image.fromarray(rand_image(16, 16, i)).save(tmp_path / f"a{i}.png")
