@@ -369,11 +369,12 @@ def test_bad_inputs_are_reported_and_the_rest_is_scored(tmp_path, capsys):
     assert code == 1
     assert "Traceback" not in err
     f = pd.read_csv(tmp_path / "r" / "failures.csv")
-    by_key = dict(zip(f["key"], zip(f["kind"], f["message"])))
-    assert by_key["img1"][0] == "error" and "outside 0..3" in by_key["img1"][1]
-    assert by_key["img2"][0] == "error" and "img2.png" in by_key["img2"][1]
-    assert by_key["img3"][0] == "error" and "5x5" in by_key["img3"][1]
-    assert by_key["rgb"][0] == "error" and "mode 'RGB'" in by_key["rgb"][1]
+    assert list(f.columns) == ["path", "stage", "reason"]  # the schema of every verb's failures.csv
+    by_key = {Path(p).stem: (stage, msg) for p, stage, msg in zip(f["path"], f["stage"], f["reason"])}
+    assert by_key["img1"][0] == "evaluate" and "outside 0..3" in by_key["img1"][1]
+    assert by_key["img2"][0] == "evaluate" and "img2.png" in by_key["img2"][1]
+    assert by_key["img3"][0] == "evaluate" and "5x5" in by_key["img3"][1]
+    assert by_key["rgb"][0] == "evaluate" and "mode 'RGB'" in by_key["rgb"][1]
     assert by_key["lonely"][0] == "missing_prediction" and by_key["stray"][0] == "extra_prediction"
     # the one good pair is scored exactly
     s = pd.read_csv(tmp_path / "r" / "summary.csv").set_index("metric")["value"]

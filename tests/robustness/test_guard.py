@@ -73,4 +73,4 @@ def test_evaluate_reports_a_ground_truth_text_bomb_and_scores_the_rest(tmp_path,
     assert summary["images_evaluated"] == 1 and summary["images_failed"] == 1
     assert float(summary["pixel_accuracy"]) == 1.0
     failures = pd.read_csv(tmp_path / "r" / "failures.csv")
-    assert "ValueError: Decompressed data too large" in failures["message"][0]
+    assert "ValueError: Decompressed data too large" in failures["reason"][0]
