@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every CPU figure of the README's Speed section in one run. Run it on an otherwise idle machine:
+# Every CPU figure of the documentation's Performance page (docs/performance.md) in one run. Run it on an otherwise idle machine:
 # the figures are only comparable side by side within one run.
 #   bash scripts/cpu_bench.sh [OUT_DIR]      (PY=path/to/python to choose the interpreter)
 set -euo pipefail

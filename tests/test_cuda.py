@@ -22,7 +22,7 @@ from fcn_label.checkpoint import load_checkpoint, resolve_weights, save_checkpoi
 from _synth import tiny_config, write_list_dataset
 from helpers import make_checkpoint, one_at_a_time, rand_image
 
-pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = sorted((REPO / "examples").glob("*.png"))

@@ -34,6 +34,7 @@ def _datumaro_masks(root) -> dict[str, np.ndarray]:
     return out
 
 
+@pytest.mark.integration
 def test_datumaro_reads_every_mask_equal_to_predict(pred_dir, tmp_path):
     r = run_cli("export", str(pred_dir), "--format", "cvat", "--out", str(tmp_path / "cvat"))
     assert r.returncode == 0, r.stderr

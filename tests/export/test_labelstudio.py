@@ -202,6 +202,7 @@ def label_studio(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.integration
 def test_real_label_studio_round_trip(label_studio, pred_dir, tmp_path):
     ls = label_studio
     export(pred_dir, "labelstudio", tmp_path / "ls")

@@ -91,6 +91,7 @@ def test_bad_sort_and_missing_folder_are_one_line_errors(tmp_path, pred_folder):
         build_review(tmp_path, tmp_path / "r")
 
 
+@pytest.mark.browser
 def test_page_in_chromium(pred_folder, tmp_path, browser):
     out = tmp_path / "review"
     build_review(pred_folder, out)
@@ -176,6 +177,7 @@ def test_ten_thousand_rows_page_size_and_time(tmp_path):
     assert seconds < 10, seconds
 
 
+@pytest.mark.browser
 def test_ten_thousand_rows_in_chromium(tmp_path, browser):
     rows = synthetic_rows(10_000, CLASSES)
     index = write_page(tmp_path, rows, CLASSES, {}, sort="confidence", has_confidence=True, title="10k")
@@ -333,6 +335,7 @@ def test_plain_index_masks_get_colours(tmp_path):
     assert coloured >= 2  # classes other than 0 (black in VOC's map) cover a fifth of some masks
 
 
+@pytest.mark.browser
 def test_odd_file_names_load_in_chromium(tmp_path, browser):
     imgs = tmp_path / "odd"
     imgs.mkdir()
