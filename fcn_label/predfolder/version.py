@@ -6,7 +6,7 @@ with one line saying what to do, never half-read:
 * version 2 (this one): the file is present; failure records carry a ``stage``.
 * version 1: no file, records in ``.jsonl`` segments; read as version 2 (a failure line without a
   stage reads as stage "predict"). predict resuming into it writes the file.
-* before version 1: per-file records (``records/<name>.json``, ``failures/<hash>.json``); refused.
+* before version 1 (early development versions): per-file records (``records/<name>.json``, ``failures/<hash>.json``); refused.
 * a higher version: written by a newer fcn-label; refused.
 """
 
@@ -51,7 +51,7 @@ def folder_version(layout: OutputLayout) -> int:
                              f"version reads up to {FORMAT_VERSION}); upgrade fcn-label")
         return version
     if _has_per_file_records(layout):
-        raise InputError(f"{where}: written by an fcn-label before 0.1 (per-file records in "
+        raise InputError(f"{where}: written by an early fcn-label (per-file records in "
                          f"{layout.records_dir.relative_to(where).as_posix()}); re-run predict with this version "
                          "into a new --out")
     return 1
