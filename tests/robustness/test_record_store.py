@@ -4,7 +4,6 @@ refused in one line), and report assembly at scale with bounded memory."""
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import os
 import tracemalloc
@@ -106,24 +105,6 @@ def test_duplicate_lines_resolve_to_the_last_whatever_the_order_of_writing(tmp_p
     assert len(rows) == N and len({r["mask"] for r in rows}) == N
     assert [r["seconds"] for r in rows if r["mask"] == later["file_name"]] == ["123.5"]
     assert len(json.loads((out / "predictions.json").read_text())["images"]) == N
-
-
-def _to_legacy(out: Path) -> None:
-    """Rewrite the store as the previous version left it: records/<rel>.json, failures/<sha1[:20]>.json."""
-    state = out / ".fcn-label"
-    for seg in _segments(out):
-        for l in seg.read_bytes().splitlines():
-            r = json.loads(l)
-            p = state / "records" / (r["file_name"][: -len(".png")] + ".json")
-            p.parent.mkdir(parents=True, exist_ok=True)
-            p.write_text(json.dumps(r))
-        seg.unlink()
-    for seg in list((state / "failures").glob("*.jsonl")):
-        for l in seg.read_bytes().splitlines():
-            f = json.loads(l)
-            name = hashlib.sha1(f["path"].encode()).hexdigest()[:20] + ".json"
-            (state / "failures" / name).write_text(json.dumps(f))
-        seg.unlink()
 
 
 def test_a_folder_of_format_1_resumes_and_gets_the_format_file(tmp_path, predictor):
