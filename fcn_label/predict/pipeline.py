@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 import torch
 
 from ..guard import first_line
-from .decoding import (TRIM_EVERY_PIXELS, WORKER_MAX_PIXELS, JpegBytes, _collate, _Decode, as_array, decode_jpegs,
+from .decoding import (TRIM_EVERY_PIXELS, WORKER_MAX_PIXELS, JpegBytes, collate_one, DecodeDataset, as_array, decode_jpegs,
                        release_free_memory)
 from .discover import Item
 from .encoders import encode, encoding_pool
@@ -68,10 +68,10 @@ class Pipeline:
     def run(self) -> None:
         tally, parts = self.tally, self.parts
         parts.sink.stop_message = ""
-        dataset = _Decode(self.todo, parts.decode.max_pixels, WORKER_MAX_PIXELS,
+        dataset = DecodeDataset(self.todo, parts.decode.max_pixels, WORKER_MAX_PIXELS,
                           jpeg_bytes=self.jpeg_device is not None)
         loader = torch.utils.data.DataLoader(
-            dataset, batch_size=1, collate_fn=_collate, num_workers=self.workers,
+            dataset, batch_size=1, collate_fn=collate_one, num_workers=self.workers,
             prefetch_factor=max(2, self.bs) if self.workers else None, shuffle=False,
         )
         if self.encoders:

@@ -20,7 +20,7 @@ from PIL import Image
 import fcn_label.predict.pipeline as job_mod  # the loop the job runs
 import fcn_label.predict.predictor as predict_mod
 from fcn_label.predict import Item, PredictJob, PredictOptions, discover
-from fcn_label.predict.decoding import _Decode
+from fcn_label.predict.decoding import DecodeDataset
 from fcn_label.predict import Predictor
 from helpers import make_checkpoint, one_at_a_time, rand_image
 
@@ -33,7 +33,7 @@ def test_workers_hand_large_images_to_the_main_process(tmp_path):
     Image.fromarray(rand_image(10, 10, 0)).save(small)
     Image.fromarray(rand_image(40, 50, 1)).save(large)
     (tmp_path / "bad.png").write_bytes(b"not an image")
-    ds = _Decode([Item(small, "small"), Item(large, "large"), Item(tmp_path / "bad.png", "bad")], 10**9,
+    ds = DecodeDataset([Item(small, "small"), Item(large, "large"), Item(tmp_path / "bad.png", "bad")], 10**9,
                  worker_max_pixels=1000)
     loader = torch.utils.data.DataLoader(ds, batch_size=1, collate_fn=lambda b: b[0], num_workers=1)
     got = {i: (arr, err) for i, arr, err in loader}
