@@ -247,6 +247,51 @@ def test_cli_summary_and_failures(tmp_path, model_file, capsys):
     assert "Traceback" not in out.err
     rows = list(csv.DictReader(open(tmp_path / "out" / "failures.csv")))
     assert len(rows) == 1 and rows[0]["path"].endswith("broken.jpg")
+    assert list(rows[0]) == ["path", "stage", "reason"] and rows[0]["stage"] == "decode"
+    assert rows[0]["reason"].startswith(rows[0]["path"])
+
+
+def test_failure_stages_name_where_each_input_failed(tmp_path, model_file, monkeypatch):
+    """input (discover), decode, infer and write: one row each, in the path,stage,reason schema."""
+    from fcn_label.predict.sink import Sink
+
+    write_images(tmp_path / "in", [(16, 16), (16, 16), (24, 24)])
+    (tmp_path / "in" / "broken.png").write_bytes(b"not a png")
+    real_write = Sink.write
+
+    def refuse_img1(self, it, *a):
+        if it.rel == "img1":
+            raise PermissionError(13, "Permission denied")
+        return real_write(self, it, *a)
+
+    def out_of_memory(self, img):
+        raise MemoryError("too big")
+
+    monkeypatch.setattr(Sink, "write", refuse_img1)
+    monkeypatch.setattr(Predictor, "needs_tiling", lambda self, shape: shape[0] == 24)  # img2 runs alone
+    monkeypatch.setattr(Predictor, "predict_tiled", out_of_memory)
+    res = run_job(model_file, [tmp_path / "in", tmp_path / "gone"], tmp_path / "out", encoders=0)
+    stages = {Path(f.path).name: f.stage for f in res.failed}
+    assert stages == {"gone": "input", "broken.png": "decode", "img2.png": "infer", "img1.png": "write"}, stages
+    rows = list(csv.DictReader(open(tmp_path / "out" / "failures.csv", encoding="utf-8")))
+    assert {Path(r["path"]).name: r["stage"] for r in rows} == stages
+    assert all(r["reason"].startswith(r["path"]) for r in rows)
+
+
+def test_parallel_is_one_expert_option_checked_in_one_line(tmp_path, model_file, capsys):
+    from fcn_label.predict.parallel import Parallel, parse_parallel
+
+    assert parse_parallel("procs=1, workers=0") == Parallel(procs=1, workers=0)
+    assert parse_parallel(None) == Parallel()
+    for bad, words in (("threads=2", "KEY procs, workers or encoders"), ("procs=0", "procs must be at least 1"),
+                       ("workers=x", "'x' is not a whole number"), ("procs=1,procs=2", "each once")):
+        code, out = cli(capsys, "predict", tmp_path, "--out", tmp_path / "out", "-w", model_file, "--parallel", bad)
+        assert code == 2 and words in out.err and "Traceback" not in out.err, (bad, out.err)
+        assert len(out.err.strip().splitlines()) == 1, out.err
+    code, out = cli(capsys, "predict", "--help")
+    assert code == 0 and "Expert" in out.out and "--parallel" in out.out
+    for gone in ("--workers", "--encoders", "--procs"):
+        assert gone not in out.out
 
 
 def test_cli_user_errors_are_one_line(tmp_path, model_file, capsys):
