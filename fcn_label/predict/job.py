@@ -80,18 +80,18 @@ class PredictJob:
         all_items = list(items)
         mine = [it for i, it in enumerate(all_items) if i % world == rank]
         res = JobResult(total=len(mine))
-        on_failure = self.on_failure
-        tally = Tally(res, self.on_progress, (lambda f: on_failure(f.path, f.reason)) if on_failure else None,
-                      record=self.sink.record_failure)
         try:
-            for path, reason in problems:
-                tally.fail(path, "input", reason)
             todo = mine
             if not self.o.overwrite:
                 idx = scan_records(self.layout, [it.rel for it in mine])
                 todo = [it for i, it in enumerate(mine) if not idx.done(i)]
-                res.skipped = tally.shown_done = len(mine) - len(todo)
+                res.skipped = len(mine) - len(todo)
                 del idx
+            on_failure = self.on_failure
+            tally = Tally(res, self.on_progress, (lambda f: on_failure(f.path, f.reason)) if on_failure else None,
+                          record=self.sink.record_failure)
+            for path, reason in problems:
+                tally.fail(path, "input", reason)
             self._remove_stale_temp(todo)
             tally.start()
             if todo:
