@@ -13,7 +13,7 @@ from .errors import ConfigError, InputError, UserError
 
 _WHERE = {name: ".checkpoint" for name in ("Checkpoint", "Normalization", "WeightsError", "load_checkpoint",
                                         "save_checkpoint")}
-_WHERE.update({"ClassSpec": ".classes", "resolve_classes": ".classes", "read_image": ".images",
+_WHERE.update({"ClassSpec": ".classes", "read_image": ".images",
                "read_mask": ".images", "confusion_matrix": ".metrics", "scores": ".metrics", "ARCHS": ".model",
                "FCN": ".model", "FCNConfig": ".model"})
 
@@ -24,6 +24,6 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ARCHS", "FCN", "FCNConfig", "Checkpoint", "ClassSpec", "ConfigError", "Normalization", "InputError",
-    "UserError", "WeightsError", "load_checkpoint", "resolve_classes", "save_checkpoint", "read_image", "read_mask",
+    "UserError", "WeightsError", "load_checkpoint", "save_checkpoint", "read_image", "read_mask",
     "confusion_matrix", "scores",
 ]

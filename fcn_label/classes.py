@@ -1,9 +1,11 @@
-"""Class names, colours and the ignore label: the tables we know and ONE resolver.
+"""Class names, colours and the ignore label: the tables we know and how a verb settles them.
 
-Every verb asks :func:`resolve_classes` with whatever it has (a --classes file,
-a model, a dataset, a prediction JSON, the labels found in the masks); the
-sources are tried in one fixed order, so predict, evaluate and finetune name
-the classes of the same data the same way.
+Three steps, each its own function: :func:`explicit_classes` (what the user
+said: --classes, --num-classes, the model that predicts), :func:`choose_classes`
+(else the first of the candidate sources the caller lists, e.g.
+:func:`class_file_beside` the data, else ``class_0..``) and :func:`resolve_palette`
+(the colours). The caller knows its data, so it decides which candidates exist;
+the rules for a count that disagrees and for the generic names are here, once.
 """
 
 from __future__ import annotations
@@ -156,27 +158,27 @@ def json_categories(pred: str | Path | None) -> list[str] | None:
         return None  # the predictions reader reports a broken file properly
 
 
-def resolve_classes(num_classes: int | None = None, classes_file: str | Path | None = None, checkpoint=None, *,
-                    names: Sequence[str] | None = None, palette: Sequence[Colour] | None = None,
-                    dataset: str | Path | None = None, layout: str | None = None,
-                    dataset_names: Sequence[str] | None = None, first_mask: str | Path | None = None,
-                    pred: str | Path | None = None, init=None, labels: Sequence[int] | None = None,
-                    log: Callable[[str], None] | None = None) -> ClassSpec:
-    """Class names from the first source that has them, so CamVid / VOC / COCO / labelme need no flags.
+@dataclass(frozen=True)
+class Candidate:
+    """A place the classes may be named, offered by the caller that knows the data.
 
-    Order: ``names`` / --classes (``classes_file``), the model that predicts
-    (``checkpoint``: fixes N), the dataset's own categories (COCO), a
-    ``classes.txt`` or labelme ``class_names.txt`` beside ``dataset``, CamVid's
-    names for 11 classes of a CamVid path, the --init model's names, VOC's 21
-    names for a VOC layout, the categories of a prediction JSON, then
-    ``class_0..`` for --num-classes or for the largest label in ``labels``. A
-    found source whose count disagrees with --num-classes is passed over.
-
-    Colours: ``palette``, the file's, the model's (or --init's for the same
-    names), the first palette mask's, CamVid's for CamVid names, else None (the
-    VOC colour map).
+    ``find`` returns the names (or None when this place has none); ``chosen`` is
+    logged when they are used, ``passed_over`` when their count disagrees with
+    --num-classes (both formatted with ``n``, ``source`` and ``num``).
     """
-    say = log or (lambda msg: None)
+
+    find: Callable[[], ClassSpec | None]
+    chosen: str = ""
+    passed_over: str = ""
+
+
+def explicit_classes(num_classes: int | None = None, *, names: Sequence[str] | None = None,
+                     classes_file: str | Path | None = None, checkpoint=None) -> ClassSpec | None:
+    """What the user said (--classes names or file) and the model that predicts, checked against each other.
+
+    None when neither names the classes: the caller's candidates decide then.
+    The model fixes the count, so a disagreeing --classes or --num-classes is an error, not a choice.
+    """
     spec = None
     if names is not None:
         spec = ClassSpec(list(names), None, "--classes")
@@ -193,48 +195,95 @@ def resolve_classes(num_classes: int | None = None, classes_file: str | Path | N
             raise InputError(f"--classes lists {spec.num} names but the model predicts {n} classes")
         spec = spec or ClassSpec(list(checkpoint.classes), None, "the model")
         spec.palette = spec.palette or [tuple(c) for c in checkpoint.palette]
+    return spec
+
+
+# -- candidate sources: each caller lists those its data has, in the order they should win ---------------------------
+
+def dataset_categories(names: Sequence[str] | None, dataset: str | Path | None) -> Candidate:
+    """The categories a dataset format declares itself (COCO's)."""
+    return Candidate(lambda: ClassSpec(list(names), None, f"{dataset} categories") if names else None)
+
+
+def class_file_beside(dataset: str | Path | None) -> Candidate:
+    """A ``classes.txt`` (or labelme's ``class_names.txt``) in the dataset's folder or beside its list file."""
+    def find() -> ClassSpec | None:
+        found = find_class_file(dataset) if dataset is not None else None
+        return read_class_spec(found) if found else None
+
+    return Candidate(find, chosen="classes: {n} names from {source}",
+                     passed_over="warning: {source} lists {n} classes but --num-classes is {num}; not used")
+
+
+def model_classes(ck, what: str = "the --init model") -> Candidate:
+    """The names a checkpoint was trained with (fine-tuning from it keeps them unless the data says otherwise)."""
+    return Candidate(lambda: ClassSpec(list(ck.classes), None, what) if ck is not None else None)
+
+
+def voc_classes(layout: str | None, dataset: str | Path | None = None, count: int | None = None) -> Candidate:
+    """VOC's 21 names for a VOC folder, unless the data shows another count.
+
+    ``count``: the class count the caller knows (--num-classes, or the largest mask label + 1); None when unknown.
+    """
+    fits = layout == "voc" and count in (None, len(VOC_CLASSES))
+    return Candidate(lambda: ClassSpec(list(VOC_CLASSES), None, "VOC's class list") if fits else None,
+                     chosen="classes: the 21 PASCAL VOC names (VOC layout, no classes file); "
+                            f"pass --classes FILE if {dataset} uses other classes")
+
+
+def prediction_categories(pred: str | Path | None) -> Candidate:
+    """The categories of a prediction JSON (or of the predictions.json beside predicted masks)."""
+    return Candidate(lambda: ClassSpec(list(n), None, f"the categories of the predictions in {pred}")
+                     if (n := json_categories(pred)) else None)
+
+
+def choose_classes(explicit: ClassSpec | None, candidates: Sequence[Candidate] = (), *,
+                   num_classes: int | None = None, labels: Sequence[int] | None = None,
+                   log: Callable[[str], None] | None = None) -> ClassSpec:
+    """The explicit spec, else the first candidate whose count fits --num-classes, else ``class_0..``.
+
+    The count of the generic names is --num-classes, or the largest label in
+    ``labels`` + 1; with neither, the user is told which flag names the classes.
+    The palette is left to :func:`resolve_palette`.
+    """
+    say = log or (lambda msg: None)
+    if explicit is not None:
+        return explicit
+    for cand in candidates:
+        spec = cand.find()
+        if spec is None:
+            continue
+        if num_classes is not None and spec.num != num_classes:
+            if cand.passed_over:
+                say(cand.passed_over.format(n=spec.num, source=spec.source, num=num_classes))
+            continue
+        if cand.chosen:
+            say(cand.chosen.format(n=spec.num, source=spec.source, num=num_classes))
+        return spec
     hint = num_classes
     if hint is None and labels is not None:
         found = [int(v) for v in labels]
         hint = max(found) + 1 if found else None
-    if spec is None:
-        found_file = find_class_file(dataset) if dataset is not None else None
-        file_spec = read_class_spec(found_file) if found_file else None
-        if found_file and num_classes is not None and file_spec.num != num_classes:
-            say(f"warning: {found_file} lists {file_spec.num} classes but --num-classes is {num_classes}; not used")
-        camvid = hint == len(CAMVID_CLASSES) and dataset is not None and "camvid" in str(dataset).lower()
-        init_fits = init is not None and (num_classes is None or init.config.num_classes == num_classes)
-        candidates = [
-            (lambda: ClassSpec(list(dataset_names), None, f"{dataset} categories") if dataset_names else None),
-            (lambda: file_spec),
-            (lambda: ClassSpec(list(CAMVID_CLASSES), None, "CamVid's class list") if camvid else None),
-            (lambda: ClassSpec(list(init.classes), None, "the --init model") if init_fits else None),
-            (lambda: ClassSpec(list(VOC_CLASSES), None, "VOC's class list")
-             if layout == "voc" and hint in (None, len(VOC_CLASSES)) else None),
-            (lambda: ClassSpec(list(n), None, f"the categories of the predictions in {pred}")
-             if (n := json_categories(pred)) else None),
-        ]
-        for make in candidates:
-            c = make()
-            if c is not None and (num_classes is None or c.num == num_classes):
-                spec = c
-                break
-        if spec is not None and spec is file_spec:
-            say(f"classes: {spec.num} names from {found_file}")
-        elif spec is not None and spec.source == "VOC's class list":
-            say(f"classes: the 21 PASCAL VOC names (VOC layout, no classes file); "
-                f"pass --classes FILE if {dataset} uses other classes")
-    if spec is None:
-        if hint is None:
-            raise InputError(
-                "cannot tell the number of classes: give --num-classes N, or --classes FILE (one name per line), "
-                "or --weights (the model's classes), or put a classes.txt beside the ground truth; "
-                "e.g. CamVid: --classes camvid/classes.txt --ignore-index 11, VOC: --num-classes 21"
-            )
-        if num_classes is None:
-            say(f"classes: {hint} inferred from the masks (largest label {hint - 1}); "
-                "pass --classes FILE to name them or --num-classes if some never occur")
-        spec = ClassSpec([f"class_{i}" for i in range(hint)], None, "--num-classes" if num_classes else "the masks")
+    if hint is None:
+        raise InputError(
+            "cannot tell the number of classes: give --num-classes N, or --classes FILE (one name per line), "
+            "or --weights (the model's classes), or put a classes.txt beside the ground truth; "
+            "e.g. CamVid: --classes camvid/classes.txt --ignore-index 11, VOC: --num-classes 21"
+        )
+    if num_classes is None:
+        say(f"classes: {hint} inferred from the masks (largest label {hint - 1}); "
+            "pass --classes FILE to name them or --num-classes if some never occur")
+    return ClassSpec([f"class_{i}" for i in range(hint)], None, "--num-classes" if num_classes else "the masks")
+
+
+def resolve_palette(spec: ClassSpec, palette: Sequence[Colour] | None = None, *, init=None,
+                    first_mask: str | Path | None = None) -> ClassSpec:
+    """Fill ``spec.palette`` from the first source that has colours; returns ``spec``.
+
+    Order: ``palette`` (given explicitly), the spec's own (a ``name r g b``
+    class file, the predicting model), --init's when it names the same classes,
+    the first palette mask's, CamVid's for CamVid's names, else None (the VOC colour map).
+    """
     if palette:
         spec.palette = [tuple(c) for c in palette]
     if spec.palette is None and init is not None and list(init.classes) == spec.names:

@@ -19,12 +19,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from fcn_label.checkpoint import SHIPPED, load_checkpoint, save_checkpoint  # noqa: E402
 
-# How the shipped file was made (scripts/gpu_session.sh, run B, on an H200 in 4.5 minutes);
-# without a GPU drop --device/--amp/--channels-last (about 75 s per epoch on 2 CPU cores).
+# How the shipped file was made (scripts/gpu_session.sh, run B, on an H200), in today's command-line syntax
+# (configs/camvid-compact.toml holds the recipe); without a GPU drop --device/--amp/channels_last.
 COMMAND = ("python scripts/pack_camvid.py ../shared/data/camvid .gpu/camvid && "
-           "fcn-label finetune .gpu/camvid/train.txt --val .gpu/camvid/val.txt --num-classes 11 --ignore-index 11 "
-           "--epochs 180 --val-every 10 --seed 0 --weight-decay 0.01 --workers 6 --no-cache "
-           "--device cuda --amp --channels-last --out runs/B")
+           "fcn-label finetune .gpu/camvid/train.txt --val .gpu/camvid/val.txt --config configs/camvid-compact.toml "
+           "--set workers=6 --set cache=false --set channels_last=true --device cuda --amp --out runs/B")
 SELECTION = ("two runs differing only in AdamW weight decay (1e-4, 1e-2); the one with the higher CamVid val mean IU "
              "(1e-2); its final EMA weights after 180 epochs, which were also its best of the evaluations every 10 epochs")
 

@@ -27,12 +27,12 @@ cat logs/machine.txt
 train() {  # name, extra options
   local name=$1; shift
   timeout "$TRAIN_SECONDS" python3 -m fcn_label finetune .gpu/camvid/train.txt --val .gpu/camvid/val.txt \
-    --num-classes 11 --ignore-index 11 --epochs "$EPOCHS" --val-every 10 --seed 0 --workers 6 --no-cache \
-    --device "$DEVICE" --amp --channels-last --out "runs/$name" "$@" > "logs/train_$name.log" 2>&1
+    --num-classes 11 --ignore-index 11 --epochs "$EPOCHS" --set val_every=10 --set seed=0 --set workers=6 \
+    --set cache=false --device "$DEVICE" --amp --set channels_last=true --out "runs/$name" "$@" > "logs/train_$name.log" 2>&1
   echo "train $name exit $?" | tee -a "logs/train_$name.log"
 }
 train A &
-train B --weight-decay 0.01 &
+train B --set weight_decay=0.01 &
 
 timeout 150 python3 -m pytest -q tests/test_cuda.py -p no:cacheprovider > logs/cuda_tests.log 2>&1
 echo "cuda tests exit $?" >> logs/cuda_tests.log

@@ -20,7 +20,7 @@ from PIL import Image
 
 from ..errors import InputError
 from ..images import IMAGE_EXTENSIONS
-from ..predfolder.layout import EXPORT_MARKER as OUR_MANIFEST
+from ..markers import EXPORT_MARKER as OUR_MANIFEST
 from .corrections import Corrections, Entry, layout_functions
 
 NAME = "cvat"

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..classes import ClassSpec
-from ..classes import resolve_classes as _resolve
+from ..classes import (ClassSpec, choose_classes, class_file_beside, dataset_categories, explicit_classes,
+                       prediction_categories, resolve_palette, voc_classes)
 from ..datasets import GroundTruth, match_keys
 from .report import colourise, render_confusion, render_worst, write_report
 from .score import EvalResult, WorstImage, evaluate
@@ -28,7 +28,13 @@ __all__ = ["ERROR", "EXTRA", "MISSING", "ClassSpec", "CocoPredictions", "EvalRes
 
 def resolve_classes(num_classes: int | None = None, classes_file: str | Path | None = None, checkpoint=None,
                     gt: GroundTruth | None = None, pred: str | Path | None = None) -> ClassSpec:
-    """:func:`fcn_label.classes.resolve_classes` with what a ground truth tells about its classes."""
-    return _resolve(num_classes, classes_file, checkpoint, dataset=gt.source if gt else None,
-                    layout=gt.layout if gt else None, dataset_names=gt.class_names() if gt else None,
-                    first_mask=gt.first_mask() if gt else None, pred=pred)
+    """The classes evaluate scores: --classes / --num-classes / the predicting model, else what the ground truth
+    (its categories, a classes.txt beside it, a VOC layout) or the prediction JSON names."""
+    explicit = explicit_classes(num_classes, classes_file=classes_file, checkpoint=checkpoint)
+    where = gt.source if gt else None
+    candidates = [prediction_categories(pred)]
+    if gt is not None:
+        candidates[:0] = [dataset_categories(gt.class_names(), where), class_file_beside(where),
+                          voc_classes(gt.layout, where, num_classes)]
+    spec = choose_classes(explicit, candidates, num_classes=num_classes)
+    return resolve_palette(spec, first_mask=gt.first_mask() if gt else None)

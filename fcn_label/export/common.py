@@ -3,7 +3,7 @@
 The folder is read through :class:`fcn_label.predfolder.PredictionFolder`: the records map each
 mask to its input photo and carry the mean confidence; predictions.json names the classes
 (category id = class index + 1) and the model; colours come from
-:func:`fcn_label.classes.resolve_classes` (the masks' palette).
+:func:`fcn_label.classes.resolve_palette` (the masks' palette).
 """
 
 from __future__ import annotations
@@ -16,11 +16,11 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from ..classes import resolve_classes, voc_palette
+from ..classes import choose_classes, explicit_classes, resolve_palette, voc_palette
 from ..errors import InputError
 from ..guard import guarded
 from ..images import write_text_atomic
-from ..predfolder.layout import EXPORT_MARKER as MANIFEST  # marks --out as an export of one format
+from ..markers import EXPORT_MARKER as MANIFEST  # marks --out as an export of one format
 from ..predfolder.reader import PredictionFolder, PredItem, find_photo
 
 
@@ -65,8 +65,8 @@ def read_source(root: str | os.PathLike) -> ExportSource:
     classes, model = cats if cats is not None else ([], "")
     # names: the predictions file's (predict ran with --no-coco: class_0.. up to the largest label seen)
     labels = None if classes else sorted({int(v) for it in items[:50] for v in np.unique(it.labels())})
-    spec = resolve_classes(names=classes or None, labels=labels or [0],
-                           first_mask=items[0].mask if items else None)
+    spec = choose_classes(explicit_classes(names=classes or None), labels=labels or [0])
+    resolve_palette(spec, first_mask=items[0].mask if items else None)
     palette = [tuple(int(v) for v in c) for c in (spec.palette or voc_palette())]
     return ExportSource(folder, items, spec.names, palette[: max(spec.num, 1)], model, problems)
 

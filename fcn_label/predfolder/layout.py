@@ -21,7 +21,8 @@ from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 
-STATE_DIR = ".fcn-label"
+from ..markers import EXPORT_MARKER, STATE_DIR  # noqa: F401  (EXPORT_MARKER: export's, named beside ours)
+
 RECORDS_DIR = f"{STATE_DIR}/records"
 FAILURES_DIR = f"{STATE_DIR}/failures"
 FORMAT_FILE = f"{STATE_DIR}/format.json"  # the folder's format version (absent: version 1)
@@ -30,9 +31,6 @@ OVERLAY_DIR, CONFIDENCE_DIR = "overlays", "confidence"
 AUX_DIRS = (CONFIDENCE_DIR, OVERLAY_DIR)  # beside the masks; their PNGs are not class masks
 RESERVED_DIRS = (STATE_DIR, OVERLAY_DIR, CONFIDENCE_DIR)  # an input folder so named is renamed 'name~2'
 PREDICTIONS_CSV, PREDICTIONS_JSON, FAILURES_CSV = "predictions.csv", "predictions.json", "failures.csv"
-# The marker `fcn-label export` leaves in its own --out (hidden: never taken for an image or a LabelMe file);
-# the CVAT reader looks for it to know a labelmap is ours.
-EXPORT_MARKER = f"{STATE_DIR}-export.json"
 # Every output file of an item is ``<rel><suffix>`` with one of these suffixes, so a name must leave
 # room for the longest within the 255-byte file-name limit of common filesystems.
 OUTPUT_SUFFIXES = (".png", ".json", ".jpg")

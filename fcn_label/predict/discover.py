@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Sequence
 
+from ..devices import rank_and_world
 from ..images import IMAGE_EXTENSIONS
 from ..predfolder.layout import OUTPUT_SUFFIXES, RESERVED_DIRS, output_files
 from ..predfolder.records import shown
@@ -201,6 +202,4 @@ def _ancestors(rel: str) -> list[str]:
 
 def shard_from_env() -> tuple[int, int]:
     """torchrun's RANK / WORLD_SIZE, so N launched processes split one job."""
-    from ..train.distributed import rank_and_world
-
     return rank_and_world()

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from ..checkpoint import Checkpoint
+from ..devices import pick_device  # noqa: F401  (fcn_label.predict.pick_device)
 from ..errors import ConfigError, InputError
 from ..model import FCN
 
@@ -86,21 +87,6 @@ def labels_and_confidence(scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         np.subtract(scores[c], best, out=tmp)
         total += np.exp(tmp, out=tmp)
     return labels, np.reciprocal(total, out=total)
-
-
-def pick_device(name: str = "auto", local_rank: int = 0) -> torch.device:
-    """``auto`` means this process's CUDA device (torchrun's LOCAL_RANK) when one is usable, else the CPU."""
-    if name == "auto":
-        return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
-    try:
-        dev = torch.device(name)
-    except RuntimeError:
-        raise ConfigError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"--device {name}: CUDA is not available on this machine; use --device cpu")
-    if dev.type == "cuda" and dev.index is None:
-        dev = torch.device("cuda", local_rank)  # torch.cuda.set_device and DDP need an index
-    return dev
 
 
 class Predictor:

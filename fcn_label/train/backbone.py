@@ -1,4 +1,4 @@
-"""``--init-backbone``: ImageNet VGG16 weights through torchvision's weights API, or a file.
+"""``init_backbone``: ImageNet VGG16 weights through torchvision's weights API, or a file.
 
 ``imagenet`` means ``torchvision.models.VGG16_Weights.IMAGENET1K_V1``: the file
 in TORCH_HOME's cache (``$TORCH_HOME/hub/checkpoints/vgg16-397923af.pth``) when
@@ -35,13 +35,13 @@ def fetch_imagenet_weights() -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
         torch.hub.download_url_to_file(url, str(path), progress=False)  # writes a temp file, then renames
     except Exception as e:  # offline, proxy, full disk: all end the same way for the user
-        raise WeightsError(f"--init-backbone imagenet: cannot download {url} ({type(e).__name__}); "
+        raise WeightsError(f"init_backbone imagenet: cannot download {url} ({type(e).__name__}); "
                            f"put that file at {path} (or set TORCH_HOME) and re-run") from None
     return path
 
 
 def backbone_file(value: str) -> Path:
-    """The VGG16 file for ``--init-backbone imagenet`` or a path; checked before any data is read."""
+    """The VGG16 file for ``init_backbone = "imagenet"`` or a path; checked before any data is read."""
     return fetch_imagenet_weights() if value == IMAGENET else Path(value)
 
 

@@ -121,13 +121,13 @@ def drop_bad(splits: Sequence[tuple[str, SegmentationDataset | None, Bad]], skip
     if not skip_bad:
         first = bad[0][2][0][1]
         raise InputError((first if total == 1 else f"{total} pairs cannot be used (listed above)")
-                         + "; fix or remove them, or pass --skip-bad to train on the others")
+                         + "; fix or remove them, or set skip_bad = true (--set skip_bad=true) to train on the others")
     for name, ds, b in bad:
         drop = {i for i, _ in b}
         keep = [i for i in range(len(ds)) if i not in drop]
         if not keep:
-            raise InputError(f"--skip-bad: every one of the {len(ds)} {name} pairs is bad (listed above); "
+            raise InputError(f"skip_bad: every one of the {len(ds)} {name} pairs is bad (listed above); "
                              "nothing is left to train on")
         ds._cache = {new: ds._cache[old] for new, old in enumerate(keep) if old in ds._cache}  # indices shift
         ds.pairs = [ds.pairs[i] for i in keep]
-        log(f"--skip-bad: left out {len(drop)} of {len(keep) + len(drop)} {name} pairs; using the other {len(keep)}")
+        log(f"skip_bad: left out {len(drop)} of {len(keep) + len(drop)} {name} pairs; using the other {len(keep)}")

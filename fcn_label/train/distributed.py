@@ -1,26 +1,13 @@
-"""torchrun's environment and the collective calls, in one place.
+"""The collective calls of a DDP run (process group, sums over ranks).
 
-RANK / WORLD_SIZE / LOCAL_RANK are read only here: finetune runs DDP with them
-and predict --shard defaults to them, so N launched processes split one job.
+Which rank this process is comes from :mod:`fcn_label.devices` (predict reads it too).
 """
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import torch
 import torch.distributed as dist
-
-
-def dist_info() -> tuple[int, int, int]:
-    """(rank, world size, local rank) as torchrun sets them; (0, 1, 0) for a plain process."""
-    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0))
-
-
-def rank_and_world() -> tuple[int, int]:
-    rank, world, _ = dist_info()
-    return rank, world
 
 
 def init_group(world: int, device: torch.device) -> bool:

@@ -34,10 +34,11 @@ import torch.nn.functional as F
 from ..checkpoint import Checkpoint, Normalization, WeightsError, load_checkpoint, save_checkpoint
 from ..images import InputError, atomic_path, remove_stale_temp, write_csv_atomic
 from ..metrics import confusion_matrix, scores
-from ..predict.predictor import pick_device
+from ..devices import dist_info, pick_device
 from . import distributed
-from .config import RESUME_FREE, DivergedError, TrainConfig
+from .config import DEFAULT_IGNORE, RESUME_FREE, DivergedError, TrainConfig
 from .data import SegmentationDataset
+from .losses import lovasz_softmax, ohem_target
 from .setup import Parts, build
 
 
@@ -91,7 +92,7 @@ class Trainer:
                  parts: Parts | None = None):
         self.cfg = cfg
         self.parts = parts  # None: built from cfg by setup()
-        self.rank, self.world, self.local_rank = distributed.dist_info()
+        self.rank, self.world, self.local_rank = dist_info()
         self.is_main = self.rank == 0
         self._log = log
         self.progress = progress
@@ -122,6 +123,8 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         random.seed(cfg.seed)
         parts = self.parts or build(cfg, self.device, self.log)
+        if cfg.ignore_index is None:  # parts built elsewhere: build() did not settle it
+            cfg.ignore_index = DEFAULT_IGNORE
         self.train_ds, self.val_ds = parts.train_ds, parts.val_ds
         self.classes, self.palette, self.class_counts = parts.classes, parts.palette, parts.class_counts
         self.norm, self.model, self.optimizer = parts.norm, parts.model, parts.optimizer
@@ -213,7 +216,7 @@ class Trainer:
         saved = (int(ts.get("world_size", 1)), int(ts.get("batch_size", cfg.batch_size)), int(ts.get("accumulate", cfg.accumulate)))
         if batch and saved != (self.world, cfg.batch_size, cfg.accumulate):
             raise InputError(f"{path}: saved mid-epoch with {saved[0]} process(es), --batch-size {saved[1]}, "
-                             f"--accumulate {saved[2]}; resume with the same values to continue that epoch")
+                             f"accumulate {saved[2]}; resume with the same values to continue that epoch")
         self.epoch, self.step, self.best = int(ts["epoch"]), int(ts["step"]), float(ts["best"])
         self.history = list(ts.get("history", []))
         self.batch_in_epoch = batch
@@ -265,17 +268,33 @@ class Trainer:
 
         The mean is over valid (weighted) pixels and is 0, not NaN, for a crop
         that holds only ignored pixels. The summed loss is scaled by the world
-        size because DDP averages gradients across ranks.
+        size because DDP averages gradients across ranks. ``criterion`` ohem
+        keeps only the hard pixels in that mean; lovasz mixes in the Lovász-softmax loss.
         """
         cfg = self.cfg
-        total = F.cross_entropy(out.float(), y, weight=self.class_weight, ignore_index=cfg.ignore_index, reduction="sum")
+        weight = self._class_weight_now()
+        if cfg.criterion == "ohem":
+            y = ohem_target(out, y, cfg.ignore_index, cfg.ohem_thresh, cfg.ohem_min_kept)
+        total = F.cross_entropy(out.float(), y, weight=weight, ignore_index=cfg.ignore_index, reduction="sum")
         valid = y != cfg.ignore_index
-        if self.class_weight is not None:
-            denom = self.class_weight[y[valid]].sum()
+        if weight is not None:
+            denom = weight[y[valid]].sum()
         else:
             denom = valid.sum().to(total.dtype)
         mean = total / denom.clamp_min(1e-12)
+        if cfg.criterion == "lovasz":
+            lovasz = lovasz_softmax(out.float().softmax(1), y, cfg.ignore_index)
+            mean = lovasz if cfg.loss_mix == 1 else (1 - cfg.loss_mix) * mean + cfg.loss_mix * lovasz
         return (total * self.world if cfg.loss == "sum" else mean), mean.detach()
+
+    def _class_weight_now(self) -> torch.Tensor | None:
+        """The class weights at this step: as built, or (class_weight_decay) moved linearly to uniform by the
+        run's last step; a pure function of the step, so exact under resume."""
+        w = self.class_weight
+        if w is None or not self.cfg.class_weight_decay:
+            return w
+        t = min(1.0, self.step / max(1, self.total_steps))
+        return w + (1 - w) * t
 
     def _seed_step(self) -> None:
         """Dropout's randomness as a pure function of (seed, rank, step): exact under resume."""

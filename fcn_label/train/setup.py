@@ -1,7 +1,8 @@
 """Everything a training run is handed: data, classes, model, optimiser, class weights.
 
 :func:`build` reads the data once (scanning every mask for its labels), names
-the classes through :func:`fcn_label.classes.resolve_classes`, builds the
+the classes from the options and the candidate sources of the data
+(:mod:`fcn_label.classes`), builds the
 model (from --init, --init-backbone or fresh) and its optimiser; the
 :class:`~fcn_label.train.loop.Trainer` only runs the loop over them.
 """
@@ -16,13 +17,14 @@ import numpy as np
 import torch
 
 from ..checkpoint import IMAGENET, Checkpoint, Normalization, WeightsError, load_checkpoint, resolve_weights
-from ..classes import resolve_classes, voc_palette
+from ..classes import (choose_classes, class_file_beside, dataset_categories, explicit_classes, model_classes,
+                       resolve_palette, voc_classes, voc_palette)
 from ..datasets import CocoRasteriser, detect_layout, load_pairs
 from ..images import InputError
 from ..model import FCN, FCNConfig
 from .augment import Augment
 from .backbone import backbone_file, backbone_state
-from .config import TrainConfig
+from .config import DEFAULT_IGNORE, TrainConfig
 from .data import SegmentationDataset, check_labels, drop_bad, median_frequency_weights, scan_masks
 
 
@@ -54,7 +56,8 @@ def _load_split(cfg: TrainConfig, source: str, split: str | None, log) -> tuple[
 
 def datasets(cfg: TrainConfig, log) -> tuple[SegmentationDataset, SegmentationDataset | None]:
     pairs, coco = _load_split(cfg, cfg.data, cfg.split, log)
-    aug = Augment(crop=tuple(cfg.crop), scale=tuple(cfg.scale), ignore_index=cfg.ignore_index)
+    aug = Augment(crop=tuple(cfg.crop), scale=tuple(cfg.scale), flip=cfg.hflip, jitter=cfg.jitter, blur_p=cfg.blur_p,
+                  ignore_index=cfg.ignore_index)
     train_ds = SegmentationDataset(pairs, aug, cache=cfg.cache, coco=coco, seed=cfg.seed)
     val_ds = None
     if cfg.val:
@@ -64,14 +67,17 @@ def datasets(cfg: TrainConfig, log) -> tuple[SegmentationDataset, SegmentationDa
 
 
 def classes(cfg: TrainConfig, train_ds: SegmentationDataset, init: Checkpoint | None, counts: np.ndarray, log):
-    """Names and colours from the one resolver; the training data's labels decide N when nothing else does."""
+    """Names and colours: the options, else the data's own names, --init's, VOC's; the labels decide N last."""
     labels = [int(v) for v in np.nonzero(counts)[0] if v != cfg.ignore_index]
     if not cfg.classes and not cfg.num_classes and init is None and not labels:
         raise InputError(f"{cfg.data}: every mask pixel is the ignore label {cfg.ignore_index}; check --ignore-index")
     coco = train_ds.coco
-    spec = resolve_classes(cfg.num_classes, names=cfg.classes, palette=cfg.palette, dataset=cfg.data,
-                           layout=detect_layout(Path(cfg.data)), dataset_names=coco.class_names if coco else None,
-                           first_mask=train_ds.pairs[0].mask, init=init, labels=labels, log=log)
+    count = cfg.num_classes or (max(labels) + 1 if labels else None)
+    candidates = [dataset_categories(coco.class_names if coco else None, cfg.data), class_file_beside(cfg.data),
+                  model_classes(init), voc_classes(detect_layout(Path(cfg.data)), cfg.data, count)]
+    spec = choose_classes(explicit_classes(cfg.num_classes, names=cfg.classes), candidates,
+                          num_classes=cfg.num_classes, labels=labels, log=log)
+    resolve_palette(spec, cfg.palette, init=init, first_mask=train_ds.pairs[0].mask)
     names = spec.names
     pal = spec.palette or voc_palette()
     if len(pal) < len(names):
@@ -97,7 +103,7 @@ def transfer_weights(model: FCN, init: Checkpoint, source: str) -> str:
     for k, v in keep.items():
         if v.shape != dst[k].shape:
             raise WeightsError(f"{source}: {k} is {tuple(v.shape)} but this model needs {tuple(dst[k].shape)}; "
-                               "the checkpoint's width/fc size must match (drop --width/--fc-channels with --init)")
+                               "the checkpoint's width/fc size must match (drop width/fc_channels with --init)")
     model.load_state_dict(keep, strict=False)
     if len(keep) == len(src) == len(dst):
         return f"init: all layers from {source}"
@@ -153,6 +159,8 @@ def class_weights(cfg: TrainConfig, counts: np.ndarray, names: list[str], device
     w = median_frequency_weights(counts)
     if cfg.class_weights == "sqrt-median":
         w = np.sqrt(w)
+    if cfg.class_weight_power != 1:
+        w = w ** cfg.class_weight_power
     log("class weights: " + ", ".join(f"{names[i]} {x:.2f}" for i, x in enumerate(w)))
     return torch.tensor(w, dtype=torch.float32, device=device)
 
@@ -160,8 +168,12 @@ def class_weights(cfg: TrainConfig, counts: np.ndarray, names: list[str], device
 def build(cfg: TrainConfig, device: torch.device, log: Callable[[str], None] = print) -> Parts:
     """Data, classes, model and optimiser for ``cfg``; records the model actually trained into ``cfg``."""
     backbone = backbone_file(cfg.init_backbone) if cfg.init_backbone else None  # before the long data scan
-    train_ds, val_ds = datasets(cfg, log)
     init = load_checkpoint(resolve_weights(cfg.init)) if cfg.init else None
+    if cfg.ignore_index is None:  # the data is read with it, so it is settled first
+        cfg.ignore_index = init.ignore_index if init is not None else DEFAULT_IGNORE
+        if init is not None:
+            log(f"ignore label {cfg.ignore_index} (from --init; --ignore-index overrides)")
+    train_ds, val_ds = datasets(cfg, log)
     counts, present, bad = scan_masks(train_ds)
     if len(bad) == len(train_ds):  # nothing readable: say so before guessing classes from nothing
         drop_bad([("train", train_ds, bad)], cfg.skip_bad, log)
@@ -200,7 +212,7 @@ def build(cfg: TrainConfig, device: torch.device, log: Callable[[str], None] = p
         model.load_state_dict(backbone_state(backbone, model_cfg), strict=False)
         log(f"init: VGG16 backbone and fc6/fc7 from {backbone}; score layers zero")
     elif cfg.preset == "paper":
-        log("warning: the paper preset fine-tunes ImageNet VGG16; from scratch (no --init-backbone) "
+        log("warning: the paper preset fine-tunes ImageNet VGG16; from scratch (no init_backbone) "
             "it converges slowly")
     model.to(device)
     if cfg.channels_last:

@@ -15,7 +15,8 @@ from fcn_label.checkpoint import load_checkpoint
 
 from _export_helpers import classes, masks, palette
 
-TINY = ["--width", "0.0625", "--fc-channels", "16", "--crop", "32x48", "--scale", "0.75,1.5", "--threads", "1"]
+TINY = ["--set", "width=0.0625", "--set", "fc_channels=16", "--set", "crop=32x48", "--set", "scale=0.75,1.5",
+        "--set", "threads=1"]
 
 
 def _cli(args: list[str]) -> int:

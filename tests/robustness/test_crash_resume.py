@@ -188,8 +188,8 @@ def test_finetune_killed_while_writing_its_checkpoint_resumes_from_the_last_whol
 
     data = write_list_dataset(tmp_path / "d", n=8)
     out = tmp_path / "run"
-    args = ["finetune", str(data), "-o", str(out), "-b", "1", "--epochs", "50", "--checkpoint-every", "1",
-            "--width", "0.0625", "--fc-channels", "16", "--crop", "32x48", "--threads", "1"]
+    args = ["finetune", str(data), "-o", str(out), "-b", "1", "--epochs", "50", "--set", "checkpoint_every_steps=1",
+            "--set", "width=0.0625", "--set", "fc_channels=16", "--set", "crop=32x48", "--set", "threads=1"]
     proc = subprocess.Popen([sys.executable, "-m", "fcn_label", *args], stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, env=ENV, start_new_session=True)
     caught = False
@@ -208,7 +208,7 @@ def test_finetune_killed_while_writing_its_checkpoint_resumes_from_the_last_whol
     step = state["step"]
     assert step >= 1
     with pytest.raises(SystemExit) as e:
-        run_cli(args + ["--resume", "--max-steps", str(step + 3)])
+        run_cli(args + ["--resume", "--set", f"max_steps={step + 3}"])
     assert e.value.code == 0
     after = load_checkpoint(out / "last.pt").train_state
     assert after["step"] == step + 3  # continued from the checkpoint, not from scratch

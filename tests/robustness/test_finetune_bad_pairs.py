@@ -1,4 +1,4 @@
-"""finetune's data check: every bad pair is listed before training; --skip-bad trains on the rest."""
+"""finetune's data check: every bad pair is listed before training; skip_bad trains on the rest."""
 
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ import fuzz
 from _synth import tiny_config, write_list_dataset
 from fcn_label.train import Trainer
 
-TINY = ["--width", "0.0625", "--fc-channels", "16", "--crop", "32x48", "--scale", "0.75,1.5", "--threads", "1"]
+TINY = ["--set", "width=0.0625", "--set", "fc_channels=16", "--set", "crop=32x48", "--set", "scale=0.75,1.5",
+        "--set", "threads=1"]
 
 
 def _damage(root: Path) -> list[Path]:
@@ -44,15 +45,15 @@ def test_every_bad_pair_is_listed_and_nothing_trains(tmp_path):
     assert "Traceback" not in p.stderr
     for f in bad:
         assert str(f) in p.stderr, (f, p.stderr)
-    assert "4 pairs cannot be used" in p.stderr and "--skip-bad" in p.stderr
+    assert "4 pairs cannot be used" in p.stderr and "--set skip_bad=true" in p.stderr
     assert not (tmp_path / "run" / "last.pt").exists()
 
 
 def test_skip_bad_trains_on_the_rest_and_says_how_many(tmp_path):
     data = write_list_dataset(tmp_path / "d", n=8)
     bad = _damage(tmp_path / "d")
-    p = _run([str(data), "-o", str(tmp_path / "run"), "--num-classes", "3", "--skip-bad", "--epochs", "1",
-              "--max-steps", "2", "--batch-size", "2", *TINY])
+    p = _run([str(data), "-o", str(tmp_path / "run"), "--num-classes", "3", "--set", "skip_bad=true", "--epochs", "1",
+              "--set", "max_steps=2", "--batch-size", "2", *TINY])
     assert p.returncode == 0, p.stderr
     assert "left out 4 of 8 train pairs; using the other 4" in p.stderr
     assert (tmp_path / "run" / "last.pt").is_file()

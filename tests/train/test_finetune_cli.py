@@ -8,7 +8,7 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +24,9 @@ from fcn_label.checkpoint import WeightsError, load_checkpoint
 from _synth import write_list_dataset
 
 FCN_LABEL = Path(sys.executable).parent / "fcn-label"
-TINY = ["--width", "0.0625", "--fc-channels", "16", "--crop", "32x48", "--scale", "0.75,1.5", "--threads", "1"]
+TINY = ["--set", "width=0.0625", "--set", "fc_channels=16", "--set", "crop=32x48", "--set", "scale=0.75,1.5",
+        "--set", "threads=1"]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _cli(args: list[str]) -> int:
@@ -37,9 +39,18 @@ def test_help_explains_every_option_and_shows_examples(capsys, monkeypatch):
     monkeypatch.setenv("COLUMNS", "250")
     assert _cli(["finetune", "--help"]) == 0
     out = capsys.readouterr().out
-    for example in ("camvid/train.txt --val ../shared/data/camvid/val.txt", "JPEGImages/", "--init-backbone",
-                    "torchrun --standalone --nproc-per-node", "--resume"):
+    import typer.main
+
+    for example in ("camvid/train.txt --val ../shared/data/camvid/val.txt", "--init fcn8s-compact-camvid",
+                    "init_backbone=imagenet", "--config runs/camvid/config.json", "torchrun --standalone --nproc-per-node",
+                    "--resume"):
         assert example in out, example
+    # every option that is not a flag is listed as a config key, and the page that explains them is named
+    flags = {p.name for p in typer.main.get_command(finetune_cli.app).commands["finetune"].params}
+    for key in finetune_cli.CONFIG_KEYS:
+        assert key in out and key not in flags, key
+    assert set(finetune_cli.CONFIG_KEYS) | set(finetune_cli.FLAGS) == {f.name for f in fields(TrainConfig)}
+    assert "docs/finetune-config.md" in out
     import typer.main
 
     command = typer.main.get_command(finetune_cli.app).commands["finetune"]
@@ -89,14 +100,14 @@ NOT_RECIPE = {"data", "val", "out", "workers", "cache", "device", "amp", "channe
               "save_every"}
 
 
-def test_readmes_camvid_command_is_the_shipped_models_recipe(parsed_config, tmp_path):
-    """The CPU command the README gives for CamVid trains what the shipped file records, option for option."""
+def test_the_camvid_recipe_file_is_the_shipped_models_recipe(parsed_config, tmp_path):
+    """configs/camvid-compact.toml, as its own comment says to run it, trains what the shipped file records."""
     import shlex
 
-    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
-    start = readme.index("fcn-label finetune ../shared/data/camvid/train.txt")
-    line = readme[start:readme.index("\n", readme.index("--num-classes 11", start))].replace("\\\n", " ")
-    argv = shlex.split(line)[1:] + ["--out", str(tmp_path / "camvid")]
+    recipe_file = REPO / "configs" / "camvid-compact.toml"
+    line = next(ln for ln in recipe_file.read_text().splitlines() if "fcn-label finetune" in ln)
+    argv = shlex.split(line.split("fcn-label", 1)[1].replace("configs/camvid-compact.toml", str(recipe_file)))
+    argv = [a for a in argv if a != "runs/camvid" and a != "--out"] + ["--out", str(tmp_path / "camvid")]
     cfg = _as_recorded(parsed_config(argv))
     recipe = _shipped_recipe()
     assert {k: cfg[k] for k in recipe if k not in NOT_RECIPE} == {k: v for k, v in recipe.items() if k not in NOT_RECIPE}
@@ -110,9 +121,13 @@ def test_an_explicit_option_beats_the_preset(parsed_config, tmp_path):
 
 @pytest.mark.parametrize("args, message", [
     (["--preset", "fast"], "'fast' is not one of 'paper', 'modern'"),
-    (["--arch", "fcn4s"], "'fcn4s' is not one of 'fcn32s', 'fcn16s', 'fcn8s'"),
-    (["--schedule", "step"], "is not one of 'constant', 'poly', 'cosine'"),
-    (["--crop", "300"], "--crop '300': expected two numbers like 288x384"),
+    (["--set", "arch=fcn4s"], "unknown arch 'fcn4s'; choose one of fcn32s, fcn16s, fcn8s"),
+    (["--set", "schedule=step"], "unknown schedule 'step'; choose one of constant, poly, cosine"),
+    (["--set", "crop=300"], "--set: key 'crop': expected two numbers, got 300"),
+    (["--set", "crops=300"], "--set: unknown key 'crops'"),
+    (["--set", "crop"], "--set 'crop': expected KEY=VALUE"),
+    (["--set", "criterion=focal"], "unknown criterion 'focal'; choose one of ce, ohem, lovasz"),
+    (["--set", "criterion=ohem", "--set", "loss=sum"], "criterion ohem is a mean over pixels"),
 ])
 def test_bad_options_are_one_line_errors_listing_the_choices(tmp_path, capsys, args, message):
     data = write_list_dataset(tmp_path / "d", n=2)
@@ -151,8 +166,8 @@ def test_run_folder_is_never_silently_reused(tmp_path, capsys):
 
 def test_sigkill_mid_run_then_resume_reaches_the_uninterrupted_state(tmp_path):
     data = write_list_dataset(tmp_path / "d", n=8)
-    args = ["finetune", str(data), "-b", "1", "--epochs", "30", "--checkpoint-every", "1", "--dropout", "0.3",
-            "--ema", "0.9", *TINY]
+    args = ["finetune", str(data), "-b", "1", "--epochs", "30", "--set", "checkpoint_every_steps=1",
+            "--set", "dropout=0.3", "--set", "ema=0.9", *TINY]
     killed = tmp_path / "killed"
     proc = subprocess.Popen([str(FCN_LABEL), *args, "-o", str(killed)], stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, env=dict(os.environ, OMP_NUM_THREADS="1"))
@@ -177,8 +192,8 @@ def test_sigkill_mid_run_then_resume_reaches_the_uninterrupted_state(tmp_path):
     assert 5 <= survived["step"] < 30 * 8
 
     stop = survived["step"] + 11  # a few steps past the kill, mid-epoch or not
-    assert _cli([*args, "-o", str(killed), "--resume", "--max-steps", str(stop)]) == 0
-    assert _cli([*args, "-o", str(tmp_path / "straight"), "--max-steps", str(stop)]) == 0
+    assert _cli([*args, "-o", str(killed), "--resume", "--set", f"max_steps={stop}"]) == 0
+    assert _cli([*args, "-o", str(tmp_path / "straight"), "--set", f"max_steps={stop}"]) == 0
     a = load_checkpoint(killed / "last.pt").train_state
     b = load_checkpoint(tmp_path / "straight" / "last.pt").train_state
     assert a["step"] == b["step"] == stop and a["batch_in_epoch"] == b["batch_in_epoch"]
@@ -212,19 +227,12 @@ def test_result_is_used_directly_by_predict_and_evaluate(tmp_path, capsys):
     assert report["summary"]["mean_iou"] == pytest.approx(ck.metadata["metrics"]["val_mean_iou"], abs=1e-9)
 
 
-def test_the_shipped_models_command_recreates_its_recorded_config(parsed_config, tmp_path, monkeypatch):
-    """The card's command, parsed by the real CLI, gives the TrainConfig stored in the shipped file."""
-    import shlex
-
-    from fcn_label.checkpoint import resolve_weights
-
-    ck = load_checkpoint(resolve_weights(None))
-    argv = shlex.split(ck.metadata["training_command"].split("&&")[-1].strip())
-    assert argv[0] == "fcn-label"
-    monkeypatch.chdir(tmp_path)  # the command's relative --out lands here, if anything is written
-    parsed = _as_recorded(parsed_config(argv[1:]))
-    parsed.pop("max_steps")
-    recorded = ck.metadata["train_config"]
+def test_the_shipped_models_recorded_config_loads_back_as_a_config(parsed_config, tmp_path, monkeypatch):
+    """The train_config a checkpoint records (what config.json holds) is a config file: it recreates itself."""
+    monkeypatch.chdir(tmp_path)  # its relative --out lands here, if anything is written
+    recorded = _shipped_recipe()
+    (tmp_path / "config.json").write_text(json.dumps(recorded))
+    parsed = _as_recorded(parsed_config(["finetune", "--config", str(tmp_path / "config.json")]))
     assert {k: parsed[k] for k in recorded} == recorded
     # options added since the file was made keep their defaults, which reproduce the old behaviour
     defaults = asdict(TrainConfig(data="x"))

@@ -189,7 +189,7 @@ def test_init_from_torchvision_vgg16_file(tmp_path):
     cfg = TrainConfig(data=str(data), out=str(tmp_path / "run"), num_classes=3, init_backbone=str(tmp_path / "vgg16.pth"),
                       ema=0.0, threads=1)
     cfg.apply_preset({"ema"})
-    assert (cfg.width, cfg.fc_channels, cfg.batch_norm) == (1.0, 4096, False)  # implied by --init-backbone
+    assert (cfg.width, cfg.fc_channels, cfg.batch_norm) == (1.0, 4096, False)  # implied by init_backbone
     t, logs = _setup(cfg)
     m = t.model
     assert torch.all(m.conv1_1.weight == 1) and torch.all(m.conv1_1.bias == -1)
@@ -251,10 +251,10 @@ def test_ddp_two_gloo_processes_match_one_process_with_the_double_batch(tmp_path
     if not torchrun.exists():
         pytest.skip("torchrun not installed beside this Python")
     data = write_list_dataset(tmp_path / "d", n=8)
-    common = ["--width", "0.0625", "--fc-channels", "16", "--no-batch-norm", "--dropout", "0", "--crop", "32x48",
-              "--scale", "1,1", "--optimizer", "sgd", "--lr", "0.05", "--momentum", "0.9", "--schedule", "constant",
-              "--class-weights", "none", "--ema", "0", "--epochs", "2", "--threads", "1", "--device", "cpu",
-              "--num-classes", "3"]
+    recipe = dict(width=0.0625, fc_channels=16, batch_norm="false", dropout=0, crop="32x48", scale="1,1",
+                  optimizer="sgd", momentum=0.9, schedule="constant", class_weights="none", ema=0, threads=1)
+    common = [*(a for k, v in recipe.items() for a in ("--set", f"{k}={v}")), "--lr", "0.05", "--epochs", "2",
+              "--device", "cpu", "--num-classes", "3"]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     cmd = [str(torchrun), "--standalone", "--nproc-per-node", "2", "--no-python", str(Path(sys.executable).parent / "fcn-label"),
            "finetune", str(data), "-o", str(tmp_path / "ddp"), "-b", "2", *common]
@@ -313,7 +313,7 @@ def test_save_every_writes_last_pt_less_often_but_always_after_validation_and_at
 
 
 def test_init_backbone_imagenet_reads_torchvision_cache_in_torch_home(tmp_path, monkeypatch):
-    """--init-backbone imagenet = torchvision's VGG16_Weights.IMAGENET1K_V1 file in TORCH_HOME's cache."""
+    """init_backbone imagenet = torchvision's VGG16_Weights.IMAGENET1K_V1 file in TORCH_HOME's cache."""
     from torchvision.models import VGG16_Weights
 
     home = tmp_path / "torch_home"
@@ -342,7 +342,7 @@ def test_init_backbone_imagenet_offline_is_one_line_saying_where_the_file_goes(t
     monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
     data = write_list_dataset(tmp_path / "d", n=2)
     try:
-        run_cli(["finetune", str(data), "--init-backbone", "imagenet", "--num-classes", "3", "--out",
+        run_cli(["finetune", str(data), "--set", "init_backbone=imagenet", "--num-classes", "3", "--out",
                  str(tmp_path / "run"), "--epochs", "1"])
         code = 0
     except SystemExit as e:
