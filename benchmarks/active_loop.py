@@ -44,7 +44,7 @@ from fcn_label.datasets.listfile import pairs_from_list  # noqa: E402
 from fcn_label.images import write_text_atomic  # noqa: E402
 from fcn_label.predict import PredictJob, PredictOptions, discover  # noqa: E402
 from fcn_label.predict import Predictor  # noqa: E402
-from fcn_label.review.collect import read_pred_folder  # noqa: E402
+from fcn_label.predfolder import read_report  # noqa: E402
 from fcn_label.selection import STRATEGIES, select  # noqa: E402
 from fcn_label.train import Trainer, TrainConfig  # noqa: E402
 from fcn_label.checkpoint import load_checkpoint  # noqa: E402
@@ -163,7 +163,7 @@ def main() -> None:
                 items, bad = discover([pool_list], folder / "pred")
                 PredictJob(Predictor(load_checkpoint(model), device=args.device),
                            PredictOptions(out=folder / "pred", probs=True, workers=0)).run(items, bad)
-                picks, _ = select(read_pred_folder(folder / "pred"), args.step, strategy, seed=args.seed)
+                picks, _ = select(read_report(folder / "pred"), args.step, strategy, seed=args.seed)
                 chosen = [by_image[c.row.input] for c in picks]
             labelled += chosen
             sel_s = time.perf_counter() - t

@@ -8,7 +8,7 @@ decode (PNG with read_image's decoder and with Pillow alone, JPEG), preprocess (
 tensor; next to its baseline from before the lookup table, timed in the same loop, as are COCO
 RLE's and the labels'), labels and confidences from the logits, palette PNG encode,
 per-class statistics, COCO RLE of all classes, the record (json + atomic write), the mask
-file write, the whole of PredictJob._finish (to check the sum), and the reports
+file write, the whole of Sink.write (to check the sum), and the reports
 (predictions.csv/.json/failures.csv) amortised per image. Every stage is the mean over the
 images of one round; the figure is the best round, so a busy neighbour inflates a round, not
 a stage. One thread (torch and the stages alike): the figure is the cost per core.
@@ -38,8 +38,8 @@ from fcn_label import images  # noqa: E402
 # read_image's PNG decoder here: libspng where the optional png extra is installed
 PNG_DECODER = " (libspng)" if importlib.util.find_spec("pyspng") else " (Pillow)"
 from fcn_label.predict import Item, JobResult, PredictJob, PredictOptions  # noqa: E402
-from fcn_label.predict import outputs as outputs_mod  # noqa: E402
-from fcn_label.predict.outputs import coco_annotations, encode_png  # noqa: E402
+from fcn_label.predfolder import outputs as outputs_mod  # noqa: E402
+from fcn_label.predfolder.outputs import coco_annotations, encode_png  # noqa: E402
 from fcn_label.predict import Predictor  # noqa: E402
 from fcn_label.predict.predictor import Prediction, labels_and_confidence  # noqa: E402
 from fcn_label.checkpoint import SHIPPED, load_checkpoint  # noqa: E402
@@ -135,7 +135,7 @@ def main() -> None:
             write_text_atomic(tmp / "rec.json", json.dumps(rec))
             add("record (json.dumps + atomic write)", time.perf_counter() - t)
             t = time.perf_counter(); write_bytes_atomic(tmp / "mask.png", data); add("mask file write (atomic)", time.perf_counter() - t)
-            t = time.perf_counter(); job._finish(items[i], arrays[i], p, 0.0); add("= PredictJob._finish (all outputs)", time.perf_counter() - t)
+            t = time.perf_counter(); job.sink.write(items[i], arrays[i], p, 0.0); add("= Sink.write (all outputs)", time.perf_counter() - t)
         t = time.perf_counter(); job.write_reports(items, JobResult()); add("reports (csv + json), amortised", time.perf_counter() - t)
         for k, v in t_stage.items():
             best[k] = min(best.get(k, float("inf")), v / len(pngs))
@@ -148,7 +148,7 @@ def main() -> None:
         print(f"| {k} | {1000 * v:.2f} |")
     host = sum(v for k, v in best.items()
                if k.startswith(("decode PNG (", "preprocess (", "labels + confidence (", "= ", "reports")))
-    print(f"| **host total with PNG input** (decode PNG{PNG_DECODER} + preprocess + labels + _finish + reports) | **{1000 * host:.2f}** "
+    print(f"| **host total with PNG input** (decode PNG{PNG_DECODER} + preprocess + labels + Sink.write + reports) | **{1000 * host:.2f}** "
           f"(= {1 / host:.0f} img/s per core) |")
     if a.json:
         a.json.write_text(json.dumps({k: 1000 * v for k, v in best.items()}, indent=1))

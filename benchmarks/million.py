@@ -7,7 +7,7 @@ Builds a predict output folder as a finished job leaves it, without running the 
 and one record line each in a segment of the record store ``OUT/.fcn-label/records/*.jsonl``
 (``rel`` = ``dddd/nnnnnnn``, ``--per-folder`` per folder). The records are real ones: the
 shipped model's outputs for a few CamVid val frames at ``--size`` (RLE and all), written by
-PredictJob._finish, replicated with each image's own path and name. Then, in a fresh child
+Sink.write, replicated with each image's own path and name. Then, in a fresh child
 process (so the set-up does not count), it times the resume scan alone (scan_records: one
 sequential read of the segments) and ``PredictJob.run`` over the ``--n`` items with
 everything done (the scan, then write_reports streaming predictions.csv, predictions.json and
@@ -46,7 +46,7 @@ def build(out: Path, n: int, size: tuple[int, int], per_folder: int) -> tuple[in
 
     from fcn_label.checkpoint import SHIPPED, load_checkpoint
     from fcn_label.predict import Item, PredictJob, PredictOptions, Predictor
-    from fcn_label.predict.layout import STATE_DIR
+    from fcn_label.predfolder.layout import STATE_DIR
 
     w, h = size
     pred = Predictor(load_checkpoint(SHIPPED["fcn8s-compact-camvid"].path), device="cpu")
@@ -58,10 +58,10 @@ def build(out: Path, n: int, size: tuple[int, int], per_folder: int) -> tuple[in
         a = np.asarray(Image.open(CAMVID / rel).convert("RGB").resize((w, h), Image.BILINEAR))
         p = pred.predict_arrays([a])[0]
         it = Item(Path(f"/data/in/{k}.png"), f"t{k}")
-        job._finish(it, a, p, 0.05)
-        job._records.close()
-        line = job._records.path.read_bytes().splitlines()[-1]
-        templates.append((json.loads(line), job.mask_path(it)))
+        job.sink.write(it, a, p, 0.05)
+        job.sink.close()
+        line = job.sink.records.path.read_bytes().splitlines()[-1]
+        templates.append((json.loads(line), job.layout.mask(it.rel)))
     rec_bytes = 0
     made = set()
     (out / STATE_DIR / "records").mkdir(parents=True, exist_ok=True)
@@ -90,7 +90,7 @@ def measure(out: Path, n: int, per_folder: int) -> dict:
     """In this (fresh) process: the job over n done items; seconds per phase and peak RSS."""
     from fcn_label.checkpoint import SHIPPED, load_checkpoint
     from fcn_label.predict import Item, PredictJob, PredictOptions, Predictor
-    from fcn_label.predict.records import scan_records
+    from fcn_label.predfolder.records import scan_records
 
     pred = Predictor(load_checkpoint(SHIPPED["fcn8s-compact-camvid"].path), device="cpu")
     items = [Item(Path(f"/data/in/{rel_of(i, per_folder)}.png"), rel_of(i, per_folder)) for i in range(n)]

@@ -40,7 +40,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from fcn_label.predict import PredictJob, PredictOptions, discover  # noqa: E402
-from fcn_label.predict.processes import default_workers  # noqa: E402
+from fcn_label.predict.parallel import default_workers  # noqa: E402
 from fcn_label.model import FCN, FCNConfig  # noqa: E402
 from fcn_label.predict import Predictor  # noqa: E402
 from fcn_label.checkpoint import SHIPPED, Checkpoint, load_checkpoint  # noqa: E402
@@ -175,7 +175,7 @@ def bench(kind: str, n: int, device: str, amp: bool, batch: int | None, workers:
         res = job.run(items)
         e2e = res.done / (time.perf_counter() - t)
         r1 = [resource.getrusage(w) for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]
-        # CPU time of this process and of its finished children (--procs pipelines, encoders, decoding
+        # CPU time of this process and of its finished children (inference processes, encoders, decoding
         # workers), per image: what the job costs the machine, beside how fast it went
         cpu_ms = sum(b.ru_utime + b.ru_stime - a.ru_utime - a.ru_stime for a, b in zip(r0, r1)) / n * 1e3
         assert res.done == n and not res.failed
@@ -203,9 +203,9 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=None, help="default: predict's (1 on CPU, 8 on GPU)")
     ap.add_argument("--workers", default="1", help="decoding workers; a list (1,2) runs end to end once per value; default: predict's")
     ap.add_argument("--encoders", default="default",
-                    help="predict --encoders; a list (0,2) runs end to end once per value; default: predict's")
+                    help="predict --parallel encoders=N; a list (0,2) runs end to end once per value; default: predict's")
     ap.add_argument("--procs", default="default",
-                    help="predict --procs; a list (1,2) runs end to end once per value; default: predict's")
+                    help="predict --parallel procs=N; a list (1,2) runs end to end once per value; default: predict's")
     ap.add_argument("--size", help="one size for every image, HxW (e.g. 360x480); default: mixed sizes")
     ap.add_argument("--backends", default="eager",
                     help="predict --backend kinds, comma-separated (e.g. eager,bf16,ort-int8); int8 kinds calibrate "

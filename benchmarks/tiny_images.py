@@ -64,7 +64,7 @@ def main() -> None:
     ap.add_argument("--size", default="64x48", help="W x H")
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--encoders", type=int, default=None, help="predict --encoders (default: predict's)")
+    ap.add_argument("--encoders", type=int, default=None, help="predict --parallel encoders=N (default: predict's)")
     ap.add_argument("--profile", action="store_true")
     ap.add_argument("--no-cli", action="store_true", help="skip the CLI no-op re-run")
     a = ap.parse_args()

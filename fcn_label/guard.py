@@ -9,11 +9,32 @@ MemoryError) is reported as its type and the first line of its message.
 
 from __future__ import annotations
 
-from typing import Any, Callable, TypeVar
+import os
+from typing import Any, Callable, Iterable, NamedTuple, TypeVar
 
 from .images import InputError
 
 T = TypeVar("T")
+
+# The one schema of every verb's failures.csv (docs/prediction-folder.md lists the stages).
+FAILURE_COLUMNS = ("path", "stage", "reason")
+
+
+class Failure(NamedTuple):
+    """One failures.csv row: the file, the stage that refused it, and the one-line reason (which names the file)."""
+
+    path: str
+    stage: str
+    reason: str
+
+
+def write_failures_csv(path: str | os.PathLike, rows: Iterable[Failure]) -> None:
+    """``path,stage,reason`` rows, written atomically through the one CSV writer."""
+    import pandas as pd
+
+    from .images import write_csv_atomic
+
+    write_csv_atomic(pd.DataFrame([tuple(r) for r in rows], columns=list(FAILURE_COLUMNS), dtype=object), path)
 
 
 def first_line(e: BaseException) -> str:

@@ -271,7 +271,7 @@ def read_mask(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> 
 
 # Temporary files are named ``.<name>.<random>.<host>~<pid>.tmp`` so that a later run can tell
 # the leftovers of a killed process (same host, pid gone) from the files of a live one.
-_HOST = re.sub(r"[^A-Za-z0-9-]", "", socket.gethostname())[:32] or "host"
+HOST = re.sub(r"[^A-Za-z0-9-]", "", socket.gethostname())[:32] or "host"
 _TMP_RE = re.compile(r"^\..*\.(?P<host>[A-Za-z0-9-]*)~(?P<pid>\d+)\.tmp$")
 
 
@@ -290,7 +290,7 @@ def atomic_path(final: str | os.PathLike) -> Iterator[Path]:
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{_short(final.name, 100)}.", suffix=f".{_HOST}~{os.getpid()}.tmp",
+    fd, tmp = tempfile.mkstemp(prefix=f".{_short(final.name, 100)}.", suffix=f".{HOST}~{os.getpid()}.tmp",
                                dir=final.parent)
     os.close(fd)
     tmp = Path(tmp)
@@ -345,7 +345,7 @@ def _remove_stale(dirpath: str, names) -> int:
     removed = 0
     for name in names:
         m = _TMP_RE.match(name)
-        if m and m["host"] == _HOST and not _pid_alive(int(m["pid"])):
+        if m and m["host"] == HOST and not _pid_alive(int(m["pid"])):
             try:
                 os.unlink(os.path.join(dirpath, name))
                 removed += 1

@@ -29,7 +29,7 @@ from PIL import Image
 
 from .errors import InputError
 from .images import write_text_atomic
-from .review.collect import PredFolder, Row, find_photo, read_pred_folder
+from .predfolder.reader import Report, Row, read_report
 
 STRATEGIES = ("uncertainty", "diverse", "random")
 
@@ -43,7 +43,7 @@ class Choice:
     source: str  # "confidence map" or "predictions.csv"
 
 
-def doubts(folder: PredFolder, low_threshold: float = 0.5) -> tuple[list[tuple[Row, float, float, str]], list[str]]:
+def doubts(folder: Report, low_threshold: float = 0.5) -> tuple[list[tuple[Row, float, float, str]], list[str]]:
     """(row, 1 - mean confidence, low-confidence fraction, source) for every image; unreadable maps fall back to the CSV."""
     out, problems = [], []
     for row in folder.rows:
@@ -61,7 +61,7 @@ def doubts(folder: PredFolder, low_threshold: float = 0.5) -> tuple[list[tuple[R
     return out, problems
 
 
-def select(folder: PredFolder, k: int, strategy: str = "uncertainty", seed: int = 0, diversity: float = 1.0,
+def select(folder: Report, k: int, strategy: str = "uncertainty", seed: int = 0, diversity: float = 1.0,
            min_fraction: float = 0.001) -> tuple[list[Choice], list[str]]:
     """The ``k`` images to label next, best first (all of them when the pool is smaller)."""
     if strategy not in STRATEGIES:
@@ -101,7 +101,7 @@ def select(folder: PredFolder, k: int, strategy: str = "uncertainty", seed: int 
     return chosen, problems
 
 
-def list_lines(folder: PredFolder, choices: list[Choice], list_file: Path, images: Path | None = None,
+def list_lines(folder: Report, choices: list[Choice], list_file: Path, images: Path | None = None,
                masks: Path | None = None) -> tuple[list[str], list[str]]:
     """One input path per line (``image mask`` with ``masks``), as list readers resolve them.
 
@@ -119,7 +119,7 @@ def list_lines(folder: PredFolder, choices: list[Choice], list_file: Path, image
 
     lines = []
     for ch in choices:
-        photo = find_photo(ch.row, images, folder.root)
+        photo = folder.find_photo(ch.row, images)
         if photo is None:
             problems.append(f"{ch.row.input}: input image not found from here; listed as predict recorded it "
                             "(pass --images ROOT, the folder given to predict)")
@@ -145,7 +145,7 @@ def write_selection(pred_dir: str | os.PathLike, out: str | os.PathLike, k: int,
                     seed: int = 0, images: str | os.PathLike | None = None, masks: str | os.PathLike | None = None,
                     diversity: float = 1.0, min_fraction: float = 0.001) -> tuple[list[Choice], list[str]]:
     """Select and write the list file ``out`` atomically; returns the choices and the problems met."""
-    folder = read_pred_folder(pred_dir)
+    folder = read_report(pred_dir)
     out = Path(out)
     if out.is_dir():
         raise InputError(f"--out {out}: is a folder; give a file name such as next.txt")

@@ -150,7 +150,7 @@ def test_gpu_jpeg_predicts_what_pillow_decoding_predicts(tmp_path):
     try:
         for name, extra in (("pillow", []), ("nvjpeg", ["--gpu-jpeg"])):
             code = _cli("predict", tmp_path / "in", "--out", tmp_path / name, "-w", tmp_path / "m.pt",
-                        "--device", "cuda", "-q", "--workers", "0", *extra)
+                        "--device", "cuda", "-q", "--parallel", "workers=0", *extra)
             assert code == 1  # the truncated file and notes.jpg
     finally:
         job_module.decode_jpegs = real

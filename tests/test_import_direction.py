@@ -10,8 +10,6 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1] / "fcn_label"
-# old import paths kept for compatibility: they re-export from everywhere by design
-SHIMS = {"job", "outputs", "accel", "data", "weights"}
 
 
 def _node(parts: tuple[str, ...]) -> str:
@@ -20,7 +18,7 @@ def _node(parts: tuple[str, ...]) -> str:
 
 def _graph() -> dict[str, dict[str, str]]:
     nodes = {_node((p.name,)) for p in ROOT.iterdir() if p.suffix == ".py" or (p / "__init__.py").exists()}
-    nodes -= {"__init__", "__main__"} | SHIMS
+    nodes -= {"__init__", "__main__"}
     edges: dict[str, dict[str, str]] = {n: {} for n in nodes}
     for f in ROOT.rglob("*.py"):
         rel = f.relative_to(ROOT).parts

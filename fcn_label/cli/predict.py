@@ -12,6 +12,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from ..choices import DEFAULT_WEIGHTS
 from ..images import DEFAULT_MAX_PIXELS
 from ..predict import OutputLayout, Palette, discover, shard_from_env  # torch-free parts; the rest when run
+from ..predict.parallel import PARALLEL_HELP, parse_parallel
 from ._common import BACKEND_HELP, Backend, app, console, fail, value
 
 
@@ -65,16 +66,6 @@ def predict(
                                              "(default: 8 on a GPU; on the CPU as many same-size images as fit in 0.3 Mpx, at most 32 - "
                                              "1 for a 480x360 frame, where larger batches run slower); "
                                              "only same-size images share a batch, so results equal one-at-a-time inference."),
-    workers: Optional[int] = typer.Option(None, min=0, help="Background processes decoding images (0 = decode in the "
-                                          "main process), when predict runs in one process (a GPU, --procs 1, or a backend "
-                                          "other than eager/bf16). Default: 1 on the CPU; on a GPU about half the cores, at most 8."),
-    encoders: Optional[int] = typer.Option(None, min=0, help="Processes encoding the outputs (mask PNG, COCO RLE, "
-                                           "record), each with its own record segment, when predict runs in one process; 0 = two threads of "
-                                           "the main process. Default: 1 on 2 cores or fewer, else half the cores, at most 8."),
-    procs: Optional[int] = typer.Option(None, min=1, help="CPU inference processes, each a whole pipeline (decoding, a "
-                                        "one-thread network, outputs) on every N-th image; --workers and --encoders "
-                                        "then apply to none of them. Default: one per core (at most 16) with --backend "
-                                        "eager or bf16 on the CPU, else 1."),
     device: str = typer.Option("auto", help="auto (CUDA when available, else CPU), cpu, cuda or cuda:N."),
     gpu_jpeg: bool = typer.Option(False, "--gpu-jpeg", help="On CUDA: decode plain JPEGs on the GPU in batches "
                                   "(nvJPEG), leaving the CPU cores the PNGs and the outputs. nvJPEG's pixels can differ "
@@ -111,6 +102,8 @@ def predict(
                                          "cached; temporary files stay inside --out."),
     calib_count: int = typer.Option(32, min=1, help="How many images int8 calibration reads (spread evenly)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    parallel: Optional[str] = typer.Option(None, "--parallel", metavar="KEY=N,...", help=PARALLEL_HELP,
+                                           rich_help_panel="Expert"),
 ) -> None:
     """Predict segmentation masks for images of any size.
 
@@ -125,6 +118,10 @@ def predict(
     from ..predict import PredictJob, PredictOptions, Predictor
 
     shard_i, shard_n = _parse_shard(shard)
+    try:
+        par = parse_parallel(parallel)
+    except ValueError as e:
+        raise fail(str(e)) from None
     spec = read_class_spec(classes) if classes is not None else None  # an explicit file: its names and colours
     weights_path = resolve_weights(weights)
     ck = load_checkpoint(weights_path, arch=arch, num_classes=num_classes, classes=spec.names if spec else None)
@@ -152,7 +149,8 @@ def predict(
                    "or use --device cuda")
     if amp and predictor.device.type != "cuda":
         console.print("[yellow]note:[/] --amp only applies on CUDA; running in float32 on the CPU")
-    opts = PredictOptions(out=out, batch_size=batch_size, workers=workers, encoders=encoders, procs=procs, palette=palette, coco=coco,
+    opts = PredictOptions(out=out, batch_size=batch_size, workers=par.workers, encoders=par.encoders, procs=par.procs,
+                          palette=palette, coco=coco,
                           overlay=overlay, probs=probs, gt=gt, ignore_index=ignore_index, overwrite=overwrite,
                           shard=(shard_i, shard_n), max_pixels=max_pixels,
                           jpeg_device=str(predictor.device) if gpu_jpeg else None)

@@ -8,7 +8,7 @@ from typing import Sequence
 import numpy as np
 
 from ..classes import default_palette, voc_palette
-from ..guard import guarded
+from ..guard import guarded, write_failures_csv
 from ..images import atomic_path, read_image, write_csv_atomic
 from .score import EvalResult, WorstImage
 
@@ -29,10 +29,11 @@ def write_report(result: EvalResult, out: str | Path, palette: Sequence[Sequence
     for name, df, index in (("summary.csv", result.summary_frame(), False),
                             ("per_class.csv", result.per_class_frame(), False),
                             ("per_image.csv", result.per_image, False),
-                            ("confusion_matrix.csv", result.confusion_frame(), True),
-                            ("failures.csv", result.failures_frame(), False)):
+                            ("confusion_matrix.csv", result.confusion_frame(), True)):
         write_csv_atomic(df, out / name, index, float_format="%.6f")
         written.append(out / name)
+    write_failures_csv(out / "failures.csv", result.failure_rows())
+    written.append(out / "failures.csv")
     _png_atomic(render_confusion(result.conf, result.class_names), out / "confusion_matrix.png")
     written.append(out / "confusion_matrix.png")
     worst = out / "worst_images.png"

@@ -115,11 +115,9 @@ class EvalResult:
         df.index.name = "gt \\ pred"
         return df
 
-    def failures_frame(self):
-        import pandas as pd
-
-        return pd.DataFrame([(f.kind, f.key, f.path, f.message) for f in self.failures],
-                            columns=["kind", "key", "path", "message"])
+    def failure_rows(self) -> list:
+        """failures.csv's rows (path, stage, reason; see :data:`.sources.STAGES`)."""
+        return [f.row() for f in self.failures]
 
     def to_dict(self) -> dict:
         """JSON-ready: summary, per-class figures, absent classes, failures (NaN -> null)."""

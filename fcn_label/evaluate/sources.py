@@ -18,12 +18,15 @@ from typing import Protocol, Sequence
 import numpy as np
 
 from ..datasets import MASK_EXTENSIONS, CocoRasteriser, GroundTruth, decode_segmentation, files_by_stem
+from .. import guard
 from ..guard import guarded
 from ..images import DEFAULT_MAX_PIXELS, InputError, check_pixels, read_mask
-from ..predict.layout import AUX_DIRS, OutputLayout
+from ..predfolder.reader import mask_folder_pictures
 
 # failure kinds; all but "extra" make the evaluation incomplete (exit status 1)
 ERROR, MISSING, EXTRA = "error", "missing_prediction", "extra_prediction"
+# the stage each kind is in failures.csv (path,stage,reason, the schema of every verb)
+STAGES = {ERROR: "evaluate", MISSING: MISSING, EXTRA: EXTRA}
 
 
 @dataclass(frozen=True)
@@ -32,6 +35,10 @@ class Failure:
     key: str
     path: str
     message: str
+
+    def row(self) -> guard.Failure:
+        """This failure as a failures.csv row: the file (the key when there is none), the stage, the message."""
+        return guard.Failure(self.path or self.key, STAGES[self.kind], self.message)
 
 
 class PredictionSource(Protocol):
@@ -63,8 +70,9 @@ class PngPredictions:
         if exclude is not None:  # a report folder inside the predictions: its PNGs are pictures, not masks
             ex = Path(exclude).resolve()
             files = {k: p for k, p in files.items() if ex not in p.resolve().parents}
-        if OutputLayout(folder).is_predict_output():  # predict's overlays/ and confidence/ hold pictures
-            files = {k: p for k, p in files.items() if k.split("/")[0] not in AUX_DIRS}
+        pictures = mask_folder_pictures(folder)  # a prediction folder's overlays/ and confidence/
+        if pictures:
+            files = {k: p for k, p in files.items() if k.split("/")[0] not in pictures}
         if not files:
             raise InputError(f"--pred {folder}: no mask files ({', '.join(MASK_EXTENSIONS)}) found, searched "
                              "recursively; give the folder `fcn-label predict` wrote, or its predictions.json")

@@ -9,14 +9,14 @@ import os
 from pathlib import Path
 
 from ..errors import InputError
-from .common import ExportResult, PredFolder, read_only_list, read_pred_folder  # noqa: F401
+from .common import ExportResult, ExportSource, read_only_list, read_source  # noqa: F401
 
 FORMATS = ("cvat", "labelstudio", "labelme")
 
 
 def export(pred_dir: str | os.PathLike, fmt: str, out: str | os.PathLike, images: str | os.PathLike | None = None,
            only: str | os.PathLike | None = None, overwrite: bool = False, tolerance: float | None = None,
-           url_prefix: str | None = None, on_progress=None) -> tuple[ExportResult, PredFolder, list[str]]:
+           url_prefix: str | None = None, on_progress=None) -> tuple[ExportResult, ExportSource, list[str]]:
     """Export PRED_DIR's masks in ``fmt`` under ``out``; returns the result, the folder and problem lines.
 
     ``tolerance`` (labelme): None chooses it per image so each keeps 99.5 % of its pixels; a number fixes it."""
@@ -26,7 +26,7 @@ def export(pred_dir: str | os.PathLike, fmt: str, out: str | os.PathLike, images
     images = Path(images) if images else None
     if images is not None and not images.is_dir():
         raise InputError(f"--images {images}: folder not found; check the path")
-    folder = read_pred_folder(pred_dir)
+    folder = read_source(pred_dir)
     if out.resolve() == pred_dir.resolve() or pred_dir.resolve() in out.resolve().parents:
         raise InputError(f"--out {out}: inside the predict folder {pred_dir}; choose a folder outside it")
     problems = list(folder.problems)

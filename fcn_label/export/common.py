@@ -1,10 +1,9 @@
-"""Reading a ``fcn-label predict`` output folder, and writing an export safely.
+"""What an export reads from a prediction folder, and writing an export safely.
 
-Paths come from :class:`~fcn_label.predict.layout.OutputLayout`. The per-image
-records are the source of truth (they map each mask to its input photo and carry
-the mean confidence); the COCO predictions file names the classes (category id =
-class index + 1) and the model; colours come from :func:`fcn_label.classes.resolve_palette`
-(the masks' palette).
+The folder is read through :class:`fcn_label.predfolder.PredictionFolder`: the records map each
+mask to its input photo and carry the mean confidence; predictions.json names the classes
+(category id = class index + 1) and the model; colours come from
+:func:`fcn_label.classes.resolve_palette` (the masks' palette).
 """
 
 from __future__ import annotations
@@ -13,166 +12,66 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
 from ..classes import choose_classes, explicit_classes, resolve_palette, voc_palette
 from ..errors import InputError
 from ..guard import guarded
-from ..images import IMAGE_EXTENSIONS, read_mask, write_text_atomic
+from ..images import write_text_atomic
 from ..markers import EXPORT_MARKER as MANIFEST  # marks --out as an export of one format
-from ..predict.layout import OutputLayout
-from ..predict.records import iter_segment_records, legacy_records
-
-
-@dataclass(frozen=True)
-class PredItem:
-    rel: str  # mask path relative to PRED_DIR without suffix (POSIX)
-    mask: Path
-    source: str  # the input path predict recorded ('' when unknown)
-    width: int
-    height: int
-    mean_confidence: float | None
-
-    def labels(self) -> np.ndarray:
-        m = read_mask(self.mask)
-        if m.shape != (self.height, self.width):
-            raise InputError(f"{self.mask}: mask is {m.shape[1]}x{m.shape[0]} but its record says "
-                             f"{self.width}x{self.height}; re-run predict on this image with --overwrite")
-        return m
+from ..predfolder.reader import PredictionFolder, PredItem, find_photo
 
 
 @dataclass
-class PredFolder:
-    root: Path
+class ExportSource:
+    """A prediction folder's finished images with the classes, colours and model an exporter writes."""
+
+    folder: PredictionFolder
     items: list[PredItem]
     classes: list[str]
     palette: list[tuple[int, int, int]]
     model: str
     problems: list[str]  # one line per record or mask that could not be used
 
+    @property
+    def root(self) -> Path:
+        return self.folder.root
+
     def labels(self, it: PredItem) -> np.ndarray:
         """``it``'s mask, checked against the class list (a CVAT labelmap or LabelMe label must exist for each)."""
         labels = it.labels()
         if labels.max(initial=0) >= len(self.classes):
-            raise InputError(f"{it.mask}: class index {int(labels.max())} but {OutputLayout(self.root).predictions_json.name} "
-                             f"names {len(self.classes)} classes; re-run predict")
+            raise InputError(f"{it.mask}: class index {int(labels.max())} but "
+                             f"{self.folder.layout.predictions_json.name} names {len(self.classes)} classes; re-run predict")
         return labels
 
     def find_image(self, it: PredItem, images: Path | None) -> Path:
-        """The photo for ``it``: under --images by relative name, else the recorded input path."""
+        """The photo for ``it`` (:func:`fcn_label.predfolder.find_photo`), or an InputError saying where to look."""
+        photo = find_photo(self.root, it.rel, it.source, images)
+        if photo is not None:
+            return photo
         if images is not None:
-            for cand in _candidates(images, it.rel):
-                if cand.is_file():
-                    return cand
-            src = Path(it.source) if it.source else None
-            if src is not None and (images / src.name).is_file():
-                return images / src.name
             raise InputError(f"{it.mask}: no image {it.rel}.* under --images {images}; check the folder")
-        if it.source and Path(it.source).is_file():
-            return Path(it.source)
         raise InputError(f"{it.mask}: input image {it.source or it.rel!r} not found; pass --images ROOT")
 
 
-def _candidates(root: Path, rel: str) -> Iterable[Path]:
-    base = root / rel
-    yield from (base.with_name(base.name + e) for e in IMAGE_EXTENSIONS)
-    yield from (base.with_name(base.name + e.upper()) for e in IMAGE_EXTENSIONS)
-
-
-def _json(path: Path) -> object:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError) as e:
-        raise InputError(f"{path}: cannot read ({e}); check the path") from None
-    except json.JSONDecodeError as e:
-        raise InputError(f"{path}: malformed JSON ({e.msg} at line {e.lineno}); re-run predict") from None
-
-
-def read_pred_folder(root: str | os.PathLike) -> PredFolder:
-    """Everything an exporter needs from a predict output folder; bad records become ``problems``."""
-    root = Path(root)
-    layout = OutputLayout(root)
-    rec_dir = layout.records_dir
-    if not root.is_dir():
-        raise InputError(f"{root}: not a folder; give the --out folder of `fcn-label predict`")
-    if not rec_dir.is_dir():
-        raise InputError(f"{root}: no {rec_dir.relative_to(root).as_posix()} folder; give the --out folder of "
-                         "`fcn-label predict`")
-    items, problems = [], []
-    found: dict[str, PredItem] = {}
-    for seg, k, line in iter_segment_records(layout):  # the record store (last line of an image wins)
-        where = f"{seg}:{k}"
-        item, err = guarded(where, _segment_item, layout, where, line)  # one bad line: one line, the batch goes on
-        if err:
-            problems.append(err)
-        else:
-            found[item.rel] = item
-    for rel, p in legacy_records(rec_dir):  # per-file records of earlier versions
-        if rel in found:
-            continue
-        item, err = guarded(p, _record_item, layout, rel, p)
-        if err:
-            problems.append(err)
-        else:
-            found[rel] = item
-    # the order of the per-file walk (files of a folder before its sub-folders), whichever store held them
-    items = [found[r] for r in sorted(found, key=_walk_order)]
-    classes, model = [], ""
-    pj = layout.predictions_json
-    if pj.is_file():
-        d = _json(pj)
-        try:
-            cats = sorted(d["categories"], key=lambda c: c["id"])
-            if [c["id"] for c in cats] != list(range(1, len(cats) + 1)):
-                raise InputError(f"{pj}: field 'categories': ids must be 1..N (class index + 1); re-run predict")
-            classes = [str(c["name"]) for c in cats]
-            model = str((d.get("info") or {}).get("model", ""))
-        except (KeyError, TypeError, AttributeError) as e:
-            raise InputError(f"{pj}: field 'categories' unusable ({type(e).__name__}: {e}); re-run predict") from None
+def read_source(root: str | os.PathLike) -> ExportSource:
+    """Everything an exporter needs from a prediction folder; bad records become ``problems``."""
+    folder = PredictionFolder(root)
+    items, problems = folder.items()
+    cats = folder.categories()
+    classes, model = cats if cats is not None else ([], "")
     # names: the predictions file's (predict ran with --no-coco: class_0.. up to the largest label seen)
     labels = None if classes else sorted({int(v) for it in items[:50] for v in np.unique(it.labels())})
     spec = choose_classes(explicit_classes(names=classes or None), labels=labels or [0])
     resolve_palette(spec, first_mask=items[0].mask if items else None)
     palette = [tuple(int(v) for v in c) for c in (spec.palette or voc_palette())]
-    return PredFolder(root, items, spec.names, palette[: max(spec.num, 1)], model, problems)
+    return ExportSource(folder, items, spec.names, palette[: max(spec.num, 1)], model, problems)
 
 
-def _walk_order(rel: str) -> tuple:
-    *dirs, name = rel.split("/")
-    return tuple((1, d) for d in dirs) + ((0, name + ".json"),)
-
-
-def _segment_item(layout: OutputLayout, where: str, line: bytes) -> PredItem:
-    try:
-        r = json.loads(line)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise InputError(f"{where}: malformed JSON ({getattr(e, 'msg', e)}); re-run predict") from None
-    fn = r.get("file_name") if isinstance(r, dict) else None
-    if not isinstance(fn, str) or not fn.endswith(".png"):
-        raise InputError(f"{where}: field 'file_name' missing or not a .png name; re-run predict on this image "
-                         "with --overwrite")
-    return _record_item(layout, fn[:-4], f"{where} ({fn[:-4]})", r)
-
-
-def _record_item(layout: OutputLayout, rel: str, p, r=None) -> PredItem:
-    if r is None:
-        r = _json(p)
-    if not isinstance(r, dict):
-        raise InputError(f"{p}: expected a JSON object; re-run predict on this image with --overwrite")
-    for field in ("width", "height"):
-        if not isinstance(r.get(field), int):
-            raise InputError(f"{p}: field {field!r} missing or not an integer; re-run predict on this image with --overwrite")
-    mask = layout.mask(rel)
-    if not mask.is_file():
-        raise InputError(f"{mask}: mask missing for record {p}; re-run predict to finish it")
-    mc = r.get("mean_confidence")
-    return PredItem(rel, mask, str(r.get("path", "")), r["width"], r["height"],
-                    float(mc) if isinstance(mc, (int, float)) else None)
-
-
-def read_only_list(path: str | os.PathLike, folder: PredFolder) -> tuple[list[PredItem], list[str]]:
+def read_only_list(path: str | os.PathLike, folder: ExportSource) -> tuple[list[PredItem], list[str]]:
     """Items named in a list file (one input path or relative name per line, as `select` writes)."""
     path = Path(path)
     try:

@@ -27,7 +27,7 @@ from PIL import Image
 
 from ..errors import InputError
 from ..images import atomic_path, write_bytes_atomic, write_text_atomic
-from .common import MANIFEST, ExportResult, OutGuard, PredFolder, PredItem, check_manifest, run_items
+from .common import MANIFEST, ExportResult, OutGuard, ExportSource, PredItem, check_manifest, run_items
 
 SUBSET = "default"
 
@@ -61,7 +61,7 @@ def _instance_palette() -> list[int]:
     return [v for c in voc_palette(256) for v in c]
 
 
-def export_cvat(folder: PredFolder, out: str | os.PathLike, items: Sequence[PredItem] | None = None,
+def export_cvat(folder: ExportSource, out: str | os.PathLike, items: Sequence[PredItem] | None = None,
                 overwrite: bool = False, zip_name: str | None = "cvat.zip", on_progress=None) -> ExportResult:
     """Write the CVAT folder under ``out`` (and ``out/<zip_name>``); one failure line per bad image."""
     out = Path(out)

@@ -29,7 +29,7 @@ from ..errors import InputError
 from ..images import write_text_atomic
 from ..datasets.corrections import extra_module
 from ..datasets.labelme import rasterise
-from .common import MANIFEST, ExportResult, OutGuard, PredFolder, PredItem, check_manifest, run_items
+from .common import MANIFEST, ExportResult, OutGuard, ExportSource, PredItem, check_manifest, run_items
 
 LABELME_VERSION = "5.5.0"
 LABELS_FILE = "labels.txt"
@@ -126,7 +126,7 @@ def fitted_shapes(labels: np.ndarray, classes: Sequence[str], tolerance: float |
     raise AssertionError("unreachable: the last tolerance tried is returned")
 
 
-def export_labelme(folder: PredFolder, out: str | os.PathLike, items: Sequence[PredItem] | None = None,
+def export_labelme(folder: ExportSource, out: str | os.PathLike, items: Sequence[PredItem] | None = None,
                    images: Path | None = None, overwrite: bool = False, tolerance: float | None = None,
                    on_progress=None, keep: float = KEEP) -> ExportResult:
     """``tolerance`` None: chosen per image (:func:`fitted_shapes`), recorded per image in the manifest;

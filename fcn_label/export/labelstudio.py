@@ -22,7 +22,7 @@ import numpy as np
 from ..errors import InputError
 from ..images import write_text_atomic
 from ..datasets.corrections import extra_module
-from .common import MANIFEST, ExportResult, OutGuard, PredFolder, PredItem, check_manifest, run_items
+from .common import MANIFEST, ExportResult, OutGuard, ExportSource, PredItem, check_manifest, run_items
 
 FROM_NAME, TO_NAME = "label", "image"
 TASKS_FILE, CONFIG_FILE = "tasks.json", "config.xml"
@@ -54,7 +54,7 @@ def mask_regions(labels: np.ndarray, classes: Sequence[str], key: str) -> list[d
     return out
 
 
-def export_labelstudio(folder: PredFolder, out: str | os.PathLike, items: Sequence[PredItem] | None = None,
+def export_labelstudio(folder: ExportSource, out: str | os.PathLike, items: Sequence[PredItem] | None = None,
                        images: Path | None = None, overwrite: bool = False, url_prefix: str = DEFAULT_URL_PREFIX,
                        on_progress=None) -> ExportResult:
     """``config.xml`` and ``tasks.json`` under ``out``; one task file per image under ``tasks/`` makes it resumable.

@@ -76,7 +76,7 @@ def as_array(image) -> np.ndarray:
     return image.cpu().numpy() if isinstance(image, torch.Tensor) else image
 
 
-class _Decode(torch.utils.data.Dataset):
+class DecodeDataset(torch.utils.data.Dataset):
     def __init__(self, items: Sequence[Item], max_pixels: int, worker_max_pixels: int = WORKER_MAX_PIXELS,
                  jpeg_bytes: bool = False):
         self.items, self.max_pixels, self.worker_max_pixels = list(items), max_pixels, worker_max_pixels
@@ -131,5 +131,5 @@ def release_free_memory() -> None:
         _malloc_trim(0)
 
 
-def _collate(batch):
+def collate_one(batch):
     return batch[0]

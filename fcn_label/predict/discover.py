@@ -12,7 +12,8 @@ from typing import Sequence
 
 from ..devices import rank_and_world
 from ..images import IMAGE_EXTENSIONS
-from .layout import OUTPUT_SUFFIXES, RESERVED_DIRS, output_files
+from ..predfolder.layout import OUTPUT_SUFFIXES, RESERVED_DIRS, output_files
+from ..predfolder.records import shown
 
 LIST_SUFFIXES = (".txt", ".lst", ".list")
 
@@ -114,15 +115,6 @@ def _inside(path: Path, folder: Path | None) -> bool:
 
 
 MAX_NAME_BYTES = 255 - max(len(s) for s in OUTPUT_SUFFIXES)
-
-
-def shown(s: str) -> str:
-    """``s`` as valid UTF-8 text: bytes of a non-UTF-8 file name (held as surrogates) become ``\\xNN``.
-
-    Reports and output names use this, so one such name cannot stop the CSV and JSON
-    from being written.
-    """
-    return s.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def _fit(rel: str) -> str:

@@ -5,15 +5,16 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..guard import Failure
 from ..images import DEFAULT_MAX_PIXELS
-from .layout import Palette
+from ..predfolder.layout import Palette
 
 
 @dataclass
 class PredictOptions:
     out: Path
     batch_size: int | None = None  # None: the predictor's default for its device
-    workers: int | None = None  # decoding processes; None: default_workers()
+    workers: int | None = None  # decoding processes; None: parallel.default_workers()
     palette: Palette | str = Palette.model
     coco: bool = True
     overlay: bool = False
@@ -25,10 +26,10 @@ class PredictOptions:
     max_pixels: int = DEFAULT_MAX_PIXELS
     low_confidence: float = 0.5
     # Processes encoding the outputs (mask PNG, RLE, record line), each appending to its own record
-    # segment; 0 = two threads of the main process (GIL-bound). None: default_encoders().
+    # segment; 0 = two threads of the main process (GIL-bound). None: parallel.default_encoders().
     encoders: int | None = None
     # CPU: forked processes, each a whole pipeline (decoding, a one-thread network, outputs) on every
-    # procs-th image; 1 = this process only. None: default_procs().
+    # procs-th image; 1 = this process only. None: parallel.default_procs().
     procs: int | None = None
     # Where plain JPEGs are decoded, in batches by torchvision (--gpu-jpeg: the CUDA device, nvJPEG);
     # None: by Pillow in the decoding workers, like every other file.
@@ -40,7 +41,7 @@ class JobResult:
     total: int = 0
     done: int = 0
     skipped: int = 0
-    failed: list[tuple[str, str]] = field(default_factory=list)
+    failed: list[Failure] = field(default_factory=list)  # (path, stage, reason), as failures.csv lists them
     seconds: float = 0.0
     stopped: str = ""  # why the job stopped before the end (disk full...); empty when it ran through
 

@@ -188,7 +188,7 @@ class Predictor:
 
         On the CPU without --flip the labels and confidences come from the logits directly
         (:func:`labels_and_confidence`): no probability tensor is made, and torch's softmax over the
-        class axis, which runs 7x slower in a forked process (--procs), is not needed. On a GPU the
+        class axis, which runs far slower in a forked inference process, is not needed. On a GPU the
         softmax and max stay there, so only labels and confidences cross the bus."""
         if self.flip or self.device.type != "cpu":
             return self.postprocess(self.forward(x))

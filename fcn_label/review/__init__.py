@@ -1,4 +1,3 @@
 """Review predict's output in a browser: a static page sorted by doubt (see :func:`build_review`)."""
 
-from .collect import PredFolder, Row, read_pred_folder  # noqa: F401
 from .page import ReviewResult, build_review  # noqa: F401

@@ -24,8 +24,8 @@ from PIL import Image
 
 from ..errors import InputError
 from ..images import atomic_path, read_image, read_mask
-from ..predict.outputs import flat_palette
-from .collect import PredFolder, Row, find_photo, read_pred_folder
+from ..predfolder.outputs import flat_palette
+from ..predfolder.reader import Report, Row, read_report
 
 SORTS = {
     "confidence": "lowest mean confidence first",
@@ -95,7 +95,7 @@ def build_review(pred_dir: str | os.PathLike, out: str | os.PathLike, gt: str | 
                  progress: Callable[[int, int], None] | None = None) -> ReviewResult:
     """Write ``out/index.html`` and ``out/thumbs/`` for predict's output folder ``pred_dir``."""
     t0 = time.perf_counter()
-    folder = read_pred_folder(pred_dir)
+    folder = read_report(pred_dir)
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise InputError(f"--out {out}: is a file, not a folder; choose another --out")
@@ -145,7 +145,7 @@ def build_review(pred_dir: str | os.PathLike, out: str | os.PathLike, gt: str | 
     return res
 
 
-def _palette(folder: PredFolder) -> dict[str, list[int]]:
+def _palette(folder: Report) -> dict[str, list[int]]:
     """Class name -> colour, from the palette of the first palette mask (predict's colours)."""
     if not folder.class_order_known:
         return {}
@@ -160,7 +160,7 @@ def _palette(folder: PredFolder) -> dict[str, list[int]]:
     return {}
 
 
-def _iou(folder: PredFolder, row: Row, gt: Path, ignore_index: int) -> float | None:
+def _iou(folder: Report, row: Row, gt: Path, ignore_index: int) -> float | None:
     from ..metrics import confusion_matrix, scores
 
     for ext in (".png", ".bmp", ".tif", ".tiff"):
@@ -176,13 +176,13 @@ def _iou(folder: PredFolder, row: Row, gt: Path, ignore_index: int) -> float | N
     return None if np.isnan(v) else round(float(v), 6)
 
 
-def _thumbs(folder: PredFolder, row: Row, d: dict, out: Path, images: Path | None, size: int,
+def _thumbs(folder: Report, row: Row, d: dict, out: Path, images: Path | None, size: int,
             res: ReviewResult) -> None:
     base = out / THUMBS / row.rel
     rel = quote(f"{THUMBS}/{row.rel}", safe="/")  # a URL: '#', '?', '%' and spaces in names must not cut it
     notes = []
     mask_path = folder.mask(row)
-    photo_src = find_photo(row, images, folder.root)
+    photo_src = folder.find_photo(row, images)
     overlay_src = folder.overlay(row)
     conf_src = folder.confidence(row)
 

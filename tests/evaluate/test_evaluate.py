@@ -247,7 +247,7 @@ def _rle(mask):
 
 
 def test_coco_json_and_png_predictions_give_identical_reports(tmp_path):
-    from fcn_label.predict.outputs import coco_annotations
+    from fcn_label.predfolder.outputs import coco_annotations
 
     n = 5
     gts, preds = random_set(tmp_path, n=n, count=5, seed=4)
@@ -369,11 +369,12 @@ def test_bad_inputs_are_reported_and_the_rest_is_scored(tmp_path, capsys):
     assert code == 1
     assert "Traceback" not in err
     f = pd.read_csv(tmp_path / "r" / "failures.csv")
-    by_key = dict(zip(f["key"], zip(f["kind"], f["message"])))
-    assert by_key["img1"][0] == "error" and "outside 0..3" in by_key["img1"][1]
-    assert by_key["img2"][0] == "error" and "img2.png" in by_key["img2"][1]
-    assert by_key["img3"][0] == "error" and "5x5" in by_key["img3"][1]
-    assert by_key["rgb"][0] == "error" and "mode 'RGB'" in by_key["rgb"][1]
+    assert list(f.columns) == ["path", "stage", "reason"]  # the schema of every verb's failures.csv
+    by_key = {Path(p).stem: (stage, msg) for p, stage, msg in zip(f["path"], f["stage"], f["reason"])}
+    assert by_key["img1"][0] == "evaluate" and "outside 0..3" in by_key["img1"][1]
+    assert by_key["img2"][0] == "evaluate" and "img2.png" in by_key["img2"][1]
+    assert by_key["img3"][0] == "evaluate" and "5x5" in by_key["img3"][1]
+    assert by_key["rgb"][0] == "evaluate" and "mode 'RGB'" in by_key["rgb"][1]
     assert by_key["lonely"][0] == "missing_prediction" and by_key["stray"][0] == "extra_prediction"
     # the one good pair is scored exactly
     s = pd.read_csv(tmp_path / "r" / "summary.csv").set_index("metric")["value"]
@@ -572,7 +573,7 @@ def test_predict_output_folder_and_its_json_give_identical_reports(tmp_path, cap
     n = 5
     gts, preds = _model_and_data(tmp_path, n)
     code, _, err = run(["predict", str(tmp_path / "imgs"), "--out", str(tmp_path / "p"), "-w", str(tmp_path / "m.pt"),
-                        "--workers", "0", "--device", "cpu", "--probs", "--overlay", "-q"], capsys)
+                        "--parallel", "workers=0", "--device", "cpu", "--probs", "--overlay", "-q"], capsys)
     assert code == 0, err
     assert list((tmp_path / "p" / "confidence").glob("*.png"))  # PNGs that must not be read as predictions
     reports = []

@@ -11,7 +11,7 @@ from PIL import Image
 
 from fcn_label.datasets import GroundTruth, detect_layout, load_pairs
 from fcn_label.export import export
-from fcn_label.predict.layout import EXPORT_MARKER
+from fcn_label.predfolder.layout import EXPORT_MARKER
 from fcn_label.train.data import SegmentationDataset
 from fcn_label.errors import InputError
 

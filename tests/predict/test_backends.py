@@ -58,10 +58,10 @@ def test_calib_list_reads_image_mask_lines_and_plain_lines(tmp_path):
 
 def test_default_backend_is_the_exact_path_and_bf16_is_opt_in(tmp_path, same_model, capsys):
     _images(tmp_path / "in", 3)
-    code, _ = cli(capsys, "predict", tmp_path / "in", "-o", tmp_path / "fp32", "-w", same_model, "-q", "--workers", "0")
+    code, _ = cli(capsys, "predict", tmp_path / "in", "-o", tmp_path / "fp32", "-w", same_model, "-q", "--parallel", "workers=0")
     assert code == 0
     code, out = cli(capsys, "predict", tmp_path / "in", "-o", tmp_path / "bf16", "-w", same_model, "-q",
-                    "--workers", "0", "--backend", "bf16")
+                    "--parallel", "workers=0", "--backend", "bf16")
     assert code == 0 and "backend bf16" in out.err
     a, b = _masks(tmp_path / "fp32"), _masks(tmp_path / "bf16")
     assert a.keys() == b.keys() and len(a) == 3
@@ -98,8 +98,8 @@ def test_ort_int8_predict_calibrates_on_the_job_and_writes_only_under_out(tmp_pa
     import tempfile
     monkeypatch.setattr(tempfile, "tempdir", None)
     _images(tmp_path / "in", 5)
-    code, _ = cli(capsys, "predict", tmp_path / "in", "-o", tmp_path / "fp32", "-w", same_model, "-q", "--workers", "0")
-    code, out = cli(capsys, "predict", tmp_path / "in", "-o", tmp_path / "q", "-w", same_model, "-q", "--workers", "0",
+    code, _ = cli(capsys, "predict", tmp_path / "in", "-o", tmp_path / "fp32", "-w", same_model, "-q", "--parallel", "workers=0")
+    code, out = cli(capsys, "predict", tmp_path / "in", "-o", tmp_path / "q", "-w", same_model, "-q", "--parallel", "workers=0",
                     "--backend", "ort-int8", "--calib-count", "3")
     assert code == 0, out.err
     assert "calibrating ort-int8 on 3 images of this job" in out.err
@@ -110,5 +110,5 @@ def test_ort_int8_predict_calibrates_on_the_job_and_writes_only_under_out(tmp_pa
     # --calib: another folder, named in the output
     _images(tmp_path / "calib", 2, size=(48, 64))
     code, out = cli(capsys, "predict", tmp_path / "in", "-o", tmp_path / "q2", "-w", same_model, "-q",
-                    "--workers", "0", "--backend", "ort-int8", "--calib", tmp_path / "calib")
+                    "--parallel", "workers=0", "--backend", "ort-int8", "--calib", tmp_path / "calib")
     assert code == 0 and f"on 2 images from --calib {tmp_path / 'calib'}" in out.err.replace("\n", "")

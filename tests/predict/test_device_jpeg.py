@@ -63,7 +63,7 @@ def test_jpegs_decoded_in_batches_write_what_pillow_decoding_writes(tmp_path, mo
     # the same images done and failed, with the same messages, and every output byte-identical
     assert (res.done, ref.done) == (10, 10)
     assert sorted(res.failed) == sorted(ref.failed) and len(res.failed) == 2
-    assert any("truncated" in msg for _, msg in res.failed)
+    assert any("truncated" in msg for _, _, msg in res.failed)
     a, b = outputs(tmp_path / "pillow"), outputs(tmp_path / "device")
     assert a.keys() == b.keys() and len(a) == 30  # mask, overlay, confidence per image
     assert all(a[k] == b[k] for k in a)

@@ -89,7 +89,7 @@ def run_job(model_file, inputs, out, **kw):
     from fcn_label.checkpoint import load_checkpoint
     ck = load_checkpoint(model_file)
     items, problems = discover([str(i) for i in inputs], out)
-    kw.setdefault("procs", 1)  # this process's pipeline (the CLI tests run predict's default, --procs per core)
+    kw.setdefault("procs", 1)  # this process's pipeline (the CLI tests run predict's default, one process per core)
     job = PredictJob(Predictor(ck, device="cpu"), PredictOptions(out=out, workers=kw.pop("workers", 0), **kw))
     return job.run(items, problems)
 
@@ -140,7 +140,7 @@ def test_rerun_skips_done_and_overwrite_redoes(tmp_path, model_file):
     before = (tmp_path / "out" / "predictions.json").read_bytes()
     # as if killed before this one finished: no mask, and no line in the record store
     (tmp_path / "out" / "img1.png").unlink()
-    # one segment per writing process (several with --encoders): drop img1's line from the one holding it
+    # one segment per writing process (several with encoding processes): drop img1's line from the one holding it
     (seg,) = [s for s in (tmp_path / "out" / ".fcn-label" / "records").glob("*.jsonl") if b'"img1.png"' in s.read_bytes()]
     lines = seg.read_bytes().splitlines(keepends=True)
     seg.write_bytes(b"".join(l for l in lines if json.loads(l)["file_name"] != "img1.png"))
@@ -193,7 +193,7 @@ def test_never_writes_outside_out(tmp_path, model_file):
     (listdir / "files.txt").write_text(f"../../elsewhere/img0.png\n{img.resolve()}\nmissing.png\n")
     out = tmp_path / "out"
     res = run_job(model_file, [listdir / "files.txt"], out)
-    assert res.done == 1 and len(res.failed) == 1 and "missing.png" in res.failed[0][1]
+    assert res.done == 1 and len(res.failed) == 1 and "missing.png" in res.failed[0].reason
     written = [p for p in tmp_path.rglob("*") if p.is_file() and "out" not in p.relative_to(tmp_path).parts[:1]]
     assert sorted(p.name for p in written) == ["files.txt", "img0.png", "model.pt"]
     for p in out.rglob("*"):
@@ -241,12 +241,57 @@ def cli(capsys, *args):
 def test_cli_summary_and_failures(tmp_path, model_file, capsys):
     write_images(tmp_path / "in", [(16, 16)])
     (tmp_path / "in" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
-    code, out = cli(capsys, "predict", tmp_path / "in", "--out", tmp_path / "out", "-w", model_file, "-q", "--workers", "0")
+    code, out = cli(capsys, "predict", tmp_path / "in", "--out", tmp_path / "out", "-w", model_file, "-q", "--parallel", "workers=0")
     assert code == 1
     assert "broken.jpg" in out.err and "done 1" in out.err and "failed 1" in out.err
     assert "Traceback" not in out.err
     rows = list(csv.DictReader(open(tmp_path / "out" / "failures.csv")))
     assert len(rows) == 1 and rows[0]["path"].endswith("broken.jpg")
+    assert list(rows[0]) == ["path", "stage", "reason"] and rows[0]["stage"] == "decode"
+    assert rows[0]["reason"].startswith(rows[0]["path"])
+
+
+def test_failure_stages_name_where_each_input_failed(tmp_path, model_file, monkeypatch):
+    """input (discover), decode, infer and write: one row each, in the path,stage,reason schema."""
+    from fcn_label.predict.sink import Sink
+
+    write_images(tmp_path / "in", [(16, 16), (16, 16), (24, 24)])
+    (tmp_path / "in" / "broken.png").write_bytes(b"not a png")
+    real_write = Sink.write
+
+    def refuse_img1(self, it, *a):
+        if it.rel == "img1":
+            raise PermissionError(13, "Permission denied")
+        return real_write(self, it, *a)
+
+    def out_of_memory(self, img):
+        raise MemoryError("too big")
+
+    monkeypatch.setattr(Sink, "write", refuse_img1)
+    monkeypatch.setattr(Predictor, "needs_tiling", lambda self, shape: shape[0] == 24)  # img2 runs alone
+    monkeypatch.setattr(Predictor, "predict_tiled", out_of_memory)
+    res = run_job(model_file, [tmp_path / "in", tmp_path / "gone"], tmp_path / "out", encoders=0)
+    stages = {Path(f.path).name: f.stage for f in res.failed}
+    assert stages == {"gone": "input", "broken.png": "decode", "img2.png": "infer", "img1.png": "write"}, stages
+    rows = list(csv.DictReader(open(tmp_path / "out" / "failures.csv", encoding="utf-8")))
+    assert {Path(r["path"]).name: r["stage"] for r in rows} == stages
+    assert all(r["reason"].startswith(r["path"]) for r in rows)
+
+
+def test_parallel_is_one_expert_option_checked_in_one_line(tmp_path, model_file, capsys):
+    from fcn_label.predict.parallel import Parallel, parse_parallel
+
+    assert parse_parallel("procs=1, workers=0") == Parallel(procs=1, workers=0)
+    assert parse_parallel(None) == Parallel()
+    for bad, words in (("threads=2", "KEY procs, workers or encoders"), ("procs=0", "procs must be at least 1"),
+                       ("workers=x", "'x' is not a whole number"), ("procs=1,procs=2", "each once")):
+        code, out = cli(capsys, "predict", tmp_path, "--out", tmp_path / "out", "-w", model_file, "--parallel", bad)
+        assert code == 2 and words in out.err and "Traceback" not in out.err, (bad, out.err)
+        assert len(out.err.strip().splitlines()) == 1, out.err
+    code, out = cli(capsys, "predict", "--help")
+    assert code == 0 and "Expert" in out.out and "--parallel" in out.out
+    for gone in ("--workers", "--encoders", "--procs"):
+        assert gone not in out.out
 
 
 def test_cli_user_errors_are_one_line(tmp_path, model_file, capsys):
@@ -266,7 +311,7 @@ def test_cli_classes_file_names_and_colours_a_bare_state_dict(tmp_path, capsys):
     (tmp_path / "classes.txt").write_text("ground 1 2 3\nsky blue 4 5 6\nthing 7 8 9\n")
     write_images(tmp_path / "in", [(20, 24)])
     code, out = cli(capsys, "predict", tmp_path / "in", "-o", tmp_path / "out", "-w", tmp_path / "fcn16s.pth",
-                    "--arch", "fcn16s", "--classes", tmp_path / "classes.txt", "-q", "--workers", "0")
+                    "--arch", "fcn16s", "--classes", tmp_path / "classes.txt", "-q", "--parallel", "workers=0")
     assert code in (0, None), out.err
     coco = json.loads((tmp_path / "out" / "predictions.json").read_text())
     assert [c["name"] for c in coco["categories"]] == ["ground", "sky blue", "thing"]
@@ -320,7 +365,7 @@ def test_gt_takes_any_layout_and_scores_like_the_mask_folder(tmp_path, fixtures_
 
 
 def test_encoding_processes_write_the_same_files_as_in_process_threads(tmp_path, model_file):
-    """--encoders 2 (forked encoding processes, one record segment each) against --encoders 0: every output
+    """encoders=2 (forked encoding processes, one record segment each) against encoders=0: every output
     byte-identical, every record the same, and the masks equal the plain one-at-a-time argmax."""
     from fcn_label.checkpoint import load_checkpoint
 
@@ -409,7 +454,7 @@ def test_labels_and_confidence_match_softmax_then_max():
 
 
 def test_inference_processes_write_what_one_process_writes(tmp_path, model_file):
-    """--procs 2 (forked pipelines, one-thread networks, a record segment each) against --procs 1: the same
+    """procs=2 (forked pipelines, one-thread networks, a record segment each) against procs=1: the same
     files, the same records, failures reported once, masks equal to the plain one-at-a-time argmax."""
     from fcn_label.checkpoint import load_checkpoint
 
@@ -425,7 +470,7 @@ def test_inference_processes_write_what_one_process_writes(tmp_path, model_file)
     assert job.procs_for(len(items)) == 2
     b = job.run(items, problems)
     assert (a.done, b.done) == (10, 10) and not b.stopped
-    assert [p for p, _ in a.failed] == [p for p, _ in b.failed] == [str(tmp_path / "in" / "broken.png")]
+    assert [f.path for f in a.failed] == [f.path for f in b.failed] == [str(tmp_path / "in" / "broken.png")]
     assert progress[0] == (0, 11) and progress[-1] == (10, 11) and len(progress) == 11
 
     def files(root):
@@ -456,16 +501,16 @@ def test_inference_processes_write_what_one_process_writes(tmp_path, model_file)
 def test_default_workers_follow_the_device_and_the_core_count(monkeypatch):
     """One decoding worker on the CPU (the network wants the cores); on a GPU the host's cores decode,
     leaving the encoders and the main process theirs: never more than the machine has, never zero."""
-    from fcn_label.predict import processes
+    from fcn_label.predict import parallel
 
     for cores in (1, 2, 3, 4, 16, 64):
-        monkeypatch.setattr(processes, "_cores", lambda c=cores: c)
-        assert processes.default_workers(torch.device("cpu")) == 1
-        gpu = processes.default_workers(torch.device("cuda"))
+        monkeypatch.setattr(parallel, "cores", lambda c=cores: c)
+        assert parallel.default_workers(torch.device("cpu")) == 1
+        gpu = parallel.default_workers(torch.device("cuda"))
         assert 1 <= gpu <= 8
-        assert gpu == 1 or gpu + processes.default_encoders() + 1 <= cores, (cores, gpu)
-    monkeypatch.setattr(processes, "_cores", lambda: 16)
-    assert processes.default_workers(torch.device("cuda")) > 4  # a 16-core GPU host: more than the old default of 1
+        assert gpu == 1 or gpu + parallel.default_encoders() + 1 <= cores, (cores, gpu)
+    monkeypatch.setattr(parallel, "cores", lambda: 16)
+    assert parallel.default_workers(torch.device("cuda")) > 4  # a 16-core GPU host: more than the old default of 1
 
 
 def test_workers_default_reaches_the_loader(tmp_path, model_file, monkeypatch):
@@ -487,7 +532,7 @@ def test_workers_default_reaches_the_loader(tmp_path, model_file, monkeypatch):
 def test_procs_refuses_what_cannot_fork_and_defaults_by_backend(tmp_path, model_file):
     from fcn_label.checkpoint import load_checkpoint
     from fcn_label.errors import ConfigError
-    from fcn_label.predict.processes import default_procs
+    from fcn_label.predict.parallel import default_procs
 
     ck = load_checkpoint(model_file)
     pred = Predictor(ck, device="cpu")
@@ -496,14 +541,14 @@ def test_procs_refuses_what_cannot_fork_and_defaults_by_backend(tmp_path, model_
     assert default_procs(torch.device("cuda"), "eager") == 1
     assert PredictJob(pred, PredictOptions(out=tmp_path / "o", procs=4)).procs_for(3) == 3  # never more than images
     pred.backend = "ort"  # the check reads the kind only: no ONNX Runtime needed here
-    with pytest.raises(ConfigError, match="--procs 2 works with --backend eager or bf16"):
+    with pytest.raises(ConfigError, match="--parallel procs=2 works with --backend eager or bf16"):
         PredictJob(pred, PredictOptions(out=tmp_path / "o", procs=2)).procs_for(10)
 
 
 def test_coco_annotations_decode_to_the_class_masks_and_score_their_mean_confidence():
     """Every present class: pycocotools' decoder gives back exactly its pixels; area and bbox as COCO
     counts them; the score is the mean confidence over those pixels (float64 reference)."""
-    from fcn_label.predict.outputs import coco_annotations
+    from fcn_label.predfolder.outputs import coco_annotations
 
     rng = np.random.default_rng(3)
     labels = rng.integers(0, 6, (41, 57)).astype(np.uint8)
@@ -527,7 +572,7 @@ def test_mask_png_palette_is_the_models_then_vocs_for_each_palette_in_turn():
     palette must not be served the first one's table nor change the cached map."""
     import io
 
-    from fcn_label.predict.outputs import encode_png
+    from fcn_label.predfolder.outputs import encode_png
 
     labels = np.arange(12, dtype=np.uint8).reshape(3, 4)
     for pal in ([(1, 2, 3), (4, 5, 6)], [[7, 8, 9]], [(1, 2, 3), (4, 5, 6)], None):
@@ -546,7 +591,7 @@ def test_coco_annotations_are_the_strings_pycocotools_encode_gives(shape):
     """The runs-based encoder gives byte for byte what ``mask.encode`` gives for each class's mask
     (the reference: one Fortran-ordered mask per class), for noise, blocks, and classes that start
     at the first pixel or end at the last."""
-    from fcn_label.predict.outputs import coco_annotations
+    from fcn_label.predfolder.outputs import coco_annotations
 
     rng = np.random.default_rng(sum(shape))
     h, w = shape
@@ -567,7 +612,7 @@ def test_streamed_predictions_json_is_json_dumps_of_the_in_memory_results(tmp_pa
     """predictions.json, streamed (annotations straight to the file, image entries spooled), byte for
     byte what json.dumps gives for the whole results built in memory; and a valid COCO results file."""
     from fcn_label.checkpoint import load_checkpoint
-    from fcn_label.predict.reports import coco_results
+    from fcn_label.predfolder.reports import coco_results
 
     write_images(tmp_path / "in", [(37, 53), (64, 48), (30, 30)])
     res = run_job(model_file, [tmp_path / "in"], tmp_path / "out")

@@ -475,7 +475,7 @@ def run_round(root: Path, items: list[Mutant], model: Path, timeout: float = 600
 
     # -- predict: every input is a mask or a failures.csv row ------------------------------------
     r.predict = p = run_cli(["predict", str(inp), "--out", str(out), "-w", str(model), "--max-pixels", str(MAX_PIXELS),
-                             "--workers", "1", "--quiet"], timeout)
+                             "--parallel", "workers=1", "--quiet"], timeout)
     if p.returncode not in (0, 1):
         r.problems.append(f"predict exit status {p.returncode}: {p.stderr[-2000:]}")
     if "Traceback" in p.stderr:
@@ -526,7 +526,7 @@ def run_round(root: Path, items: list[Mutant], model: Path, timeout: float = 600
     if "Traceback" in e.stderr:
         r.problems.append(f"evaluate printed a traceback: {e.stderr[-2000:]}")
     scored = {x["key"] for x in _rows(rep / "per_image.csv")}
-    refused = {x["key"]: x["message"] for x in _rows(rep / "failures.csv")}
+    refused = {Path(x["path"]).stem: x["reason"] for x in _rows(rep / "failures.csv")}
     r.eval_scored, r.eval_refused = len(scored), len(refused)
     for k, m in enumerate(items):
         key = Path(m.name).stem

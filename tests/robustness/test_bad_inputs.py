@@ -57,7 +57,7 @@ def run(tmp_path_factory):
     out = folder / "labels"  # inside the input folder: must never be read back
     before = snapshot(root, out)
     cmd = [sys.executable, "-m", "fcn_label", "predict", str(folder), *map(str, extra), "--out", str(out),
-           "-w", str(root / "model.pt"), "--workers", "2", "--batch-size", "4", "--max-pixels", str(MAX_PIXELS)]
+           "-w", str(root / "model.pt"), "--parallel", "workers=2", "--batch-size", "4", "--max-pixels", str(MAX_PIXELS)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "COLUMNS": "80"})
     rows = list(csv.DictReader(open(out / "predictions.csv", encoding="utf-8")))
     failures = list(csv.DictReader(open(out / "failures.csv", encoding="utf-8")))
@@ -149,7 +149,7 @@ def test_rerun_reads_nothing_back_and_redoes_nothing(run, capsys):
     items, problems = discover([run["folder"]], run["out"])
     assert not [it for it in items if run["out"] in it.path.parents]
     with pytest.raises(SystemExit) as e:
-        run_cli(run["cmd"][3:] + ["-q", "--workers", "0"])
+        run_cli(run["cmd"][3:] + ["-q", "--parallel", "workers=0"])
     err = capsys.readouterr().err
     oks = sum(isinstance(c, _corpus.Ok) for c in run["cases"])
     fails = sum(isinstance(c, _corpus.Fail) for c in run["cases"])

@@ -12,6 +12,7 @@ import copy
 import json
 import os
 import pickle
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -125,7 +126,8 @@ def test_mask_corpus(tmp_path, capsys):
     code, _, err = cli(capsys, "evaluate", "--gt", gt, "--pred", pr, "-n", N, "--out", tmp_path / "r", "-q")
     assert code == 1  # some ground truth could not be scored
     f = pd.read_csv(tmp_path / "r" / "failures.csv", keep_default_na=False)
-    by_key = {k: (kind, msg) for k, kind, msg in zip(f["key"], f["kind"], f["message"])}
+    kinds = {"evaluate": "error"}  # failures.csv's stage of evaluate's "error" kind
+    by_key = {Path(p).stem: (kinds.get(stage, stage), msg) for p, stage, msg in zip(f["path"], f["stage"], f["reason"])}
     assert set(by_key) == set(bad)
     for key, (kind, words) in bad.items():
         assert by_key[key][0] == kind and words in by_key[key][1], (key, by_key[key])
@@ -168,11 +170,11 @@ def test_coco_results_corpus(tmp_path, capsys):
                        "--out", tmp_path / "r", "-q")
     assert code == 1
     f = pd.read_csv(tmp_path / "r" / "failures.csv", keep_default_na=False)
-    msgs = dict(zip(f["key"], f["message"]))
+    msgs = {Path(p.split("#")[-1]).stem: msg for p, msg in zip(f["path"], f["reason"])}  # pred.json#<file name>
     assert "RLE size [10, 10] != image [12, 16]" in msgs["im2"]
     assert "category_id 42 is not one of the 5 known categories" in msgs["im3"]
     assert "undecodable RLE" in msgs["im4"]
-    assert "lacks 'id' or 'file_name'" in msgs[""]
+    assert "lacks 'id' or 'file_name'" in msgs["pred"]  # the file itself
     assert len(f) == 4 and all("pred.json" in m for m in msgs.values())
     for words in ("RLE size", "category_id 42", "undecodable RLE", "lacks 'id'"):
         assert sum(words in ln for ln in err.splitlines()) == 1

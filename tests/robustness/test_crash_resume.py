@@ -19,7 +19,7 @@ import pytest
 from PIL import Image
 
 from fcn_label.cli import run_cli
-from fcn_label.images import _HOST
+from fcn_label.images import HOST
 from fcn_label.checkpoint import save_checkpoint
 from helpers import make_checkpoint, rand_image
 
@@ -39,7 +39,7 @@ def job(tmp_path_factory):
         Image.fromarray(rand_image(h, w, i)).save(src / ("sub" if i % 4 == 0 else "") / f"im{i:02d}.png")
     ref = root / "ref"
     with pytest.raises(SystemExit) as e:
-        run_cli(args(root, ref) + ["--workers", "0"])
+        run_cli(args(root, ref) + ["--parallel", "workers=0"])
     assert e.value.code == 0
     return root, ref
 
@@ -49,7 +49,7 @@ def args(root: Path, out: Path) -> list[str]:
 
 
 def launch(root: Path, out: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "fcn_label", *args(root, out), "--workers", "1"],
+    return subprocess.Popen([sys.executable, "-m", "fcn_label", *args(root, out), "--parallel", "workers=1"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV,
                             start_new_session=True)
 
@@ -118,11 +118,11 @@ def test_kill_9_mid_run_then_rerun_equals_uninterrupted(job, capsys):
     # the kill rarely lands inside a write (microseconds per file); plant what it leaves when it does:
     # the dead process's half-written temp file beside a mask, and one inside the records
     for folder in (out, records):
-        (folder / f".im99.png.k1ll3d00.{_HOST}~{proc.pid}.tmp").write_bytes(b"\x89PNG\r\n\x1a\n partial")
+        (folder / f".im99.png.k1ll3d00.{HOST}~{proc.pid}.tmp").write_bytes(b"\x89PNG\r\n\x1a\n partial")
 
     capsys.readouterr()
     with pytest.raises(SystemExit) as e:
-        run_cli(args(root, out) + ["--workers", "0"])
+        run_cli(args(root, out) + ["--parallel", "workers=0"])
     assert e.value.code == 0
     # exactly the images without a record are predicted again (one whose mask was written but
     # not yet its record is among them); a finished image never is
@@ -148,7 +148,7 @@ def launch_together(root: Path, out: Path, n: int = 2) -> list[subprocess.Popen]
                 "from fcn_label.cli import main\n"
                 f"pathlib.Path({str(ready)!r}).touch()\n"
                 f"while not pathlib.Path({str(go)!r}).exists(): time.sleep(0.005)\n"
-                f"sys.argv = ['fcn-label', *{args(root, out) + ['--workers', '1']!r}]\n"
+                f"sys.argv = ['fcn-label', *{args(root, out) + ['--parallel', 'workers=1']!r}]\n"
                 "main()\n")
         procs.append(subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                       text=True, env=ENV, start_new_session=True))
@@ -219,20 +219,20 @@ def test_finetune_killed_while_writing_its_checkpoint_resumes_from_the_last_whol
 def test_disk_full_stops_the_job_keeps_finished_work_and_resumes(tmp_path, monkeypatch, capsys, encoders):
     """ENOSPC is not one bad file: stop at once (no hour of doomed predictions), keep what is done.
 
-    With --encoders 2 the writes happen in forked encoding processes, which inherit the patched
+    With encoders=2 the writes happen in forked encoding processes, which inherit the patched
     writer; the write attempts are counted in a file (under a lock) so that every process sees them.
     """
     import errno
     import fcntl
 
-    import fcn_label.predict.outputs as outputs
+    import fcn_label.predfolder.outputs as outputs
 
     for i in range(12):
         Image.fromarray(rand_image(16, 20, i)).save(tmp_path / f"im{i:02d}.png")
     save_checkpoint(make_checkpoint(), tmp_path / "m.pt")
     out = tmp_path / "out"
-    argv = ["predict", str(tmp_path), "--out", str(out), "-w", str(tmp_path / "m.pt"), "-q", "--workers", "0",
-            "--batch-size", "1", "--encoders", str(encoders)]
+    argv = ["predict", str(tmp_path), "--out", str(out), "-w", str(tmp_path / "m.pt"), "-q",
+            "--parallel", f"workers=0,encoders={encoders}", "--batch-size", "1"]
     real, log = outputs.write_bytes_atomic, tmp_path / "calls.log"
     log.touch()
 

@@ -11,6 +11,7 @@ import struct
 import subprocess
 import sys
 import zlib
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
@@ -41,7 +42,7 @@ def test_masks_over_max_pixels_are_one_failure_row_each(tmp_path):
                        capture_output=True, text=True, timeout=300)
     assert p.returncode == 1 and "Traceback" not in p.stderr, p.stderr
     rows = list(csv.DictReader(open(tmp_path / "r" / "failures.csv", encoding="utf-8")))
-    assert [r["key"] for r in rows] == ["big"]
-    assert "4000x3000 pixels exceeds the limit of 1,000,000 pixels" in rows[0]["message"]
+    assert [Path(r["path"]).stem for r in rows] == ["big"] and rows[0]["stage"] == "evaluate"
+    assert "4000x3000 pixels exceeds the limit of 1,000,000 pixels" in rows[0]["reason"]
     scored = list(csv.DictReader(open(tmp_path / "r" / "per_image.csv", encoding="utf-8")))
     assert [r["key"] for r in scored] == ["ok"] and float(scored[0]["pixel_accuracy"]) == 1.0

@@ -18,7 +18,7 @@ import fuzz
 from fcn_label.guard import guarded
 from fcn_label.images import image_size, read_image, read_mask
 from fcn_label.predict.discover import Item
-from fcn_label.predict.decoding import _Decode
+from fcn_label.predict.decoding import DecodeDataset
 
 CI_MUTANTS = 300
 # Peak RSS of one CLI process (torch alone is ~350 MB); images are capped at fuzz.MAX_PIXELS,
@@ -58,7 +58,7 @@ def test_decoding_worker_turns_any_header_error_into_a_failure(tmp_path):
     good, bad = tmp_path / "good.png", tmp_path / "bomb.png"
     Image.fromarray(np.full((8, 8, 3), 7, np.uint8)).save(good)
     bad.write_bytes(fuzz.ztxt_bomb_png())
-    ds = _Decode([Item(bad, "bomb"), Item(good, "good")], max_pixels=10_000)
+    ds = DecodeDataset([Item(bad, "bomb"), Item(good, "good")], max_pixels=10_000)
     loader = torch.utils.data.DataLoader(ds, batch_size=1, collate_fn=lambda b: b[0], num_workers=1)
     got = {i: (arr, err) for i, arr, err in loader}
     assert got[0][0] is None and "bomb.png" in got[0][1]

@@ -49,7 +49,7 @@ def test_predict_reports_a_png_text_bomb_and_labels_the_rest(tmp_path, capsys, w
     src.mkdir()
     Image.fromarray(rand_image(40, 48, 0)).save(src / "good.png")
     text_bomb_png(src / "bomb.png")
-    code, err = cli(capsys, "predict", src, "--out", tmp_path / "out", "-w", model, "--workers", workers, "-q")
+    code, err = cli(capsys, "predict", src, "--out", tmp_path / "out", "-w", model, "--parallel", f"workers={workers}", "-q")
     assert code == 1 and "Traceback" not in err
     assert (tmp_path / "out" / "good.png").is_file() and not (tmp_path / "out" / "bomb.png").exists()
     failures = pd.read_csv(tmp_path / "out" / "failures.csv")
@@ -73,4 +73,4 @@ def test_evaluate_reports_a_ground_truth_text_bomb_and_scores_the_rest(tmp_path,
     assert summary["images_evaluated"] == 1 and summary["images_failed"] == 1
     assert float(summary["pixel_accuracy"]) == 1.0
     failures = pd.read_csv(tmp_path / "r" / "failures.csv")
-    assert "ValueError: Decompressed data too large" in failures["message"][0]
+    assert "ValueError: Decompressed data too large" in failures["reason"][0]

@@ -20,7 +20,7 @@ from PIL import Image
 import fcn_label.predict.pipeline as job_mod  # the loop the job runs
 import fcn_label.predict.predictor as predict_mod
 from fcn_label.predict import Item, PredictJob, PredictOptions, discover
-from fcn_label.predict.decoding import _Decode
+from fcn_label.predict.decoding import DecodeDataset
 from fcn_label.predict import Predictor
 from helpers import make_checkpoint, one_at_a_time, rand_image
 
@@ -33,7 +33,7 @@ def test_workers_hand_large_images_to_the_main_process(tmp_path):
     Image.fromarray(rand_image(10, 10, 0)).save(small)
     Image.fromarray(rand_image(40, 50, 1)).save(large)
     (tmp_path / "bad.png").write_bytes(b"not an image")
-    ds = _Decode([Item(small, "small"), Item(large, "large"), Item(tmp_path / "bad.png", "bad")], 10**9,
+    ds = DecodeDataset([Item(small, "small"), Item(large, "large"), Item(tmp_path / "bad.png", "bad")], 10**9,
                  worker_max_pixels=1000)
     loader = torch.utils.data.DataLoader(ds, batch_size=1, collate_fn=lambda b: b[0], num_workers=1)
     got = {i: (arr, err) for i, arr, err in loader}
@@ -75,7 +75,9 @@ def test_a_large_image_waits_for_pending_writes(tmp_path, monkeypatch):
     import time
 
     events = []
-    write = PredictJob.try_write
+    from fcn_label.predict.sink import Sink
+
+    write = Sink.try_write
 
     def slow_write(self, it, *a):
         time.sleep(0.05)
@@ -84,7 +86,7 @@ def test_a_large_image_waits_for_pending_writes(tmp_path, monkeypatch):
         return outcome
 
     tiled = Predictor.predict_tiled
-    monkeypatch.setattr(PredictJob, "try_write", slow_write)
+    monkeypatch.setattr(Sink, "try_write", slow_write)
     monkeypatch.setattr(Predictor, "predict_tiled", lambda self, img: events.append("tiling") or tiled(self, img))
     for i in range(4):
         Image.fromarray(rand_image(16, 16, i)).save(tmp_path / f"a{i}.png")

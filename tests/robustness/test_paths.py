@@ -38,7 +38,7 @@ def test_symlinks_inside_out_never_lead_outside(tmp_path):
     items, problems = discover([src], out)
     res = PredictJob(Predictor(make_checkpoint(), device="cpu"), PredictOptions(out=out, workers=0)).run(items, problems)
     assert res.done == 0 and len(res.failed) == 3
-    assert all("would be written outside --out" in msg for _, msg in res.failed)
+    assert all("would be written outside --out" in msg for _, _, msg in res.failed)
     assert tree(outside) == []  # not even an empty folder was created there
     assert victim.read_text() == "keep me"
     assert (out / "y.png").is_file() and not (out / "y.png").is_symlink()  # the mask replaced the link itself

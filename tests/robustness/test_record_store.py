@@ -1,10 +1,9 @@
-"""The append-only record store: torn last lines, duplicates, the per-file records of earlier versions,
-and report assembly at scale with bounded memory."""
+"""The append-only record store: torn last lines, duplicates, folders of earlier formats (read, or
+refused in one line), and report assembly at scale with bounded memory."""
 
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import os
 import tracemalloc
@@ -15,8 +14,8 @@ from PIL import Image
 
 from fcn_label.predict import PredictJob, PredictOptions, Predictor
 from fcn_label.predict.discover import Item, discover
-from fcn_label.predict.layout import OutputLayout
-from fcn_label.predict.reports import write_reports
+from fcn_label.predfolder.layout import OutputLayout
+from fcn_label.predfolder.reports import write_reports
 from helpers import make_checkpoint, rand_image
 
 N = 6
@@ -108,9 +107,30 @@ def test_duplicate_lines_resolve_to_the_last_whatever_the_order_of_writing(tmp_p
     assert len(json.loads((out / "predictions.json").read_text())["images"]) == N
 
 
-def _to_legacy(out: Path) -> None:
-    """Rewrite the store as the previous version left it: records/<rel>.json, failures/<sha1[:20]>.json."""
+def test_a_folder_of_format_1_resumes_and_gets_the_format_file(tmp_path, predictor):
+    """Version 1 (segments, no format file, failure lines without a stage) reads as today and resumes."""
+    inp, out = _inputs(tmp_path), tmp_path / "out"
+    _run(predictor, inp, out)
+    want, want_csv = _json_reports(out), _csv_without_seconds(out)
+    (out / ".fcn-label" / "format.json").unlink()
+    for seg in (out / ".fcn-label" / "failures").glob("*.jsonl"):
+        lines = [json.loads(l) for l in seg.read_bytes().splitlines()]
+        seg.write_text("".join(json.dumps({"path": f["path"], "reason": f["reason"]}) + "\n" for f in lines))
+    from fcn_label.predfolder.records import read_failures
+
+    assert [(Path(p).name, stage) for p, (stage, _) in read_failures(OutputLayout(out)).items()] == [
+        ("bad.png", "predict")]
+    res = _run(predictor, inp, out, overwrite=False)
+    assert (res.done, res.skipped, len(res.failed)) == (0, N, 1)
+    assert _csv_without_seconds(out) == want_csv and _json_reports(out) == want
+    assert json.loads((out / ".fcn-label" / "format.json").read_text()) == {
+        "format": "fcn-label prediction folder", "version": 2}
+
+
+def _to_per_file_records(out: Path) -> None:
+    """Rewrite the store as versions before the record store left it: records/<rel>.json, no format file."""
     state = out / ".fcn-label"
+    (state / "format.json").unlink()
     for seg in _segments(out):
         for l in seg.read_bytes().splitlines():
             r = json.loads(l)
@@ -118,29 +138,43 @@ def _to_legacy(out: Path) -> None:
             p.parent.mkdir(parents=True, exist_ok=True)
             p.write_text(json.dumps(r))
         seg.unlink()
-    for seg in list((state / "failures").glob("*.jsonl")):
-        for l in seg.read_bytes().splitlines():
-            f = json.loads(l)
-            name = hashlib.sha1(f["path"].encode()).hexdigest()[:20] + ".json"
-            (state / "failures" / name).write_text(json.dumps(f))
-        seg.unlink()
 
 
-def test_an_output_folder_of_the_previous_version_resumes(tmp_path, predictor):
+@pytest.mark.parametrize("verb", ["predict", "export", "review", "select", "evaluate"])
+def test_per_file_records_and_newer_formats_are_refused_in_one_line(tmp_path, predictor, verb, capsys):
+    from fcn_label.checkpoint import save_checkpoint
+
     inp, out = _inputs(tmp_path), tmp_path / "out"
     _run(predictor, inp, out)
-    want, want_csv = _json_reports(out), _csv_without_seconds(out)
-    _to_legacy(out)
-    (out / ".fcn-label" / "records" / "sub" / "p1.json").unlink()  # killed before p1's record
-    (out / "predictions.json").unlink()
-    from fcn_label.predict.records import read_failures
+    save_checkpoint(predictor.checkpoint, tmp_path / "m.pt")
+    argv = {"predict": ["predict", str(inp), "--out", str(out), "-w", str(tmp_path / "m.pt"), "-q"],
+            "export": ["export", str(out), "--format", "cvat", "--out", str(tmp_path / "x")],
+            "review": ["review", str(out), "--out", str(tmp_path / "r"), "-q"],
+            "select": ["select", str(out), "--k", "2", "--out", str(tmp_path / "next.txt")],
+            "evaluate": ["evaluate", "--gt", str(out), "--pred", str(out), "--num-classes", "4"]}[verb]
+    newer = out / ".fcn-label" / "format.json"
+    newer.write_text(json.dumps({"format": "fcn-label prediction folder", "version": 99}))
+    code, err = _cli_err(capsys, argv)
+    assert code == 2 and "newer fcn-label" in err and "upgrade" in err and _error_lines(err) == 1, err
+    _to_per_file_records(out)
+    before = sorted(p.relative_to(out) for p in out.rglob("*"))
+    code, err = _cli_err(capsys, argv)
+    assert code == 2 and "re-run predict with this version" in err and _error_lines(err) == 1, err
+    assert sorted(p.relative_to(out) for p in out.rglob("*")) == before  # nothing written into it
 
-    assert [Path(p).name for p in read_failures(OutputLayout(out))] == ["bad.png"]  # the legacy failure file
-    res = _run(predictor, inp, out)
-    assert (res.done, res.skipped, len(res.failed)) == (1, N - 1, 1)
-    assert [json.loads(l)["file_name"] for l in _lines(out)] == ["sub/p1.png"]
-    assert _csv_without_seconds(out) == want_csv
-    assert _json_reports(out) == want
+
+def _error_lines(err: str) -> int:
+    """Lines of ``err`` that are not predict's opening banner; a traceback counts many."""
+    return len([l for l in err.strip().splitlines() if not l.startswith("fcn-label: ")])
+
+
+def _cli_err(capsys, argv) -> tuple[int, str]:
+    from fcn_label.cli import run_cli
+
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        run_cli(argv)
+    return e.value.code, capsys.readouterr().err
 
 
 def test_fifty_thousand_records_assemble_in_item_order_with_bounded_memory(tmp_path):

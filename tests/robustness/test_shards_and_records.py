@@ -93,7 +93,7 @@ def test_a_damaged_record_is_predicted_again(tmp_path):
     inp, model, good, bad = _folder(tmp_path)
     out = tmp_path / "out"
     assert subprocess.run(_cmd(inp, out, model), capture_output=True, timeout=300).returncode == 1
-    # one segment per writing process (several with --encoders): damage the one holding a3's line
+    # one segment per writing process (several with encoding processes): damage the one holding a3's line
     (seg,) = [s for s in (out / ".fcn-label" / "records").glob("*.jsonl") if b'"a3.png"' in s.read_bytes()]
     lines = seg.read_bytes().splitlines(keepends=True)
     damaged = [b'{"path": 1, "classes": []}\n' if json.loads(l)["file_name"] == "a3.png" else l for l in lines]

@@ -13,7 +13,7 @@ from PIL import Image
 
 from fcn_label.datasets.listfile import pairs_from_list
 from fcn_label.predict import discover
-from fcn_label.review.collect import read_pred_folder
+from fcn_label.predfolder import read_report
 from fcn_label.selection import select, write_selection
 
 from _select_pool import predict_pool
@@ -43,7 +43,7 @@ def names(choices):
 
 def test_uncertainty_is_most_doubtful_first(pool):
     df = doubt_table(pool).sort_values(["doubt", "low", "name"], ascending=[False, False, True])
-    got, problems = select(read_pred_folder(pool), 5, "uncertainty")
+    got, problems = select(read_report(pool), 5, "uncertainty")
     assert not problems
     assert names(got) == list(df["name"][:5])
     # the maps agree with predict's full-precision mean confidence to 8-bit precision
@@ -57,7 +57,7 @@ def test_without_confidence_maps_uses_predictions_csv(tmp_path):
     df = pd.read_csv(pred / "predictions.csv")
     df["name"] = [Path(p).name for p in df["path"]]
     df = df.sort_values(["mean_confidence", "low_confidence_fraction", "name"], ascending=[True, False, True])
-    got, _ = select(read_pred_folder(pred), 8, "uncertainty")
+    got, _ = select(read_report(pred), 8, "uncertainty")
     assert names(got) == list(df["name"])
     assert {c.source for c in got} == {"predictions.csv"}
 
@@ -70,7 +70,7 @@ def test_ties_are_broken_by_path_whatever_the_csv_order(tmp_path, pool):
         shutil.copy(conf[0], p)
     csv = pred / "predictions.csv"
     lines = csv.read_text().splitlines()
-    folder = read_pred_folder(pred)
+    folder = read_report(pred)
     first = names(select(folder, 14, "uncertainty")[0])
     tied = [Path(l.split(",")[0]).name for l in lines[1:] if Path(l.split(",")[1]).stem in {p.stem for p in conf[:6]}]
     assert len(tied) == 6
@@ -80,26 +80,26 @@ def test_ties_are_broken_by_path_whatever_the_csv_order(tmp_path, pool):
     body = lines[1:]
     random.Random(1).shuffle(body)
     csv.write_text("\n".join([lines[0]] + body) + "\n")
-    after = {s: names(select(read_pred_folder(pred), 14, s, seed=3)[0]) for s in ("uncertainty", "diverse", "random")}
+    after = {s: names(select(read_report(pred), 14, s, seed=3)[0]) for s in ("uncertainty", "diverse", "random")}
     assert after == before
 
 
 def test_k_larger_than_the_pool_takes_every_image_once(pool):
     n = len(pd.read_csv(pool / "predictions.csv"))
     for strategy in ("uncertainty", "diverse", "random"):
-        got = names(select(read_pred_folder(pool), 100, strategy)[0])
+        got = names(select(read_report(pool), 100, strategy)[0])
         assert sorted(got) == sorted(set(got)) and len(got) == n, strategy
     with pytest.raises(ValueError, match="positive"):
-        select(read_pred_folder(pool), 0)
+        select(read_report(pool), 0)
     with pytest.raises(ValueError, match="choose uncertainty, diverse, random"):
-        select(read_pred_folder(pool), 3, "entropy")
+        select(read_report(pool), 3, "entropy")
 
 
 def test_random_is_seeded(pool):
     all_names = sorted(Path(p).name for p in pd.read_csv(pool / "predictions.csv")["path"])
-    a = names(select(read_pred_folder(pool), 6, "random", seed=5)[0])
-    assert a == names(select(read_pred_folder(pool), 6, "random", seed=5)[0])
-    assert a != names(select(read_pred_folder(pool), 6, "random", seed=6)[0])
+    a = names(select(read_report(pool), 6, "random", seed=5)[0])
+    assert a == names(select(read_report(pool), 6, "random", seed=5)[0])
+    assert a != names(select(read_report(pool), 6, "random", seed=6)[0])
     assert a == random.Random(5).sample(all_names, 6)  # documented: a sample of the pool sorted by path
 
 
@@ -140,12 +140,12 @@ def test_diverse_matches_the_greedy_rule_and_reaches_a_rare_class(tmp_path, pool
     df.drop(columns=["doubt", "low", "name"]).to_csv(pred / "predictions.csv", index=False)
     df = doubt_table(pred)
     calm_name = df["name"][calm]
-    unc = names(select(read_pred_folder(pred), 4, "uncertainty")[0])
-    div = names(select(read_pred_folder(pred), 4, "diverse")[0])
+    unc = names(select(read_report(pred), 4, "uncertainty")[0])
+    div = names(select(read_report(pred), 4, "diverse")[0])
     assert calm_name not in unc and calm_name in div
     assert div == diverse_reference(df, 4)
-    assert names(select(read_pred_folder(pred), 4, "diverse", diversity=0.0)[0]) == unc
-    assert names(select(read_pred_folder(pred), 14, "diverse", diversity=2.5)[0]) == diverse_reference(df, 14, 2.5)
+    assert names(select(read_report(pred), 4, "diverse", diversity=0.0)[0]) == unc
+    assert names(select(read_report(pred), 14, "diverse", diversity=2.5)[0]) == diverse_reference(df, 14, 2.5)
 
 
 def test_list_file_is_read_by_predict_and_finetune(pool, tmp_path, monkeypatch):
@@ -191,7 +191,7 @@ def test_cli_select(pool, tmp_path, capsys):
 def test_cli_select_exit_1_when_a_mask_is_missing(pool, tmp_path, capsys):
     masks = tmp_path / "masks"
     shutil.copytree(pool, masks, ignore=shutil.ignore_patterns("confidence", ".fcn-label", "*.csv", "*.json"))
-    top = select(read_pred_folder(pool), 1, "uncertainty")[0][0]
+    top = select(read_report(pool), 1, "uncertainty")[0][0]
     (masks / f"{top.row.rel}.png").unlink()
     out = tmp_path / "pairs.txt"
     assert _cli(["select", str(pool), "--k", "3", "--out", str(out), "--masks", str(masks)]) == 1

@@ -272,7 +272,7 @@ def test_voc_folder_without_class_file_gets_the_voc_names(tmp_path, top_label, n
 
 
 def test_resume_removes_the_temporary_file_of_a_killed_checkpoint_write(tmp_path):
-    from fcn_label.images import _HOST
+    from fcn_label.images import HOST
     from fcn_label.train import Trainer
 
     from _synth import tiny_config
@@ -280,7 +280,7 @@ def test_resume_removes_the_temporary_file_of_a_killed_checkpoint_write(tmp_path
     data = write_list_dataset(tmp_path / "d", n=4)
     Trainer(tiny_config(data, tmp_path / "run", epochs=1), log=lambda m: None).run()
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    stale = tmp_path / "run" / f".last.pt.abc123.{_HOST}~{int(dead.stdout)}.tmp"
+    stale = tmp_path / "run" / f".last.pt.abc123.{HOST}~{int(dead.stdout)}.tmp"
     stale.write_bytes(b"half a checkpoint")
     logs = []
     Trainer(tiny_config(data, tmp_path / "run", epochs=2), log=logs.append).run(resume=str(tmp_path / "run" / "last.pt"))

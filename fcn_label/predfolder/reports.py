@@ -14,14 +14,21 @@ import os
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Iterator, Protocol, Sequence
 
 import pandas as pd
 
-from ..images import _HOST, atomic_path
-from .discover import Item, shown
+from ..guard import Failure, write_failures_csv
+from ..images import HOST, atomic_path
 from .layout import OutputLayout
-from .records import ANN_SEP, RecordIndex, check_record, full_record, read_failures, scan_records
+from .records import ANN_SEP, RecordIndex, check_record, full_record, read_failures, scan_records, shown
+
+
+class Item(Protocol):
+    """An input and its output name (``predict.discover.Item`` is one)."""
+
+    path: os.PathLike
+    rel: str  # output path relative to --out, without suffix
 
 __all__ = ["PREDICTION_COLUMNS", "check_record", "load_records", "other_failures", "reports_lock",
            "predictions_frame", "coco_results", "write_reports"]
@@ -37,20 +44,20 @@ def load_records(layout: OutputLayout, items: Sequence[Item]) -> list[tuple[Item
     return [(items[i], full_record(rec, raw)) for i, rec, raw in idx.records()]
 
 
-def other_failures(layout: OutputLayout, items: Sequence[Item], failed: Sequence[tuple[str, str]],
-                   done) -> list[tuple[str, str]]:
+def other_failures(layout: OutputLayout, items: Sequence[Item], failed: Sequence[Failure],
+                   done) -> list[Failure]:
     """Failure records of inputs this run did not report (other shards, earlier runs) that are not done since.
 
     ``done(i, item)`` says whether item ``i`` has a record (a later success supersedes a failure)."""
     recorded = read_failures(layout)
     if not recorded:
         return []
-    mine = {p for p, _ in failed}
+    mine = {f.path for f in failed}
     rows = []
     for i, it in enumerate(items):
         path = shown(str(it.path))
         if path in recorded and path not in mine and not done(i, it):
-            rows.append((path, recorded[path]))
+            rows.append(Failure(path, *recorded[path]))
     return rows
 
 
@@ -182,7 +189,7 @@ class _CocoStream:
         self.f.write("]}")
 
 
-def write_reports(layout: OutputLayout, items: Sequence[Item], failed: Sequence[tuple[str, str]],
+def write_reports(layout: OutputLayout, items: Sequence[Item], failed: Sequence[Failure],
                   classes: Sequence[str], *, coco: bool, gt: bool, model_name: str,
                   index: RecordIndex | None = None) -> None:
     """predictions.csv, predictions.json (with ``coco``) and failures.csv from all finished records, and
@@ -201,10 +208,8 @@ def write_reports(layout: OutputLayout, items: Sequence[Item], failed: Sequence[
         rows.flush(final=True)
         if js is not None:
             js.finish()
-    rows = list(failed) + other_failures(layout, items, failed, lambda i, it: idx.done(i))
-    with atomic_path(layout.failures_csv) as tmp, open(tmp, "w", encoding="utf-8", newline="") as f:
-        pd.DataFrame(rows, columns=["path", "reason"], dtype=object).to_csv(f, index=False, lineterminator="\n",
-                                                                              na_rep="")
+    write_failures_csv(layout.failures_csv, list(failed) + other_failures(layout, items, failed,
+                                                                          lambda i, it: idx.done(i)))
 
 
 @contextmanager
@@ -221,7 +226,7 @@ def _json_target(layout: OutputLayout, coco: bool):
 @contextmanager
 def _spool(beside: Path):
     # named like atomic_path's temp files, so a killed run's spool is removed by remove_stale_temp
-    fd, name = tempfile.mkstemp(prefix=".predictions.spool.", suffix=f".{_HOST}~{os.getpid()}.tmp",
+    fd, name = tempfile.mkstemp(prefix=".predictions.spool.", suffix=f".{HOST}~{os.getpid()}.tmp",
                                 dir=Path(beside).parent)
     try:
         with os.fdopen(fd, "w+", encoding="utf-8", newline="") as f:

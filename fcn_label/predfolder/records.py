@@ -10,8 +10,8 @@ renamed into place: a line implies a finished mask. A kill -9 can only leave a t
 
 Segments are read in name order (the name starts with the writer's start time), lines in file
 order, and the last valid line for an image wins, so duplicates (an --overwrite run, two runs
-on one folder) resolve the same way for every reader. The per-file records of earlier versions
-(``records/<rel>.json``, ``failures/<sha1>.json``) stay readable; a segment line wins over them.
+on one folder) resolve the same way for every reader. Failure lines are ``{"path", "stage",
+"reason"}`` (lines of format version 1 have no stage: read as "predict").
 """
 
 from __future__ import annotations
@@ -27,17 +27,25 @@ from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
-from ..guard import guarded
-from ..images import _HOST
+from ..images import HOST
 from .layout import OutputLayout
 
 SEGMENT_SUFFIX = ".jsonl"
 _CHUNK = 1 << 20
 
 
+def shown(s: str) -> str:
+    """``s`` as valid UTF-8 text: bytes of a non-UTF-8 file name (held as surrogates) become ``\\xNN``.
+
+    Records, reports and output names use this, so one such name cannot stop the CSV and JSON
+    from being written.
+    """
+    return s.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 def segment_name() -> str:
     """Sortable by start time; unique per process (host, pid and a random token)."""
-    return f"{time.time_ns():016x}-{_HOST}-{os.getpid()}-{secrets.token_hex(4)}{SEGMENT_SUFFIX}"
+    return f"{time.time_ns():016x}-{HOST}-{os.getpid()}-{secrets.token_hex(4)}{SEGMENT_SUFFIX}"
 
 
 class SegmentWriter:
@@ -163,15 +171,14 @@ def full_record(rec: dict, raw: bytes | None) -> dict:
 
 
 MAX_OPEN = 64  # segments held open while the reports are streamed
-LEGACY = -1  # ``seg`` of an image whose record is a per-file one of an earlier version
-NONE = -2
+NONE = -1
 
 
 @dataclass
 class RecordIndex:
     """Where each item's record is: compact arrays in item order, so a million images cost megabytes.
 
-    ``seg[i]`` is an index into ``paths`` (or LEGACY / NONE); ``off`` / ``length`` the line's bytes.
+    ``seg[i]`` is an index into ``paths`` (or NONE); ``off`` / ``length`` the line's bytes.
     """
 
     layout: OutputLayout
@@ -196,9 +203,6 @@ class RecordIndex:
         try:
             for i in np.nonzero(self.seg != NONE)[0]:
                 s = int(self.seg[i])
-                if s == LEGACY:
-                    yield int(i), json.loads(self.layout.record(self.rels[i]).read_text(encoding="utf-8")), None
-                    continue
                 f = files.get(s)
                 if f is None:
                     if len(files) >= MAX_OPEN:  # shards interleave items, so keep segments open, within limits
@@ -212,11 +216,11 @@ class RecordIndex:
                 g.close()
 
 
-def scan_records(layout: OutputLayout, rels: Sequence[str], *, need_mask_for_legacy: bool = True) -> RecordIndex:
-    """Index the valid records of ``rels`` in every segment (and legacy file); one sequential read.
+def scan_records(layout: OutputLayout, rels: Sequence[str]) -> RecordIndex:
+    """Index the valid records of ``rels`` in every segment; one sequential read.
 
     A line that is not a valid record is skipped, so its image counts as not done and is redone
-    (a later line for it wins); a damaged legacy file is removed for the same reason.
+    (a later line for it wins).
     """
     n = len(rels)
     pos = {r: i for i, r in enumerate(rels)}
@@ -236,29 +240,7 @@ def scan_records(layout: OutputLayout, rels: Sequence[str], *, need_mask_for_leg
             idx.seg[i], idx.off[i], idx.length[i] = s, off, len(line)
             if "gt" in rec:
                 idx.has_gt = True
-    for rel, p in legacy_records(folder):
-        i = pos.get(rel)
-        if i is None or idx.seg[i] != NONE:
-            continue
-        if need_mask_for_legacy and not layout.mask(rel).is_file():
-            continue
-        rec, err = guarded(p, lambda q: full_record(*parse_record(q.read_bytes())), p)
-        if err is not None:
-            p.unlink(missing_ok=True)
-            continue
-        idx.seg[i] = LEGACY
-        idx.has_gt = idx.has_gt or "gt" in rec
     return idx
-
-
-def legacy_records(folder: Path) -> Iterator[tuple[str, Path]]:
-    """``(rel, path)`` of the per-file records an earlier version wrote (``records/<rel>.json``)."""
-    for dirpath, dirnames, filenames in os.walk(folder):
-        dirnames.sort()
-        for f in sorted(filenames):
-            if f.endswith(".json") and not f.startswith("."):
-                p = Path(dirpath) / f
-                yield p.relative_to(folder).with_suffix("").as_posix(), p
 
 
 def iter_segment_records(layout: OutputLayout) -> Iterator[tuple[str, int, bytes | None]]:
@@ -268,26 +250,14 @@ def iter_segment_records(layout: OutputLayout) -> Iterator[tuple[str, int, bytes
             yield str(path), k, line
 
 
-def read_failures(layout: OutputLayout) -> dict[str, str]:
-    """path -> reason of every recorded failure, segments (last line wins) over legacy files."""
-    out: dict[str, str] = {}
-    folder = layout.failures_dir
-    try:
-        with os.scandir(folder) as it:
-            legacy = sorted(e.name for e in it if e.name.endswith(".json") and not e.name.startswith("."))
-    except (FileNotFoundError, NotADirectoryError):
-        legacy = []
-    for name in legacy:
-        try:
-            d = json.loads((folder / name).read_text(encoding="utf-8"))
-            out[str(d["path"])] = str(d["reason"])
-        except Exception:  # a damaged record: its shard retries the input next time anyway
-            continue
-    for path in segments(folder):
+def read_failures(layout: OutputLayout) -> dict[str, tuple[str, str]]:
+    """path -> (stage, reason) of every recorded failure (last line wins)."""
+    out: dict[str, tuple[str, str]] = {}
+    for path in segments(layout.failures_dir):
         for _, line in iter_lines(path):
             try:
                 d = json.loads(line)
-                out[str(d["path"])] = str(d["reason"])
-            except Exception:
+                out[str(d["path"])] = (str(d.get("stage", "predict")), str(d["reason"]))
+            except Exception:  # a damaged line: its shard retries the input next time anyway
                 continue
     return out

@@ -1,7 +1,8 @@
-"""Every path predict writes under --out, spelled out once.
+"""Every path of the prediction folder (predict's --out), spelled out once.
 
-predict writes by it, evaluate reads predict's folders by it (which sub-folders
-hold pictures, not masks), and export (later) finds masks and records by it.
+predict writes by it; evaluate, review, select and export read through
+:mod:`fcn_label.predfolder.reader`, which finds everything by it. The format is
+described for users in docs/prediction-folder.md.
 
     OUT/<rel>.png                      the mask (palette or greyscale index PNG)
     OUT/overlays/<rel>.jpg             --overlay
@@ -9,14 +10,13 @@ hold pictures, not masks), and export (later) finds masks and records by it.
     OUT/.fcn-label/records/<time>-<host>-<pid>-<token>.jsonl   the record store: one segment per writer
                                        process, one JSON line per finished image (see records.py)
     OUT/.fcn-label/failures/<...>.jsonl  likewise one line per failed input (every shard's failures.csv lists all)
-    OUT/.fcn-label/records/<rel>.json, failures/<sha1>.json   per-file records of earlier versions (still read)
+    OUT/.fcn-label/format.json         {"format": "fcn-label prediction folder", "version": 2}
     OUT/.fcn-label/reports.lock        flock'ed while a shard assembles the reports
     OUT/predictions.csv, predictions.json, failures.csv
 """
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -24,7 +24,8 @@ from pathlib import Path
 from ..markers import EXPORT_MARKER, STATE_DIR  # noqa: F401  (EXPORT_MARKER: export's, named beside ours)
 
 RECORDS_DIR = f"{STATE_DIR}/records"
-FAILURES_DIR = f"{STATE_DIR}/failures"  # named by a hash of the input path: inputs come from anywhere
+FAILURES_DIR = f"{STATE_DIR}/failures"
+FORMAT_FILE = f"{STATE_DIR}/format.json"  # the folder's format version (absent: version 1)
 REPORTS_LOCK = f"{STATE_DIR}/reports.lock"
 OVERLAY_DIR, CONFIDENCE_DIR = "overlays", "confidence"
 AUX_DIRS = (CONFIDENCE_DIR, OVERLAY_DIR)  # beside the masks; their PNGs are not class masks
@@ -37,7 +38,7 @@ OUTPUT_SUFFIXES = (".png", ".json", ".jpg")
 
 def output_files(rel: str) -> tuple[str, ...]:
     """Every file predict may write for ``rel``, relative to --out."""
-    return (f"{rel}.png", f"{OVERLAY_DIR}/{rel}.jpg", f"{CONFIDENCE_DIR}/{rel}.png", f"{RECORDS_DIR}/{rel}.json")
+    return (f"{rel}.png", f"{OVERLAY_DIR}/{rel}.jpg", f"{CONFIDENCE_DIR}/{rel}.png")
 
 
 @dataclass(frozen=True)
@@ -53,10 +54,6 @@ class OutputLayout:
     def confidence(self, rel: str) -> Path:
         return self.out / CONFIDENCE_DIR / f"{rel}.png"
 
-    def record(self, rel: str) -> Path:
-        """The per-file record of an earlier version (read for resume; new records go to segments)."""
-        return self.out / RECORDS_DIR / f"{rel}.json"
-
     @property
     def state(self) -> Path:
         """OUT/.fcn-label: records, and the temporary files of a --backend build."""
@@ -66,13 +63,13 @@ class OutputLayout:
     def records_dir(self) -> Path:
         return self.out / RECORDS_DIR
 
-    def failure(self, path: str) -> Path:
-        """The failure record of input ``path`` (as shown in failures.csv)."""
-        return self.out / FAILURES_DIR / (hashlib.sha1(str(path).encode("utf-8")).hexdigest()[:20] + ".json")
-
     @property
     def failures_dir(self) -> Path:
         return self.out / FAILURES_DIR
+
+    @property
+    def format_file(self) -> Path:
+        return self.out / FORMAT_FILE
 
     @property
     def reports_lock(self) -> Path:
