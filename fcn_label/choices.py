@@ -6,3 +6,10 @@ ARCHS = ("fcn32s", "fcn16s", "fcn8s")
 DEFAULT_WEIGHTS = "fcn8s-compact-camvid"  # the shipped model predict and evaluate use by default
 BACKENDS = ("eager", "bf16", "compile", "int8", "ort", "ort-int8")  # --backend; see predict/backends.py
 CALIBRATED = ("int8", "ort-int8")  # the backends that calibrate int8 ranges on sample images
+# --tta: (flip, scales) of each level. "scales" averages three sizes, each with its mirror: the set
+# chosen on CamVid val by benchmarks/tta_val.py (docs: Performance); fcn_label.predict.Predictor runs them.
+TTA_LEVELS: dict[str, tuple[bool, tuple[float, ...]]] = {
+    "none": (False, (1.0,)),
+    "flip": (True, (1.0,)),
+    "scales": (True, (0.75, 1.0, 1.25)),
+}

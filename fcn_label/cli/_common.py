@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from ..choices import BACKENDS
+from ..choices import BACKENDS, TTA_LEVELS
 from ..errors import UserError
 
 app = typer.Typer(
@@ -45,6 +45,21 @@ BACKEND_HELP = ("Inference backend. eager: exact float32 PyTorch (default). Opt-
                 "AVX512-BF16/AMX), compile (torch.compile, needs a C++ compiler), int8 (PT2E static int8, needs the "
                 "'fast' extra and a C++ compiler), ort (ONNX Runtime float32) and ort-int8 (ONNX Runtime static "
                 "int8; both need the 'onnx' extra). int8 and ort-int8 calibrate on sample images: see --calib.")
+
+
+# --tta (predict, evaluate --weights); the levels: fcn_label.choices.TTA_LEVELS
+TTA = choice("TTA", tuple(TTA_LEVELS))
+TTA_HELP = ("Test-time augmentation: none (default); flip: average each image's prediction with its mirror "
+            "image's (2 forward passes); scales: also at 0.75x and 1.25x size, each mirrored (6 passes, about 6x "
+            "the time). Their CamVid val gains: docs, Performance.")
+
+
+def tta_settings(tta, flip: bool) -> tuple[bool, tuple[float, ...]]:
+    """(flip, scales) for the Predictor from --tta and the older --flip (the same as --tta flip)."""
+    level = value(tta)
+    if flip and level == "none":
+        level = "flip"
+    return TTA_LEVELS[level]
 
 
 def fail(message: str, code: int = 2) -> "typer.Exit":

@@ -16,7 +16,7 @@ from rich.table import Table
 from .. import evaluate as ev
 from ..choices import CALIBRATED
 from ..images import DEFAULT_MAX_PIXELS
-from ._common import BACKEND_HELP, Backend, app, choice, console, fail, value
+from ._common import BACKEND_HELP, TTA, TTA_HELP, Backend, app, choice, console, fail, tta_settings, value
 
 Format = choice("Format", ("table", "json"))
 
@@ -88,8 +88,8 @@ def evaluate(
     fmt: Format = typer.Option("table", "--format", "-f", help="Terminal output: table (rich tables) or json (one JSON "
                             "document on stdout: summary, per-class figures, absent classes, failures)."),
     device: str = typer.Option("auto", help="With --weights: auto (CUDA when available, else CPU), cpu or cuda:N."),
-    flip: bool = typer.Option(False, "--flip", help="With --weights: also predict each mirrored image and average "
-                              "(as predict --flip)."),
+    tta: TTA = typer.Option("none", "--tta", help="With --weights: " + TTA_HELP),
+    flip: bool = typer.Option(False, "--flip", help="With --weights: the same as --tta flip."),
     max_pixels: int = typer.Option(DEFAULT_MAX_PIXELS, "--max-pixels", min=1, help="Refuse masks (and, with "
                                    "--weights, images) larger than this, from the header (decompression-bomb guard)."),
     backend: Backend = typer.Option("eager", help="With --weights: " + BACKEND_HELP),
@@ -120,8 +120,10 @@ def evaluate(
         raise fail("give exactly one of --pred (masks or COCO JSON to score) and --weights (predict, then score)")
     if out is not None and out.exists() and not out.is_dir():
         raise fail(f"--out {out}: exists and is not a folder; give a folder for the report")
-    if flip and weights is None:
-        raise fail("--flip changes how a model predicts: use it with --weights (or predict --flip, then --pred)")
+    tta_flip, tta_scales = tta_settings(tta, flip)
+    if (tta_flip or tta_scales != (1.0,)) and weights is None:
+        raise fail("--tta and --flip change how a model predicts: use them with --weights (or predict --tta, "
+                   "then --pred)")
     kind = value(backend)
     if kind != "eager" and weights is None:
         raise fail("--backend chooses how a model predicts: use it with --weights (or predict --backend, then --pred)")
@@ -144,7 +146,7 @@ def evaluate(
         from .predict import calibration_images
 
         calib_arrays = calibration_images(kind, calib, calib_count, [], "")
-        predictor = Predictor(ck, device=device, flip=flip, backend=kind, calib=calib_arrays,
+        predictor = Predictor(ck, device=device, flip=tta_flip, scales=tta_scales, backend=kind, calib=calib_arrays,
                               workdir=out if kind != "eager" else None)
         source = ev.ModelPredictions(predictor, {k: it.image for k, it in truth.items.items() if it.image is not None})
         if not source.images:

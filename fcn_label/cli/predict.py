@@ -13,7 +13,7 @@ from ..choices import DEFAULT_WEIGHTS
 from ..images import DEFAULT_MAX_PIXELS
 from ..predict import OutputLayout, Palette, discover, shard_from_env  # torch-free parts; the rest when run
 from ..predict.parallel import PARALLEL_HELP, parse_parallel
-from ._common import BACKEND_HELP, Backend, app, console, fail, value
+from ._common import BACKEND_HELP, TTA, TTA_HELP, Backend, app, console, fail, tta_settings, value
 
 
 def _parse_shard(s: str | None) -> tuple[int, int]:
@@ -72,8 +72,8 @@ def predict(
                                   "slightly from Pillow's, so a mask may differ in a few pixels; CMYK, EXIF-rotated "
                                   "and truncated JPEGs are still decoded by Pillow."),
     amp: bool = typer.Option(False, "--amp", help="Mixed precision (float16 autocast) on CUDA; ignored on CPU."),
-    flip: bool = typer.Option(False, "--flip", help="Test-time augmentation: average the predictions of each image "
-                              "and its mirror image; about twice as slow, slightly better masks (see README)."),
+    tta: TTA = typer.Option("none", "--tta", help=TTA_HELP),
+    flip: bool = typer.Option(False, "--flip", help="The same as --tta flip."),
     tile: int = typer.Option(0, min=0, help="Tile size in pixels for sliding-window inference; 0 = only tile "
                              "images above --tile-threshold pixels (with 1024-pixel tiles)."),
     tile_overlap: float = typer.Option(0.25, min=0.0, max=0.9, help="Fraction of a tile shared with its neighbour; "
@@ -141,8 +141,10 @@ def predict(
     backend = value(backend)
     calib_arrays = calibration_images(backend, calib, calib_count,
                                       [it.path for it in items], "of this job (spread evenly over its inputs)")
+    tta_flip, tta_scales = tta_settings(tta, flip)
     predictor = Predictor(ck, device=device, amp=amp, tile=tile or None, tile_overlap=tile_overlap,
-                          tile_threshold=tile_threshold, flip=flip, backend=backend, calib=calib_arrays,
+                          tile_threshold=tile_threshold, flip=tta_flip, scales=tta_scales, backend=backend,
+                          calib=calib_arrays,
                           workdir=OutputLayout(out).state if backend != "eager" else None)
     if gpu_jpeg and predictor.device.type != "cuda":
         raise fail(f"--gpu-jpeg decodes JPEGs on a CUDA GPU; this run is on {predictor.device}: drop --gpu-jpeg "

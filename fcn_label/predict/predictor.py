@@ -19,8 +19,10 @@ from typing import Iterable, Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from ..checkpoint import Checkpoint
+from ..choices import TTA_LEVELS  # noqa: F401  (fcn_label.predict.predictor.TTA_LEVELS)
 from ..devices import pick_device  # noqa: F401  (fcn_label.predict.pick_device)
 from ..errors import ConfigError, InputError
 from ..model import FCN
@@ -61,7 +63,6 @@ def read_for_model(path, max_pixels: int) -> np.ndarray:
     check_aspect(path, arr.shape)
     return arr
 
-
 @dataclass
 class Prediction:
     labels: np.ndarray  # (H, W) uint8 class indices
@@ -93,7 +94,10 @@ class Predictor:
     """Runs one checkpoint on RGB uint8 arrays of any size.
 
     ``flip`` averages the class probabilities of the image and of its mirror image
-    (test-time augmentation): twice the compute for a steadier label map.
+    (test-time augmentation): twice the compute for a steadier label map. ``scales`` adds
+    multi-scale averaging: the network also sees the image resized by each factor, and the
+    probabilities, resized back, are averaged (with ``flip``, at every scale); each scale costs
+    about its factor squared in compute. Gains and costs are measured in the docs.
     ``channels_last`` (default) lays feature maps out as NHWC, which oneDNN's CPU
     convolutions and cuDNN's tensor-core kernels both prefer: about 1.4x the
     throughput of the compact model on a 2-core CPU (benchmarks/predict_speed.py).
@@ -106,7 +110,7 @@ class Predictor:
     def __init__(self, checkpoint: Checkpoint, device: str | torch.device = "auto", amp: bool = False,
                  tile: int | None = None, tile_overlap: float = 0.25,
                  tile_threshold: int = DEFAULT_TILE_THRESHOLD, channels_last: bool = True, flip: bool = False,
-                 backend: str = "eager", calib: Sequence[np.ndarray] = (), workdir: str | Path | None = None):
+                 scales: Sequence[float] = (1.0,), backend: str = "eager", calib: Sequence[np.ndarray] = (), workdir: str | Path | None = None):
         self.checkpoint = checkpoint
         if device == "auto" and getattr(backend, "value", backend) != "eager":
             device = "cpu"  # the opt-in backends are CPU backends
@@ -115,6 +119,9 @@ class Predictor:
         self.model: FCN = checkpoint.build(self.device).fold_batch_norm()
         self.amp = amp and self.device.type == "cuda"
         self.flip = flip
+        self.scales = tuple(float(s) for s in scales) or (1.0,)
+        if min(self.scales) <= 0:
+            raise ConfigError(f"test-time scales must be positive, got {', '.join(map(str, self.scales))}")
         self.tile = tile
         if not 0 <= tile_overlap < 1:
             raise ConfigError(f"tile overlap must be in [0, 1), got {tile_overlap}")
@@ -190,7 +197,7 @@ class Predictor:
         (:func:`labels_and_confidence`): no probability tensor is made, and torch's softmax over the
         class axis, which runs far slower in a forked inference process, is not needed. On a GPU the
         softmax and max stay there, so only labels and confidences cross the bus."""
-        if self.flip or self.device.type != "cpu":
+        if self.flip or self.scales != (1.0,) or self.device.type != "cpu":
             return self.postprocess(self.forward(x))
         logits = self.logits(x).float().cpu().contiguous()
         return [Prediction(*labels_and_confidence(s.numpy())) for s in logits]
@@ -204,18 +211,20 @@ class Predictor:
 
     @torch.inference_mode()
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Class probabilities (N, C, H, W), float32."""
-        if self.net is not None:
-            logits = self.net(x)
-            mirrored = self.net(x.flip(-1)) if self.flip else None
-        else:
-            with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):
-                logits = self.model(x)
-                mirrored = self.model(x.flip(-1)) if self.flip else None
-        probs = torch.softmax(logits.float(), dim=1)
-        if mirrored is not None:
-            probs = (probs + torch.softmax(mirrored.float(), dim=1).flip(-1)) / 2
-        return probs
+        """Class probabilities (N, C, H, W), float32: averaged over ``scales`` and, with ``flip``, mirrors."""
+        size = tuple(x.shape[-2:])
+        total, views = None, 0
+        for s in self.scales:
+            xs = x if s == 1.0 else F.interpolate(x, scale_factor=s, mode="bilinear", align_corners=False,
+                                                  recompute_scale_factor=False)
+            probs = torch.softmax(self.logits(xs).float(), dim=1)
+            if self.flip:
+                probs = probs + torch.softmax(self.logits(xs.flip(-1)).float(), dim=1).flip(-1)
+            if s != 1.0:
+                probs = F.interpolate(probs, size=size, mode="bilinear", align_corners=False)
+            total = probs if total is None else total + probs
+            views += 2 if self.flip else 1
+        return total / views if views > 1 else total
 
     @staticmethod
     def postprocess(probs: torch.Tensor) -> list[Prediction]:
