@@ -41,10 +41,9 @@ def value(v):
 # --backend (predict, evaluate --weights); the backends themselves: fcn_label.predict.backends
 Backend = choice("Backend", BACKENDS)
 BACKEND_HELP = ("Inference backend. eager: exact float32 PyTorch (default). Opt-in CPU backends, not exact "
-                "(CamVid val mean IU of each in the README's Speed section): bf16 (autocast; fast only on CPUs with "
-                "AVX512-BF16/AMX), compile (torch.compile, needs a C++ compiler), int8 (PT2E static int8, needs the "
-                "'fast' extra and a C++ compiler), ort (ONNX Runtime float32) and ort-int8 (ONNX Runtime static "
-                "int8; both need the 'onnx' extra). int8 and ort-int8 calibrate on sample images: see --calib.")
+                "(CamVid val mean IU of each in the docs): bf16 (bfloat16; fast only on CPUs with AVX512-BF16/AMX) "
+                "and ort-int8 (ONNX Runtime static int8, needs the 'onnx' extra; calibrates on sample images: "
+                "see --calib).")
 
 
 def fail(message: str, code: int = 2) -> "typer.Exit":
