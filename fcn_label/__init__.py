@@ -9,10 +9,9 @@ Usable from Python without the CLI::
 """
 
 from ._lazy import lazy_attributes
-from .errors import ConfigError, InputError, UserError
+from .errors import ConfigError, InputError, UserError, WeightsError
 
-_WHERE = {name: ".checkpoint" for name in ("Checkpoint", "Normalization", "WeightsError", "load_checkpoint",
-                                        "save_checkpoint")}
+_WHERE = {name: ".checkpoint" for name in ("Checkpoint", "Normalization", "load_checkpoint", "save_checkpoint")}
 _WHERE.update({"ClassSpec": ".classes", "resolve_classes": ".classes", "read_image": ".images",
                "read_mask": ".images", "confusion_matrix": ".metrics", "scores": ".metrics", "ARCHS": ".model",
                "FCN": ".model", "FCNConfig": ".model"})
