@@ -19,7 +19,7 @@ _WHERE.update({"ClassSpec": ".classes", "resolve_classes": ".classes", "read_ima
 
 __getattr__, __dir__ = lazy_attributes(__name__, _WHERE, globals())
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"  # the one place: pyproject.toml reads it for the build
 
 __all__ = [
     "ARCHS", "FCN", "FCNConfig", "Checkpoint", "ClassSpec", "ConfigError", "Normalization", "InputError",

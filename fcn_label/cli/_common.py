@@ -23,6 +23,33 @@ app = typer.Typer(
 )
 console = Console(stderr=True, highlight=False)
 
+
+def version() -> str:
+    """The installed distribution's version; the package's own when run from a source tree that is not installed."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as installed
+
+    try:
+        return installed("fcn-label")
+    except PackageNotFoundError:
+        from .. import __version__
+
+        return __version__
+
+
+def _print_version(flag: bool) -> None:
+    if flag:
+        typer.echo(f"fcn-label {version()}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _top_level(
+    show_version: bool = typer.Option(False, "--version", "-V", callback=_print_version, is_eager=True,
+                                      help="Print fcn-label's version and exit."),
+) -> None:
+    """Options that come before the verb."""
+
 # A user's mistake: one red line, exit 2. Anything else is a bug and keeps its traceback (exit 1);
 # a bare ValueError is deliberately not here (see fcn_label.errors).
 USER_ERRORS = (UserError, FileNotFoundError, NotADirectoryError, PermissionError)
