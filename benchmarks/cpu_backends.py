@@ -7,12 +7,9 @@ Levers (each a callable with the FCN forward's contract, see fcn_label/predict/b
 * plain       ``checkpoint.build()``: fp32, NCHW, BatchNorm as trained (the issue's baseline)
 * plain_cl    the same in channels_last (the issue's "plain forward" figure, 12.1 img/s)
 * eager       BatchNorm folded + channels_last (predict's path today)
-* bf16        eager under CPU autocast to bfloat16
-* compile     eager through torch.compile (Inductor, dynamic shapes)
-* int8        PT2E static int8 (X86InductorQuantizer) + torch.compile, calibrated on TRAIN images
-* int8_eager  the same quantized graph without compiling (only to show that compiling is what pays)
-* ort_fp32 / ort_int8   ONNX Runtime, float32 and QDQ static int8 (calibrated on the same TRAIN
-              images); only when onnxruntime is installed
+* bf16        eager with bfloat16 weights and activations
+* ort_int8    ONNX Runtime, QDQ static int8 (calibrated on TRAIN images); only when onnxruntime
+              is installed
 
 Speed: every lever is timed on the same normalised 480x360 CamVid val frame, batch 1, in
 interleaved rounds (each round runs every lever ``--iters`` times); the figure is the fastest
@@ -23,7 +20,7 @@ spin-waiting, which grows under contention). Accuracy: CamVid val mean
 IU (ignore label 11, 11 classes, fcn_label.metrics) on ``--val`` images, plus the share of pixel
 labels equal to plain fp32's. Warm-up: seconds to build (export, calibrate, convert) and first
 call, and the first call at a second size (333x257) after that, which shows whether a new size
-recompiles. End to end: the real PredictJob on ``--e2e-images`` val frames with the predictor's
+costs a rebuild. End to end: the real PredictJob on ``--e2e-images`` val frames with the predictor's
 model replaced by the lever, interleaved rounds, fastest run.
 """
 
@@ -46,12 +43,12 @@ from PIL import Image
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from fcn_label.predict.backends import _Padded, make_backend  # noqa: E402
+from fcn_label.predict.backends import make_backend  # noqa: E402
 from fcn_label.metrics import confusion_matrix, scores  # noqa: E402
 from fcn_label.checkpoint import SHIPPED, load_checkpoint  # noqa: E402
 
 CAMVID = Path(os.environ.get("FCN_LABEL_SHARED", REPO.parent / "shared")) / "data" / "camvid"
-ALL = ["plain", "plain_cl", "eager", "bf16", "compile", "int8", "int8_eager", "ort_fp32", "ort_int8"]
+ALL = ["plain", "plain_cl", "eager", "bf16", "ort_int8"]
 EXACT = {"plain"}  # the reference itself
 
 
@@ -87,11 +84,8 @@ def build(kind: str, ck, calib, example, tmp, threads):
         return no_grad(model)
     if kind == "plain_cl":
         return no_grad(model.to(memory_format=torch.channels_last))
-    if kind == "int8_eager":
-        b = make_backend(model, "int8", calib)
-        return _Padded(b.fn._orig_mod)  # the quantized graph, not compiled
-    if kind.startswith("ort_"):
-        return make_backend(model, "ort-int8" if kind == "ort_int8" else "ort", calib)
+    if kind == "ort_int8":
+        return make_backend(model, "ort-int8", calib, workdir=tmp)
     return make_backend(model, kind, calib)
 
 
@@ -151,29 +145,25 @@ def main() -> None:
     ap.add_argument("--iters", type=int, default=3, help="calls per lever per round")
     ap.add_argument("--val", type=int, default=101, help="val images for mean IU (101 = all)")
     ap.add_argument("--calib", type=int, default=32, help="TRAIN images for int8 calibration")
-    ap.add_argument("--skip-accuracy", default="int8_eager", help="levers whose val accuracy is not measured ('all': none)")
+    ap.add_argument("--skip-accuracy", default="", help="levers whose val accuracy is not measured ('all': none)")
     ap.add_argument("--e2e-images", type=int, default=48, help="0: no end-to-end runs")
-    ap.add_argument("--e2e-kinds", default="eager,int8")
+    ap.add_argument("--e2e-kinds", default="eager,ort_int8")
     ap.add_argument("--e2e-rounds", type=int, default=3)
     ap.add_argument("--workers", type=int, default=1, help="predict's decoding workers in the end-to-end runs")
-    ap.add_argument("--keep-inductor-cache", action="store_true",
-                    help="reuse ~/.cache's compiled kernels (default: a fresh cache, so warm-up is the cold figure)")
     ap.add_argument("--json", type=Path)
     a = ap.parse_args()
     kinds = [k for k in a.kinds.split(",") if k]
     bad = [k for k in kinds if k not in ALL]
     if bad:
         ap.error(f"unknown lever(s) {bad}; choose from {','.join(ALL)}")
-    if any(k.startswith("ort_") for k in kinds):
+    if "ort_int8" in kinds:
         try:
             import onnxruntime  # noqa: F401
         except ImportError:
-            print("onnxruntime not installed: ort_* levers skipped (pip install onnxruntime onnx onnxscript)")
-            kinds = [k for k in kinds if not k.startswith("ort_")]
+            print('onnxruntime not installed: ort_int8 skipped (pip install "fcn-label[onnx]")')
+            kinds = [k for k in kinds if k != "ort_int8"]
     torch.set_num_threads(a.threads)
     tmp = Path(tempfile.mkdtemp(prefix="fcn-cpu-backends-"))
-    if not a.keep_inductor_cache:
-        os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(tmp / "inductor")
     ck = load_checkpoint(SHIPPED["fcn8s-compact-camvid"].path)
     val = read_list("val.txt", a.val, spread=False)
     calib = [normalise(ck, rgb(p)) for p, _ in read_list("train.txt", a.calib, spread=True)]
@@ -204,8 +194,7 @@ def main() -> None:
     cpu = dict(best)
     for r in range(a.rounds):
         for k, fn in fns.items():
-            it = 1 if k == "int8_eager" else a.iters
-            wall, c = timed(fn, x, it)
+            wall, c = timed(fn, x, a.iters)
             best[k], cpu[k] = min(best[k], wall), min(cpu[k], c)
         print(f"round {r + 1}/{a.rounds}: " + ", ".join(f"{k} {1 / best[k]:.2f}" for k in fns), flush=True)
 

@@ -93,10 +93,10 @@ class StandIn(torch.nn.Module):
 
 
 def calibration_arrays(n: int = 32) -> list[np.ndarray]:
-    """CamVid TRAIN frames for the int8 backends (never the benchmark's own val-derived images)."""
+    """CamVid TRAIN frames for the ort-int8 backend (never the benchmark's own val-derived images)."""
     listing = CAMVID / "train.txt"
     if not listing.is_file():
-        raise SystemExit(f"int8 backends calibrate on CamVid train frames: {listing} not found")
+        raise SystemExit(f"ort-int8 calibrates on CamVid train frames: {listing} not found")
     lines = [ln.split()[0] for ln in listing.read_text().splitlines() if ln.strip()]
     picks = lines[:: max(1, len(lines) // n)][:n]
     return [np.asarray(Image.open(CAMVID / f).convert("RGB")) for f in picks]
@@ -107,7 +107,7 @@ def bench(kind: str, n: int, device: str, amp: bool, batch: int | None, workers:
           formats: str = "mixed", jpeg_decoder: str = "pillow") -> dict:
     ck = model_checkpoint("compact" if kind == "none" else kind)
     t0 = time.perf_counter()
-    calib = calibration_arrays() if backend in ("int8", "ort-int8") else ()
+    calib = calibration_arrays() if backend == "ort-int8" else ()
     pred = Predictor(ck, device=device, amp=amp, backend=backend, calib=calib)
     setup_s = time.perf_counter() - t0
     if kind == "none":
@@ -208,7 +208,7 @@ def main() -> None:
                     help="predict --parallel procs=N; a list (1,2) runs end to end once per value; default: predict's")
     ap.add_argument("--size", help="one size for every image, HxW (e.g. 360x480); default: mixed sizes")
     ap.add_argument("--backends", default="eager",
-                    help="predict --backend kinds, comma-separated (e.g. eager,bf16,ort-int8); int8 kinds calibrate "
+                    help="predict --backend kinds, comma-separated (eager, bf16, ort-int8); ort-int8 calibrates "
                          "on 32 CamVid train frames")
     ap.add_argument("--png-decoder", default="auto",
                     help="auto: libspng where the png extra is installed, else Pillow; pillow: Pillow only; "

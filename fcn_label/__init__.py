@@ -9,10 +9,9 @@ Usable from Python without the CLI::
 """
 
 from ._lazy import lazy_attributes
-from .errors import ConfigError, InputError, UserError
+from .errors import ConfigError, InputError, UserError, WeightsError
 
-_WHERE = {name: ".checkpoint" for name in ("Checkpoint", "Normalization", "WeightsError", "load_checkpoint",
-                                        "save_checkpoint")}
+_WHERE = {name: ".checkpoint" for name in ("Checkpoint", "Normalization", "load_checkpoint", "save_checkpoint")}
 _WHERE.update({"ClassSpec": ".classes", "read_image": ".images",
                "read_mask": ".images", "confusion_matrix": ".metrics", "scores": ".metrics", "ARCHS": ".model",
                "FCN": ".model", "FCNConfig": ".model"})
@@ -20,7 +19,7 @@ _WHERE.update({"ClassSpec": ".classes", "read_image": ".images",
 
 __getattr__, __dir__ = lazy_attributes(__name__, _WHERE, globals())
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"  # the one place: pyproject.toml reads it for the build
 
 __all__ = [
     "ARCHS", "FCN", "FCNConfig", "Checkpoint", "ClassSpec", "ConfigError", "Normalization", "InputError",

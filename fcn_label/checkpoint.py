@@ -9,7 +9,6 @@ training metadata; a training checkpoint also carries ``train_state`` for
 
 from __future__ import annotations
 
-import importlib.resources
 import io
 import os
 import pickle
@@ -21,15 +20,14 @@ from typing import Any
 import numpy as np
 import torch
 
+# the torch-free part (shipped models, --weights names, the format tag) lives in catalog.py
+from .catalog import FORMAT, PRETRAINED_DIR, SHIPPED, WeightsInfo, resolve_weights  # noqa: F401
+from .choices import DEFAULT_WEIGHTS  # noqa: F401  (torch-free home, for --help)
 from .classes import VOC_CLASSES, voc_palette
-from .errors import UserError
+from .errors import WeightsError
 from .images import atomic_path
 from .model import ARCHS, FCN, FCNConfig
 
-FORMAT = "fcn-label/1"
-# Shipped weights are package data, so a wheel (and a pip install from a git URL) carries them;
-# the repository's top-level pretrained/ links here for people browsing it.
-PRETRAINED_DIR = Path(str(importlib.resources.files("fcn_label") / "pretrained"))
 
 @dataclass(frozen=True)
 class Normalization:
@@ -63,10 +61,6 @@ class Normalization:
 
 IMAGENET = Normalization()
 CAFFE_BGR = Normalization(mean=(104.00698793, 116.66876762, 122.67891434), std=(1.0, 1.0, 1.0), scale=1.0, bgr=True)
-
-
-class WeightsError(UserError):
-    """A weights file that cannot be used; the message names the file and the fix."""
 
 
 @dataclass
@@ -274,52 +268,3 @@ def vgg16_backbone_state(path: str | os.PathLike, config: FCNConfig) -> dict[str
         raise WeightsError(f"{path}: VGG16 weights do not fit this model ({'; '.join(wrong[:3])}); "
                            "use --width 1 --fc-channels 4096 for ImageNet VGG16")
     return out
-
-
-# ---------------------------------------------------------------------------
-# Shipped weights: described here, measured figures read from the file itself.
-
-
-@dataclass(frozen=True)
-class WeightsInfo:
-    name: str
-    file: str  # relative to PRETRAINED_DIR (fcn_label/pretrained/ inside the installed package)
-    description: str
-    license: str
-
-    @property
-    def path(self) -> Path:
-        return PRETRAINED_DIR / self.file
-
-
-SHIPPED: dict[str, WeightsInfo] = {
-    "fcn8s-compact-camvid": WeightsInfo(
-        name="fcn8s-compact-camvid",
-        file="fcn8s-compact-camvid.pt",
-        description="Compact FCN-8s (VGG16 widths x0.25, BatchNorm) trained from scratch on CamVid, 11 road-scene classes",
-        license="CC BY-NC 4.0 (inherited from the CamVid training data): non-commercial use only",
-    ),
-}
-from .choices import DEFAULT_WEIGHTS  # noqa: E402,F401  (torch-free home, for --help)
-
-
-def resolve_weights(name_or_path: str | os.PathLike | None) -> Path:
-    """A shipped model's name or a file path -> an existing file; errors list the choices."""
-    if name_or_path is None:
-        info = SHIPPED[DEFAULT_WEIGHTS]
-        if not info.path.is_file():
-            raise WeightsError(
-                f"the default model {info.file} is not in {PRETRAINED_DIR}; pass --weights FILE "
-                "(an fcn-label checkpoint or a pytorch-fcn .pth)"
-            )
-        return info.path
-    s = str(name_or_path)
-    if s in SHIPPED:
-        return SHIPPED[s].path
-    p = Path(s)
-    if p.exists():
-        return p
-    raise WeightsError(
-        f"{s}: no such weights file or shipped model; shipped models: {', '.join(SHIPPED)}; "
-        "or give the path of an fcn-label checkpoint / pytorch-fcn .pth"
-    )

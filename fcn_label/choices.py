@@ -4,8 +4,8 @@ checkpoint.py and predict/backends.py import them from this module; one home eac
 
 ARCHS = ("fcn32s", "fcn16s", "fcn8s")
 DEFAULT_WEIGHTS = "fcn8s-compact-camvid"  # the shipped model predict and evaluate use by default
-BACKENDS = ("eager", "bf16", "compile", "int8", "ort", "ort-int8")  # --backend; see predict/backends.py
-CALIBRATED = ("int8", "ort-int8")  # the backends that calibrate int8 ranges on sample images
+BACKENDS = ("eager", "bf16", "ort-int8")  # --backend; see predict/backends.py
+CALIBRATED = ("ort-int8",)  # the backends that calibrate int8 ranges on sample images
 # --tta: (flip, scales) of each level. "scales" averages three sizes, each with its mirror: the set
 # chosen on CamVid val by benchmarks/tta_val.py (docs: Performance); fcn_label.predict.Predictor runs them.
 TTA_LEVELS: dict[str, tuple[bool, tuple[float, ...]]] = {

@@ -17,3 +17,7 @@ class InputError(UserError):
 
 class ConfigError(UserError, ValueError):
     """An option value that cannot work; the message lists the valid choices."""
+
+
+class WeightsError(UserError):
+    """A weights file that cannot be used; the message names the file and the fix."""

@@ -23,6 +23,33 @@ app = typer.Typer(
 )
 console = Console(stderr=True, highlight=False)
 
+
+def version() -> str:
+    """The installed distribution's version; the package's own when run from a source tree that is not installed."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as installed
+
+    try:
+        return installed("fcn-label")
+    except PackageNotFoundError:
+        from .. import __version__
+
+        return __version__
+
+
+def _print_version(flag: bool) -> None:
+    if flag:
+        typer.echo(f"fcn-label {version()}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _top_level(
+    show_version: bool = typer.Option(False, "--version", "-V", callback=_print_version, is_eager=True,
+                                      help="Print fcn-label's version and exit."),
+) -> None:
+    """Options that come before the verb."""
+
 # A user's mistake: one red line, exit 2. Anything else is a bug and keeps its traceback (exit 1);
 # a bare ValueError is deliberately not here (see fcn_label.errors).
 USER_ERRORS = (UserError, FileNotFoundError, NotADirectoryError, PermissionError)
@@ -41,10 +68,9 @@ def value(v):
 # --backend (predict, evaluate --weights); the backends themselves: fcn_label.predict.backends
 Backend = choice("Backend", BACKENDS)
 BACKEND_HELP = ("Inference backend. eager: exact float32 PyTorch (default). Opt-in CPU backends, not exact "
-                "(CamVid val mean IU of each in the README's Speed section): bf16 (autocast; fast only on CPUs with "
-                "AVX512-BF16/AMX), compile (torch.compile, needs a C++ compiler), int8 (PT2E static int8, needs the "
-                "'fast' extra and a C++ compiler), ort (ONNX Runtime float32) and ort-int8 (ONNX Runtime static "
-                "int8; both need the 'onnx' extra). int8 and ort-int8 calibrate on sample images: see --calib.")
+                "(CamVid val mean IU of each in the docs): bf16 (bfloat16; fast only on CPUs with AVX512-BF16/AMX) "
+                "and ort-int8 (ONNX Runtime static int8, needs the 'onnx' extra; calibrates on sample images: "
+                "see --calib).")
 
 
 # --tta (predict, evaluate --weights); the levels: fcn_label.choices.TTA_LEVELS

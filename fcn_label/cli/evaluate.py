@@ -93,7 +93,7 @@ def evaluate(
     max_pixels: int = typer.Option(DEFAULT_MAX_PIXELS, "--max-pixels", min=1, help="Refuse masks (and, with "
                                    "--weights, images) larger than this, from the header (decompression-bomb guard)."),
     backend: Backend = typer.Option("eager", help="With --weights: " + BACKEND_HELP),
-    calib: Optional[Path] = typer.Option(None, help="With --weights and --backend int8 / ort-int8 (then required): "
+    calib: Optional[Path] = typer.Option(None, help="With --weights and --backend ort-int8 (then required): "
                                          "calibrate on these images, e.g. the training list camvid/train.txt (a "
                                          "folder, or a list file of images or 'image mask' lines). evaluate never "
                                          "calibrates on the images it scores. Nothing is cached; temporary files "

@@ -14,7 +14,7 @@ def models(
     weights: str = typer.Option(None, "--weights", "-w", help="Also describe this checkpoint file in detail."),
 ) -> None:
     """List the architectures and the shipped weights with their measured metrics."""
-    from ..checkpoint import SHIPPED, WeightsError, load_checkpoint  # torch: only when the verb runs
+    from ..catalog import SHIPPED  # torch-free: the table reads what each file says about itself
 
     out = Console()
     t = Table(title="Architectures", show_lines=False)
@@ -31,15 +31,16 @@ def models(
         if not info.path.is_file():
             t.add_row(info.name, "-", "-", "-", "-", f"missing: {info.file}", info.license)
             continue
-        ck = load_checkpoint(info.path)
-        m = ck.metadata.get("metrics", {})
-        t.add_row(info.name, ck.config.arch, str(ck.config.num_classes), _pct(m.get("val_mean_iou")),
+        arch, num_classes, m = _summary(info.path)
+        t.add_row(info.name, arch, str(num_classes), _pct(m.get("val_mean_iou")),
                   _pct(m.get("val_pixel_accuracy")), info.file, info.license.split(" (")[0])
     out.print(t)
     for info in SHIPPED.values():  # an installed wheel and a source checkout load from different places
         out.print(f"{info.name} is loaded from {info.path}" if info.path.is_file()
                   else f"{info.name}: missing, expected at {info.path}", soft_wrap=True)
     if weights:
+        from ..checkpoint import load_checkpoint  # torch: a file described in detail is loaded and checked
+
         ck = load_checkpoint(weights)
         out.print(f"[bold]{weights}[/]: {ck.config.arch}, width {ck.config.width}, "
                   f"{'BatchNorm, ' if ck.config.batch_norm else ''}padding {ck.config.padding}, "
@@ -49,6 +50,20 @@ def models(
         for k, v in ck.metadata.get("metrics", {}).items():
             if isinstance(v, float):
                 out.print(f"  {k}: {v:.4f}")
+
+
+def _summary(path) -> tuple[str, int, dict]:
+    """Architecture, class count and metrics of a weights file: from its summary where it has one (no
+    torch), else from the full load, which also names the problem of a damaged file in one line."""
+    from ..catalog import read_summary
+
+    s = read_summary(path)
+    if s is not None:
+        return s.arch, s.num_classes, s.metadata.get("metrics") or {}
+    from ..checkpoint import load_checkpoint
+
+    ck = load_checkpoint(path)
+    return ck.config.arch, ck.config.num_classes, ck.metadata.get("metrics", {})
 
 
 def _pct(v) -> str:

@@ -95,7 +95,7 @@ def predict(
                                         "split one job; defaults to torchrun's RANK/WORLD_SIZE."),
     max_pixels: int = typer.Option(DEFAULT_MAX_PIXELS, help="Refuse images larger than this (decompression-bomb guard)."),
     backend: Backend = typer.Option("eager", help=BACKEND_HELP),
-    calib: Optional[Path] = typer.Option(None, help="With --backend int8 / ort-int8: calibrate on these images (a "
+    calib: Optional[Path] = typer.Option(None, help="With --backend ort-int8: calibrate on these images (a "
                                          "folder, or a list file: one image per line, or 'image mask' lines such "
                                          "as camvid/train.txt). Default: --calib-count images of this job itself, "
                                          "spread evenly over its inputs (the same for every --shard). Nothing is "

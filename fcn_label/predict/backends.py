@@ -4,30 +4,20 @@
 contract (normalised float (N, 3, H, W) in, class scores (N, C, H, W) at the same H x W
 out), so a :class:`~fcn_label.predict.Predictor` can use it in place of its model.
 
-Kinds (figures: benchmarks/cpu_backends.py; used by ``Predictor(backend=...)``):
+Kinds (figures: benchmarks/cpu_backends.py; used by ``Predictor(backend=...)``); only the
+kinds that the measured tables in the docs show to earn their place are offered:
 
 * ``eager``: BatchNorm folded, channels_last, plain PyTorch (oneDNN). Exact up to float
-  rounding; predict's path today.
-* ``bf16``: ``eager`` under CPU autocast to bfloat16 (fast only where the CPU has
+  rounding; predict's path.
+* ``bf16``: ``eager`` with bfloat16 weights and activations (fast only where the CPU has
   AVX512-BF16 / AMX); not exact.
-* ``compile``: ``eager`` through ``torch.compile`` (Inductor); float32, near exact.
-* ``int8``: post-training static int8 quantization (PT2E with the X86 Inductor
-  quantizer: per-channel weights, per-tensor activations), calibrated on
-  ``calib_images``, then ``torch.compile``; not exact, accuracy stated in the README.
-  Needs ``torchao`` and a C++ compiler (Inductor generates C++ kernels); eager int8
-  without compilation is many times slower than float32, so it is not offered.
-* ``ort``: ONNX Runtime (CPU execution provider), float32; needs ``onnxruntime``, ``onnx``
-  and ``onnxscript`` (the exporter).
 * ``ort-int8``: ONNX Runtime with static QDQ int8 (per-channel weights, uint8
-  activations), calibrated on ``calib_images``; not exact. No C++ compiler needed, builds in
-  seconds: the cheapest int8 to deploy.
+  activations), calibrated on ``calib_images``; not exact. Needs ``onnxruntime``, ``onnx``
+  and ``onnxscript`` (the exporter); no C++ compiler.
 
-Shapes: the graph-capturing kinds (``compile``, ``int8``) see inputs zero-padded at the
-bottom/right to a multiple of 32 (``int8`` runs images with a side of 32 pixels or less in
-float32 instead) (what the FCN's "same" padding does itself) and their
-scores cropped back, and are captured with symbolic height, width and batch: any image
-size runs without recapturing or recalibrating. A new padded size may still cost one
-Inductor recompilation the first time it is seen (seconds); sizes repeat in practice.
+Shapes: ``ort-int8`` sees inputs zero-padded at the bottom/right to a multiple of 32 (what the
+FCN's "same" padding does itself) and its scores cropped back, and is exported with symbolic
+height, width and batch: any image size runs without re-exporting or recalibrating.
 """
 
 from __future__ import annotations
@@ -63,20 +53,16 @@ def make_backend(model: FCN, kind: str = "eager", calib_images: Iterable[torch.T
     ``calib_images`` are normalised float tensors (1, 3, H, W) or (3, H, W) as the model
     sees them, only used by the :data:`CALIBRATED` kinds (32 training images are plenty;
     never the images the accuracy is measured on). ``workdir``: where the build's temporary
-    files (ONNX export and quantization, Inductor's kernel cache) go, e.g. inside the job's
-    --out, so that nothing is written elsewhere; the system temp folder when None.
+    files (ONNX export and quantization) go, e.g. inside the job's --out, so that nothing is
+    written elsewhere; the system temp folder when None.
     """
     if kind not in KINDS:
         raise ValueError(f"unknown backend {kind!r}; choose one of {', '.join(KINDS)}")
-    if workdir is not None and kind in ("compile", "int8"):
-        # Inductor's generated C++ kernels: kept under workdir rather than /tmp/torchinductor_<user>
-        os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(Path(workdir, "inductor").resolve()))
     m = _folded_copy(model)
     if kind == "eager":
         return _no_grad(m)
     if kind == "bf16":
-        # weights stored in bfloat16 rather than autocast, which re-casts every weight on every call:
-        # 9-10 % less CPU per 480x360 frame here (28.7 vs 31.7 ms on one core), same val mean IU (README)
+        # weights stored in bfloat16 rather than autocast, which would re-cast every weight on every call
         m = m.to(torch.bfloat16)
 
         def bf16(x: torch.Tensor) -> torch.Tensor:
@@ -86,13 +72,7 @@ def make_backend(model: FCN, kind: str = "eager", calib_images: Iterable[torch.T
     if m.config.padding != "same":
         raise BackendError(f"backend {kind!r} needs a padding='same' model (this one is {m.config.padding!r}); "
                            "use --backend eager")
-    if kind == "compile":
-        return _Padded(torch.compile(m, dynamic=True))
-    if kind in ("ort", "ort-int8"):
-        return _Padded(_ort(m, kind == "ort-int8", list(calib_images), torch.get_num_threads(), workdir))
-    # torch.export specialises a padded side of exactly 32 away (a size-1 dimension deep in the
-    # net), so images that small run in float32: they cost next to nothing anyway.
-    return _Padded(_int8(m, list(calib_images)), small=_no_grad(m))
+    return _Padded(_ort_int8(m, list(calib_images), torch.get_num_threads(), workdir))
 
 
 def _folded_copy(model: FCN) -> FCN:
@@ -121,42 +101,14 @@ class _Padded:
     keeps the data-dependent padding amount out of the graph, so one capture serves every size.
     """
 
-    def __init__(self, fn: Callable[[torch.Tensor], torch.Tensor], small: Callable[[torch.Tensor], torch.Tensor] | None = None):
-        self.fn, self.small = fn, small
+    def __init__(self, fn: Callable[[torch.Tensor], torch.Tensor]):
+        self.fn = fn
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         H, W = x.shape[-2:]
-        if self.small is not None and min(H, W) <= MULTIPLE:
-            return self.small(x)
         with torch.no_grad():
             y = self.fn(_pad(x))
         return y[:, :, :H, :W].contiguous()
-
-
-def _int8(m: FCN, calib: list[torch.Tensor]) -> Callable[[torch.Tensor], torch.Tensor]:
-    if not calib:
-        raise ValueError("backend 'int8' needs calibration images (about 32 training images)")
-    try:
-        import torchao.quantization.pt2e.quantizer.x86_inductor_quantizer as xiq
-        from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
-    except ImportError:
-        raise BackendError('backend "int8" needs torchao: pip install "fcn-label[fast]" (or choose --backend eager)') from None
-    calib = [c if c.dim() == 4 else c.unsqueeze(0) for c in calib]
-    example = _pad(calib[0])
-    h = torch.export.Dim("h32", min=2, max=1024)
-    w = torch.export.Dim("w32", min=2, max=1024)
-    n = torch.export.Dim("n", min=1, max=256)
-    with torch.no_grad():
-        # batch 2 for export so the batch dimension is not specialised to 1
-        ep = torch.export.export(m, (example.expand(2, -1, -1, -1).contiguous(memory_format=torch.channels_last),),
-                                 dynamic_shapes={"x": {0: n, 2: MULTIPLE * h, 3: MULTIPLE * w}}).module()
-        quantizer = xiq.X86InductorQuantizer()
-        quantizer.set_global(xiq.get_default_x86_inductor_quantization_config())
-        prepared = prepare_pt2e(ep, quantizer)
-        for c in calib:
-            prepared(_pad(c))
-        converted = convert_pt2e(prepared)
-    return torch.compile(converted, dynamic=True)
 
 
 @contextlib.contextmanager
@@ -229,15 +181,16 @@ def load_calibration(paths: Sequence, count: int = DEFAULT_CALIB_COUNT, max_pixe
     return arrays, skipped
 
 
-def _ort(m: FCN, int8: bool, calib: list[torch.Tensor], threads: int,
-         workdir: str | os.PathLike | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
+def _ort_int8(m: FCN, calib: list[torch.Tensor], threads: int,
+              workdir: str | os.PathLike | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
     try:
         import onnxruntime as ort
     except ImportError:
-        raise BackendError('backend "ort" needs ONNX Runtime: pip install "fcn-label[onnx]" (or choose --backend eager)') from None
-    if int8 and not calib:
+        raise BackendError('backend "ort-int8" needs ONNX Runtime: pip install "fcn-label[onnx]" '
+                           "(or choose --backend eager)") from None
+    if not calib:
         raise ValueError("backend 'ort-int8' needs calibration images (about 32 training images)")
-    example = _pad(calib[0] if calib else torch.zeros(1, 3, 64, 64))
+    example = _pad(calib[0])
     example = (example if example.dim() == 4 else example.unsqueeze(0)).expand(2, -1, -1, -1).contiguous()
     with _temp_folder(workdir) as tmp:
         path = Path(tmp) / "fcn.onnx"
@@ -247,25 +200,24 @@ def _ort(m: FCN, int8: bool, calib: list[torch.Tensor], threads: int,
         torch.onnx.export(m, (example,), str(path), input_names=["x"], output_names=["scores"], dynamo=True,
                           dynamic_shapes={"x": {0: n, 2: MULTIPLE * h, 3: MULTIPLE * w}}, external_data=False,
                           verbose=False)
-        if int8:
-            from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantType, quant_pre_process,
-                                                  quantize_static)
+        from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantType, quant_pre_process,
+                                              quantize_static)
 
-            class Reader(CalibrationDataReader):
-                def __init__(self):
-                    self.it = iter(calib)
+        class Reader(CalibrationDataReader):
+            def __init__(self):
+                self.it = iter(calib)
 
-                def get_next(self):
-                    c = next(self.it, None)
-                    if c is None:
-                        return None
-                    return {"x": _pad(c if c.dim() == 4 else c.unsqueeze(0)).contiguous().numpy()}
+            def get_next(self):
+                c = next(self.it, None)
+                if c is None:
+                    return None
+                return {"x": _pad(c if c.dim() == 4 else c.unsqueeze(0)).contiguous().numpy()}
 
-            pre, q = Path(tmp) / "pre.onnx", Path(tmp) / "int8.onnx"
-            quant_pre_process(str(path), str(pre), skip_symbolic_shape=True)
-            quantize_static(str(pre), str(q), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
-            path = q
+        pre, q = Path(tmp) / "pre.onnx", Path(tmp) / "int8.onnx"
+        quant_pre_process(str(path), str(pre), skip_symbolic_shape=True)
+        quantize_static(str(pre), str(q), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+        path = q
         so = ort.SessionOptions()
         so.intra_op_num_threads = threads
         so.inter_op_num_threads = 1

@@ -20,6 +20,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import fcn_label
+
 REPO = Path(__file__).resolve().parents[2]
 MODEL_IN_WHEEL = "fcn_label/pretrained/fcn8s-compact-camvid.pt"
 MAX_WHEEL_MB = 15
@@ -88,6 +90,10 @@ def test_wheel_ships_the_default_model_and_predicts_from_anywhere(tmp_path, camv
     shown = m.stdout.replace("\n", "")
     assert any(f"fcn8s-compact-camvid is loaded from {v}" in shown
                for v in (tmp_path / "venv", (tmp_path / "venv").resolve())), m.stdout
+    # the wheel's metadata version is the package's __version__ (pyproject reads it from there)
+    v = subprocess.run([str(exe), "--version"], capture_output=True, text=True, cwd=work, env=env, timeout=300)
+    assert (v.returncode, v.stdout) == (0, f"fcn-label {fcn_label.__version__}\n"), v.stderr
+    assert wheel.name.startswith(f"fcn_label-{fcn_label.__version__}-")
 
     r = subprocess.run([str(exe), "predict", "photos", "--out", "masks", "--quiet"], capture_output=True, text=True,
                        cwd=work, env=env, timeout=600)

@@ -540,7 +540,7 @@ def test_procs_refuses_what_cannot_fork_and_defaults_by_backend(tmp_path, model_
     assert default_procs(torch.device("cpu"), "ort-int8") == 1
     assert default_procs(torch.device("cuda"), "eager") == 1
     assert PredictJob(pred, PredictOptions(out=tmp_path / "o", procs=4)).procs_for(3) == 3  # never more than images
-    pred.backend = "ort"  # the check reads the kind only: no ONNX Runtime needed here
+    pred.backend = "ort-int8"  # the check reads the kind only: no ONNX Runtime needed here
     with pytest.raises(ConfigError, match="--parallel procs=2 works with --backend eager or bf16"):
         PredictJob(pred, PredictOptions(out=tmp_path / "o", procs=2)).procs_for(10)
 
