@@ -46,8 +46,8 @@ def voc_palette(n: int = 256) -> list[Colour]:
 
 @functools.lru_cache(maxsize=8)
 def _voc_colours(n: int) -> tuple[Colour, ...]:
-    """Cached: every mask PNG's palette starts from it, and building it took 0.36 ms, a quarter of
-    a 480x360 mask's encoding."""
+    """Cached: every mask PNG's palette starts from it, and building it costs as much as a good part
+    of a frame's mask encoding."""
     out = []
     for i in range(n):
         r = g = b = 0

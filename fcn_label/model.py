@@ -150,7 +150,7 @@ class FCN(nn.Module):
     @classmethod
     def empty(cls, config: FCNConfig, device: str | torch.device = "cpu") -> "FCN":
         """Parameters allocated on ``device`` but not initialised, for a caller that loads weights next:
-        random initialisation would be wasted work (and on the CPU it imports torch._dynamo, ~1.2 s)."""
+        random initialisation would be wasted work (and on the CPU it imports torch._dynamo, which is slow)."""
         with torch.device("meta"):
             model = cls(config)
         return model.to_empty(device=device)

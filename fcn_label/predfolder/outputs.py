@@ -13,10 +13,9 @@ from ..classes import voc_palette
 from ..images import write_bytes_atomic
 
 
-# zlib level of the mask and confidence PNGs. Level 2 against Pillow's default 6, shipped model on 20
-# CamVid val frames (benchmarks/host_profile.py measures the mask row): a mask 0.42 vs 1.20 ms and
-# 6.1 vs 4.3 KB, a confidence map 2.7 vs 8.0 ms and 46 vs 40 KB. A few KB a frame is little beside
-# the image itself; 0.8 ms is 7 % of the CPU a frame costs end to end. Pixels are the same either way.
+# zlib level of the mask and confidence PNGs: level 2 instead of Pillow's default 6 encodes several
+# times faster for files a few KB larger (benchmarks/host_profile.py measures both; docs: Performance).
+# Pixels are the same either way; changing it changes every mask's bytes.
 PNG_COMPRESS_LEVEL = 2
 
 
@@ -82,8 +81,7 @@ def coco_annotations(labels: np.ndarray, confidence: np.ndarray, num_classes: in
 
     The label map is cut into runs once for all classes: each class's COCO counts are then the
     gaps and lengths of its own runs, and its confidence sum the float64 sum of its runs' sums.
-    One pass instead of a mask, an encode and a masked mean per class (4.9 -> ~1 ms a 480x360
-    frame); pycocotools still does the compression, so the strings are the ones
+    One pass instead of a mask, an encode and a masked mean per class; pycocotools still does the compression, so the strings are the ones
     ``mask.encode`` would give (tested against its decoder).
     """
     from pycocotools import mask as mask_utils

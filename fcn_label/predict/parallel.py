@@ -17,8 +17,8 @@ from ..errors import ConfigError
 if TYPE_CHECKING:
     import torch
 
-# PyTorch CPU backends whose state survives a fork (GNU OpenMP's and ONNX Runtime's thread pools,
-# and Inductor's compiled kernels, do not): the only ones forked inference processes can use.
+# PyTorch CPU backends whose state survives a fork (ONNX Runtime's thread pools do not):
+# the only ones forked inference processes can use.
 PROCS_BACKENDS = ("eager", "bf16")
 MAX_DEFAULT_PROCS = 16
 

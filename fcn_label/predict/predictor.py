@@ -34,9 +34,8 @@ DEFAULT_TILE_THRESHOLD = 2_000_000  # pixels; above this an image is tiled
 # model, and large images gain nothing from batching.
 MAX_BATCH_PIXELS = 4 * DEFAULT_TILE * DEFAULT_TILE
 # The CPU's default batch (no --batch-size): same-size images up to this many pixels, at most
-# CPU_MAX_BATCH of them. Small images gain a lot from sharing a forward pass (compact model, 2
-# cores, shared CPU: 64x48 224 img/s at batch 1 vs 994 at 32; 160x120 112 vs 201 at 8; 320x240
-# 28 vs 48 at 2), while a 480x360 frame gains nothing at batch 2 (22 vs 23) and loses at 3 (20).
+# CPU_MAX_BATCH of them. Small images gain a lot from sharing a forward pass, while a frame-sized
+# image gains nothing from a second one and loses from a third (benchmarks/tiny_images.py).
 CPU_BATCH_PIXELS = 300_000
 CPU_MAX_BATCH = 32
 
@@ -73,8 +72,8 @@ def labels_and_confidence(scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(C, H, W) float32 logits -> the label of each pixel (the first highest score, as argmax picks)
     and the softmax probability of that class, 1 / sum_c exp(s_c - max_c s_c).
 
-    One class plane at a time in NumPy: about 2 ms for 11 classes at 480x360 on one core, against
-    5-7 ms for torch's softmax then max (agrees with it to float32 rounding, 2.4e-7 at most on CamVid)."""
+    One class plane at a time in NumPy: a fraction of the time of torch's softmax then max, and
+    without its probability tensor (agrees with it to float32 rounding; benchmarks/host_profile.py)."""
     n = scores.shape[0]
     best = scores[0].copy()
     labels = np.zeros(scores.shape[1:], dtype=np.uint8 if n <= 256 else np.int32)
@@ -99,11 +98,10 @@ class Predictor:
     probabilities, resized back, are averaged (with ``flip``, at every scale); each scale costs
     about its factor squared in compute. Gains and costs are measured in the docs.
     ``channels_last`` (default) lays feature maps out as NHWC, which oneDNN's CPU
-    convolutions and cuDNN's tensor-core kernels both prefer: about 1.4x the
-    throughput of the compact model on a 2-core CPU (benchmarks/predict_speed.py).
+    convolutions and cuDNN's tensor-core kernels both prefer (benchmarks/predict_speed.py).
     ``backend`` (:data:`.backends.KINDS`): ``eager`` is the exact float32 path; the others are
-    opt-in CPU backends with other numerics (accuracy in the README), built once here; the
-    int8 ones calibrate on ``calib`` (RGB uint8 arrays). ``workdir``: where their build's
+    opt-in CPU backends with other numerics (accuracy in the docs' Performance page), built once
+    here; ort-int8 calibrates on ``calib`` (RGB uint8 arrays). ``workdir``: where their build's
     temporary files go (predict passes a folder inside --out).
     """
 
@@ -234,8 +232,8 @@ class Predictor:
 
     @property
     def default_batch_size(self) -> int:
-        """8 on a GPU; 1 on the CPU for a frame-sized image, where bigger batches run slower (cache-bound:
-        18.7 img/s at batch 1 vs 13.3 at batch 8 for the compact model at 480x360 on 2 cores). Small
+        """8 on a GPU; 1 on the CPU for a frame-sized image, where bigger batches run slower (cache-bound;
+        benchmarks/predict_speed.py --batch-size shows it). Small
         images are batched on the CPU all the same: see :meth:`batch_limit`."""
         return 1 if self.device.type == "cpu" else 8
 
@@ -285,8 +283,8 @@ class Predictor:
         """``(rows, cols)`` of one tile: square, except that a side shorter than the tile gives its
         unused length to the other side (same pixels per tile, so the same memory).
 
-        A 4 x 1,000,000 strip in square 1024 tiles ran ~1,300 forward passes of 4 x 1024 pixels
-        (33-78 s even for a tiny model); as 4 x 262,144 tiles it takes 5.
+        A 4 x 1,000,000 strip in square 1024 tiles would take about a thousand forward passes of
+        4 x 1024 pixels; as 4 x 262,144 tiles it takes 5.
         """
         t = self.tile or DEFAULT_TILE
         if h < t <= w:
