@@ -17,7 +17,7 @@ import fcn_label
 from fcn_label.catalog import FORMAT, SHIPPED, read_summary
 from fcn_label.checkpoint import load_checkpoint, save_checkpoint
 from fcn_label.cli import run_cli
-from helpers import make_checkpoint
+from support.helpers import make_checkpoint
 
 REPO = Path(__file__).resolve().parent.parent
 # what a --help or `models` must not import: each costs from a tenth of a second (pandas) to seconds (torch)

@@ -19,8 +19,8 @@ from fcn_label.cli import run_cli
 from fcn_label.predict import Predictor
 from fcn_label.train import Trainer
 from fcn_label.checkpoint import load_checkpoint, resolve_weights, save_checkpoint
-from _synth import tiny_config, write_list_dataset
-from helpers import make_checkpoint, one_at_a_time, rand_image
+from support.synth import tiny_config, write_list_dataset
+from support.helpers import make_checkpoint, one_at_a_time, rand_image
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 
@@ -133,7 +133,7 @@ def test_gpu_jpeg_predicts_what_pillow_decoding_predicts(tmp_path):
     """predict --gpu-jpeg (nvJPEG batches) against Pillow decoding: the same images done and failed, masks
     that agree (nvJPEG's IDCT may change a few pixel values), and the device decoder really used."""
     from fcn_label.predict import pipeline as job_module
-    from helpers import jpeg_folder
+    from support.helpers import jpeg_folder
 
     plain = jpeg_folder(tmp_path / "in")
     ck = make_checkpoint("same", True)

@@ -138,7 +138,7 @@ def test_config_errors_list_choices():
 
 
 def test_fold_batch_norm_keeps_the_outputs():
-    from helpers import make_checkpoint
+    from support.helpers import make_checkpoint
 
     ck = make_checkpoint("same", bn=True)  # random running statistics; random affine terms below
     ref = ck.build()

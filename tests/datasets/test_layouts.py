@@ -12,7 +12,7 @@ from PIL import Image
 from fcn_label.datasets import load_pairs
 from fcn_label.train import SegmentationDataset
 
-from _synth import make_arrays
+from support.synth import make_arrays
 
 
 def _rle(binary: np.ndarray) -> dict:

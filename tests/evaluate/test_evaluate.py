@@ -534,7 +534,7 @@ def test_voc_fixture_palette_masks(tmp_path, fixtures_dir, capsys):
 
 def _model_and_data(tmp_path, n=5, count=3):
     """A tiny random checkpoint, images, ground truth, and the plain reference predictions."""
-    from helpers import make_checkpoint, one_at_a_time, rand_image
+    from support.helpers import make_checkpoint, one_at_a_time, rand_image
 
     from fcn_label.checkpoint import save_checkpoint
 

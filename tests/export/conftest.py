@@ -6,7 +6,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from _export_helpers import run_cli
+from support.export_folder import run_cli
 
 REPO = Path(__file__).resolve().parents[2]
 

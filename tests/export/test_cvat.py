@@ -15,7 +15,7 @@ from fcn_label.predfolder.layout import EXPORT_MARKER
 from fcn_label.train.data import SegmentationDataset
 from fcn_label.errors import InputError
 
-from _export_helpers import open_corrections, classes, masks, palette, run_cli
+from support.export_folder import open_corrections, classes, masks, palette, run_cli
 
 
 def _datumaro_masks(root) -> dict[str, np.ndarray]:

@@ -13,7 +13,7 @@ import pytest
 from fcn_label.export import export
 from fcn_label.errors import InputError
 
-from _export_helpers import masks, run_cli
+from support.export_folder import masks, run_cli
 
 
 def _store_lines(pred: Path) -> list[str]:

@@ -14,7 +14,7 @@ from fcn_label.train.data import SegmentationDataset
 from fcn_label.export.labelme import mask_to_shapes
 from fcn_label.errors import InputError
 
-from _export_helpers import fill, open_corrections, classes, masks, run_cli
+from support.export_folder import fill, open_corrections, classes, masks, run_cli
 
 pytest.importorskip("cv2", reason='labelme export needs OpenCV: pip install "fcn-label[export]"')
 

@@ -2,7 +2,7 @@
 
 Small frames and busy photos are where one fixed 1 px tolerance loses the most (issue 23): 240x180
 CamVid frames and the COCO fixture photos, predicted by the shipped model, read back with the
-independent LabelMe fill of _export_helpers.
+independent LabelMe fill of support.export_folder.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from PIL import Image
 
 from fcn_label.export.labelme import mask_to_shapes
 
-from _export_helpers import classes, fill, masks, run_cli
+from support.export_folder import classes, fill, masks, run_cli
 
 pytest.importorskip("cv2", reason='labelme export needs OpenCV: pip install "fcn-label[export]"')
 

@@ -16,7 +16,7 @@ from fcn_label.export import export
 from fcn_label.train.data import SegmentationDataset
 from fcn_label.errors import InputError
 
-from _export_helpers import open_corrections, classes, masks, palette, run_cli
+from support.export_folder import open_corrections, classes, masks, palette, run_cli
 
 brush = pytest.importorskip("label_studio_sdk.converter.brush", reason='needs label-studio-sdk: pip install "fcn-label[export]"')
 

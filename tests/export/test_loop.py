@@ -13,7 +13,7 @@ from PIL import Image
 from fcn_label.cli import run_cli
 from fcn_label.checkpoint import load_checkpoint
 
-from _export_helpers import classes, masks, palette
+from support.export_folder import classes, masks, palette
 
 TINY = ["--set", "width=0.0625", "--set", "fc_channels=16", "--set", "crop=32x48", "--set", "scale=0.75,1.5",
         "--set", "threads=1"]

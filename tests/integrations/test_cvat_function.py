@@ -4,7 +4,7 @@ No CVAT server here (it needs Docker): the spec is validated by cvat-sdk's Detec
 the shapes by its driver's annotation mapper (what annotate_task and the agent run on every frame);
 cvat-cli's own parser and function loader build the function from `-p` parameters; and the real
 `cvat-cli task auto-annotate` runs end to end against a stand-in for the endpoints it calls
-(_fake_cvat.py). The masks are decoded with cvat_sdk.masks.decode_mask and compared with the masks
+(tests/support/fake_cvat.py). The masks are decoded with cvat_sdk.masks.decode_mask and compared with the masks
 the real `fcn-label predict` CLI wrote for the same files; polygons are rasterised the way LabelMe does.
 """
 
@@ -282,11 +282,11 @@ def _cvat_cli(fake, *args: str, home: Path) -> subprocess.CompletedProcess:
 @pytest.mark.integration
 def test_cvat_cli_auto_annotate_uploads_predicts_masks(predicted, tmp_path):
     """`cvat-cli task auto-annotate --function-module fcn_label.integrations.cvat` end to end against a stand-in
-    for the CVAT endpoints it calls (tests/integrations/_fake_cvat.py): frames from an original-quality chunk,
+    for the CVAT endpoints it calls (tests/support/fake_cvat.py): frames from an original-quality chunk,
     shapes uploaded; decoded from the upload's JSON, every frame's masks are predict's, and the polygons
     drawn as LabelMe draws them keep >= 99.5 %."""
     pytest.importorskip("cvat_cli", reason="cvat-cli not installed (pip install cvat-cli)")
-    from _fake_cvat import FakeCvat
+    from support.fake_cvat import FakeCvat
 
     photos, pred = predicted
     names = _classes(pred)
@@ -318,7 +318,7 @@ def test_cvat_cli_auto_annotate_uploads_predicts_masks(predicted, tmp_path):
 @pytest.mark.integration
 def test_cvat_cli_label_mismatch_and_bad_parameter(predicted, tmp_path):
     pytest.importorskip("cvat_cli", reason="cvat-cli not installed (pip install cvat-cli)")
-    from _fake_cvat import FakeCvat
+    from support.fake_cvat import FakeCvat
 
     photos, pred = predicted
     names = [n for n in _classes(pred) if n != "pole"]

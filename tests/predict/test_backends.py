@@ -12,7 +12,7 @@ from PIL import Image
 from fcn_label.checkpoint import save_checkpoint
 from fcn_label.cli import run_cli
 from fcn_label.predict.backends import calibration_sample, list_calibration_images
-from helpers import make_checkpoint, rand_image
+from support.helpers import make_checkpoint, rand_image
 
 
 @pytest.fixture

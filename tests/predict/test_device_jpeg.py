@@ -13,7 +13,7 @@ from fcn_label.errors import InputError
 from fcn_label.images import plain_jpeg, read_image
 from fcn_label.predict import PredictJob, PredictOptions, Predictor, discover
 from fcn_label.predict import pipeline as job_module
-from helpers import jpeg_folder as mixed_folder, make_checkpoint, one_at_a_time, rand_image
+from support.helpers import jpeg_folder as mixed_folder, make_checkpoint, one_at_a_time, rand_image
 
 
 @pytest.fixture

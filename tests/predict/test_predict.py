@@ -15,7 +15,7 @@ from fcn_label.predict import PredictJob, PredictOptions, discover
 from fcn_label.model import FCN, FCNConfig
 from fcn_label.predict import Predictor
 from fcn_label.checkpoint import save_checkpoint
-from helpers import PALETTE, make_checkpoint, one_at_a_time, rand_image, voc_colour
+from support.helpers import PALETTE, make_checkpoint, one_at_a_time, rand_image, voc_colour
 
 
 @pytest.mark.parametrize("padding,bn", [("caffe", False), ("same", True)])

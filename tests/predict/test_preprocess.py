@@ -8,7 +8,7 @@ import pytest
 
 from fcn_label.checkpoint import CAFFE_BGR, IMAGENET
 from fcn_label.predict import Predictor
-from helpers import make_checkpoint
+from support.helpers import make_checkpoint
 
 
 @pytest.mark.parametrize("norm", [IMAGENET, CAFFE_BGR], ids=["imagenet", "caffe-bgr"])

@@ -14,7 +14,7 @@ from PIL import Image
 from fcn_label.checkpoint import save_checkpoint
 from fcn_label.cli import run_cli
 from fcn_label.predict import Predictor
-from helpers import make_checkpoint, rand_image
+from support.helpers import make_checkpoint, rand_image
 
 
 def slide_reference(pred, img, th, tw, overlap):

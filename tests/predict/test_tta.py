@@ -11,7 +11,7 @@ from fcn_label.choices import TTA_LEVELS
 from fcn_label.cli import run_cli
 from fcn_label.predict import Predictor
 
-from helpers import make_checkpoint, rand_image
+from support.helpers import make_checkpoint, rand_image
 
 MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
 STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from _review_folder import run_predict
+from support.review_folder import run_predict
 
 CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

@@ -17,8 +17,8 @@ from PIL import Image
 from fcn_label.review import build_review
 from fcn_label.review.page import write_page
 
-from _review_folder import run_predict
-from helpers import rand_image, voc_colour
+from support.review_folder import run_predict
+from support.helpers import rand_image, voc_colour
 
 
 def expected(pred: Path, key: str) -> list[str]:
@@ -344,7 +344,7 @@ def test_odd_file_names_load_in_chromium(tmp_path, browser):
         Image.fromarray(rand_image(32, 40, seed=i)).save(imgs / n)
     from fcn_label.predict import PredictJob, PredictOptions, discover
     from fcn_label.predict import Predictor
-    from _review_folder import tempered
+    from support.review_folder import tempered
 
     items, problems = discover([imgs], tmp_path / "pred")
     PredictJob(Predictor(tempered(7), device="cpu"), PredictOptions(out=tmp_path / "pred", probs=True, workers=0)).run(items, problems)

@@ -1,6 +1,6 @@
 """One unattended predict run over a generated corpus of bad and odd inputs.
 
-The corpus (see ``_corpus.py``) is run once through the real CLI in a subprocess,
+The corpus (see ``support/corpus.py``) is run once through the real CLI in a subprocess,
 with the output folder inside the input folder; each test then checks one promise
 for every case: a one-line message naming the file, a failures.csv row, masks of
 the good files equal to an independent reference, nothing written outside --out.
@@ -18,12 +18,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import _corpus
+from support import corpus
 from fcn_label.cli import run_cli
 from fcn_label.images import InputError, read_image
 from fcn_label.predict import discover, shown
 from fcn_label.checkpoint import save_checkpoint
-from helpers import make_checkpoint, one_at_a_time, rand_image
+from support.helpers import make_checkpoint, one_at_a_time, rand_image
 
 MAX_PIXELS = 1_000_000
 
@@ -50,10 +50,10 @@ def run(tmp_path_factory):
     root = tmp_path_factory.mktemp("corpus")
     ck = make_checkpoint()
     save_checkpoint(ck, root / "model.pt")
-    folder, extra, cases = _corpus.build(root)
+    folder, extra, cases = corpus.build(root)
     big = folder / "over_limit.png"
     Image.fromarray(np.zeros((1000, 1001, 3), np.uint8)).save(big)
-    cases.append(_corpus.Fail("image over --max-pixels", big, "1001x1000 pixels exceeds the limit of 1,000,000"))
+    cases.append(corpus.Fail("image over --max-pixels", big, "1001x1000 pixels exceeds the limit of 1,000,000"))
     out = folder / "labels"  # inside the input folder: must never be read back
     before = snapshot(root, out)
     cmd = [sys.executable, "-m", "fcn_label", "predict", str(folder), *map(str, extra), "--out", str(out),
@@ -67,8 +67,8 @@ def run(tmp_path_factory):
 
 def test_batch_continues_and_exit_status_is_1(run):
     proc = run["proc"]
-    oks = [c for c in run["cases"] if isinstance(c, _corpus.Ok)]
-    fails = [c for c in run["cases"] if isinstance(c, _corpus.Fail)]
+    oks = [c for c in run["cases"] if isinstance(c, corpus.Ok)]
+    fails = [c for c in run["cases"] if isinstance(c, corpus.Fail)]
     assert proc.returncode == 1, proc.stderr
     assert f"done {len(oks)}, skipped 0 (already done), failed {len(fails)}" in proc.stderr
     assert len(run["rows"]) == len(oks) and len(run["failures"]) == len(fails)
@@ -79,7 +79,7 @@ def test_every_bad_file_gets_one_line_naming_it_and_a_failures_row(run):
     assert not [ln for ln in lines if "Traceback" in ln or "Warning" in ln or "warn(" in ln], run["proc"].stderr
     by_path = {r["path"]: r["reason"] for r in run["failures"]}
     wrong = []
-    for c in (c for c in run["cases"] if isinstance(c, _corpus.Fail)):
+    for c in (c for c in run["cases"] if isinstance(c, corpus.Fail)):
         mine = [ln for ln in lines if ln.startswith(("failed: ", "error: ")) and shown(str(c.path)) in ln]
         if len(mine) != 1 or c.words not in mine[0]:
             wrong.append((c.kind, mine))
@@ -97,7 +97,7 @@ def test_good_files_masks_equal_an_independent_reference(run):
     model = ck.build()
     by_path = {key(r["path"]): r for r in run["rows"]}
     wrong = []
-    for c in (c for c in run["cases"] if isinstance(c, _corpus.Ok)):
+    for c in (c for c in run["cases"] if isinstance(c, corpus.Ok)):
         r = by_path.get(key(c.path))
         if r is None:
             wrong.append((c.kind, "no row"))
@@ -134,7 +134,7 @@ def test_output_names_unique_short_and_inside_out(run):
         assert all(len(part.encode()) <= 255 for part in Path(m).parts)
     # the 255-byte name and the 253-byte UTF-8 name got shortened names that still start like the original
     short = {c.kind: next(r["mask"] for r in run["rows"] if key(r["path"]) == key(c.path))
-             for c in run["cases"] if isinstance(c, _corpus.Ok) and c.out == "<shortened>"}
+             for c in run["cases"] if isinstance(c, corpus.Ok) and c.out == "<shortened>"}
     assert short["longest name (255 bytes)"].startswith("M" * 100)
     assert short["long multi-byte name"].startswith("日" * 30)
     assert not [p for p in out.rglob("*.tmp")]
@@ -151,8 +151,8 @@ def test_rerun_reads_nothing_back_and_redoes_nothing(run, capsys):
     with pytest.raises(SystemExit) as e:
         run_cli(run["cmd"][3:] + ["-q", "--parallel", "workers=0"])
     err = capsys.readouterr().err
-    oks = sum(isinstance(c, _corpus.Ok) for c in run["cases"])
-    fails = sum(isinstance(c, _corpus.Fail) for c in run["cases"])
+    oks = sum(isinstance(c, corpus.Ok) for c in run["cases"])
+    fails = sum(isinstance(c, corpus.Fail) for c in run["cases"])
     assert e.value.code == 1
     assert f"done 0, skipped {oks} (already done), failed {fails}" in err
 
@@ -161,7 +161,7 @@ def test_bomb_is_refused_from_the_header_without_decoding(tmp_path):
     import tracemalloc
 
     p = tmp_path / "bomb.png"
-    p.write_bytes(_corpus.png_bytes(100000, 100000, 8, 2, b"\x00" * 10))
+    p.write_bytes(corpus.png_bytes(100000, 100000, 8, 2, b"\x00" * 10))
     tracemalloc.start()
     with pytest.raises(InputError, match=r"bomb.png: 100000x100000 pixels exceeds the limit of 250,000,000"):
         read_image(p)
@@ -224,7 +224,7 @@ def test_decoding_in_threads_leaves_the_warning_filters_alone(tmp_path):
     from concurrent.futures import ThreadPoolExecutor
 
     p = tmp_path / "bad_exif.jpg"
-    p.write_bytes(_corpus.jpeg_bytes(rand_image(24, 32, 1), exif=b"Exif\x00\x00II*\x00\x08\x00\x00\x00\xff\xff"))
+    p.write_bytes(corpus.jpeg_bytes(rand_image(24, 32, 1), exif=b"Exif\x00\x00II*\x00\x08\x00\x00\x00\xff\xff"))
     before = list(warnings.filters)
     with ThreadPoolExecutor(8) as pool:
         shapes = set(pool.map(lambda _: read_image(p).shape, range(400)))

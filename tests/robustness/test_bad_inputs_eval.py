@@ -23,7 +23,7 @@ from pycocotools import mask as mask_utils
 
 from fcn_label.cli import run_cli
 from fcn_label.checkpoint import save_checkpoint
-from helpers import make_checkpoint, rand_image
+from support.helpers import make_checkpoint, rand_image
 
 N = 5
 H, W = 12, 16

@@ -21,7 +21,7 @@ from PIL import Image
 from fcn_label.cli import run_cli
 from fcn_label.images import HOST
 from fcn_label.checkpoint import save_checkpoint
-from helpers import make_checkpoint, rand_image
+from support.helpers import make_checkpoint, rand_image
 
 N = 40
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "200"}
@@ -183,7 +183,7 @@ def test_finetune_killed_while_writing_its_checkpoint_resumes_from_the_last_whol
     (test_finetune_cli.py kills at a random moment and checks resume equals an uninterrupted
     run; this one aims at the write itself.)
     """
-    from _synth import write_list_dataset
+    from support.synth import write_list_dataset
     from fcn_label.checkpoint import load_checkpoint
 
     data = write_list_dataset(tmp_path / "d", n=8)

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-import fuzz
+from support import fuzz
 
 
 def _bomb_mask(w: int, h: int) -> bytes:

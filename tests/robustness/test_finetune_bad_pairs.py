@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-import fuzz
-from _synth import tiny_config, write_list_dataset
+from support import fuzz
+from support.synth import tiny_config, write_list_dataset
 from fcn_label.train import Trainer
 
 TINY = ["--set", "width=0.0625", "--set", "fc_channels=16", "--set", "crop=32x48", "--set", "scale=0.75,1.5",

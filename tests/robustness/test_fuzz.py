@@ -14,7 +14,7 @@ import pytest
 import torch
 from PIL import Image, PngImagePlugin
 
-import fuzz
+from support import fuzz
 from fcn_label.guard import guarded
 from fcn_label.images import image_size, read_image, read_mask
 from fcn_label.predict.discover import Item

@@ -11,7 +11,7 @@ from PIL import Image, PngImagePlugin
 from fcn_label.checkpoint import save_checkpoint
 from fcn_label.cli import run_cli
 from fcn_label.guard import guarded
-from helpers import make_checkpoint, rand_image
+from support.helpers import make_checkpoint, rand_image
 
 
 def text_bomb_png(path, shape=(40, 48), mode="RGB"):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from _synth import make_arrays, tiny_config
+from support.synth import make_arrays, tiny_config
 from fcn_label.classes import find_class_file, read_class_file
 from fcn_label.evaluate import GroundTruth, resolve_classes
 from fcn_label.train import Trainer

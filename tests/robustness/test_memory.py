@@ -22,7 +22,7 @@ import fcn_label.predict.predictor as predict_mod
 from fcn_label.predict import Item, PredictJob, PredictOptions, discover
 from fcn_label.predict.decoding import DecodeDataset
 from fcn_label.predict import Predictor
-from helpers import make_checkpoint, one_at_a_time, rand_image
+from support.helpers import make_checkpoint, one_at_a_time, rand_image
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -13,7 +13,7 @@ from fcn_label.predict import Item, PredictJob, PredictOptions, discover
 from fcn_label.predict.discover import _dedupe
 from fcn_label.predict import Predictor
 from fcn_label.checkpoint import save_checkpoint
-from helpers import make_checkpoint, rand_image
+from support.helpers import make_checkpoint, rand_image
 
 
 def tree(root: Path) -> list[str]:

@@ -16,7 +16,7 @@ from fcn_label.predict import PredictJob, PredictOptions, Predictor
 from fcn_label.predict.discover import Item, discover
 from fcn_label.predfolder.layout import OutputLayout
 from fcn_label.predfolder.reports import write_reports
-from helpers import make_checkpoint, rand_image
+from support.helpers import make_checkpoint, rand_image
 
 N = 6
 

@@ -15,7 +15,7 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 
 from fcn_label.checkpoint import save_checkpoint
-from helpers import make_checkpoint, rand_image
+from support.helpers import make_checkpoint, rand_image
 
 
 def _cmd(inp: Path, out: Path, model: Path, *extra: str) -> list[str]:

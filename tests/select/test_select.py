@@ -16,7 +16,7 @@ from fcn_label.predict import discover
 from fcn_label.predfolder import read_report
 from fcn_label.selection import select, write_selection
 
-from _select_pool import predict_pool
+from support.select_pool import predict_pool
 
 
 @pytest.fixture(scope="module")

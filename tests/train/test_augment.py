@@ -9,7 +9,7 @@ import torch
 
 from fcn_label.train.augment import Augment
 
-from _synth import make_arrays
+from support.synth import make_arrays
 
 
 def test_augmentation_moves_image_and_mask_together():

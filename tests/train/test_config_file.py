@@ -17,7 +17,7 @@ from fcn_label.checkpoint import load_checkpoint
 from fcn_label.cli import run_cli
 from fcn_label.train import PRESETS, TrainConfig
 
-from _synth import write_list_dataset
+from support.synth import write_list_dataset
 
 tomllib = pytest.importorskip("tomllib")  # Python 3.11+; on 3.10 finetune reads TOML through tomli
 

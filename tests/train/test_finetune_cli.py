@@ -21,7 +21,7 @@ from fcn_label.cli import run_cli
 from fcn_label.train import TrainConfig
 from fcn_label.checkpoint import WeightsError, load_checkpoint
 
-from _synth import write_list_dataset
+from support.synth import write_list_dataset
 
 FCN_LABEL = Path(sys.executable).parent / "fcn-label"
 TINY = ["--set", "width=0.0625", "--set", "fc_channels=16", "--set", "crop=32x48", "--set", "scale=0.75,1.5",
@@ -257,7 +257,7 @@ def test_voc_folder_without_class_file_gets_the_voc_names(tmp_path, top_label, n
     from fcn_label.train import Trainer
     from fcn_label.classes import VOC_CLASSES
 
-    from _synth import tiny_config
+    from support.synth import tiny_config
 
     voc = _voc_folder(tmp_path / "VOC", top_label)
     cfg = tiny_config(voc, tmp_path / "run", num_classes=num_classes, ignore_index=255)
@@ -275,7 +275,7 @@ def test_resume_removes_the_temporary_file_of_a_killed_checkpoint_write(tmp_path
     from fcn_label.images import HOST
     from fcn_label.train import Trainer
 
-    from _synth import tiny_config
+    from support.synth import tiny_config
 
     data = write_list_dataset(tmp_path / "d", n=4)
     Trainer(tiny_config(data, tmp_path / "run", epochs=1), log=lambda m: None).run()

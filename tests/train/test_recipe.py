@@ -14,7 +14,7 @@ from fcn_label.train.augment import Augment
 from fcn_label.train.losses import lovasz_softmax, ohem_target
 from fcn_label.train.setup import class_weights, datasets
 
-from _synth import tiny_config, write_list_dataset
+from support.synth import tiny_config, write_list_dataset
 
 IGNORE = 255
 

@@ -16,9 +16,9 @@ from fcn_label.model import FCN, FCNConfig, bilinear_kernel
 from fcn_label.train import PRESETS, Trainer, TrainConfig
 from fcn_label.checkpoint import CAFFE_BGR, Checkpoint, IMAGENET, load_checkpoint, save_checkpoint
 
-from _synth import tiny_config, write_list_dataset
+from support.synth import tiny_config, write_list_dataset
 from fcn_label.cli import run_cli
-from helpers import write_vgg16_file
+from support.helpers import write_vgg16_file
 
 REPO = Path(__file__).resolve().parents[2]
 

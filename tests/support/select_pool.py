@@ -6,7 +6,7 @@ from PIL import Image
 
 from fcn_label.predict import PredictJob, PredictOptions, discover
 from fcn_label.predict import Predictor
-from helpers import rand_image, tempered  # noqa: F401 (tempered: re-exported for the tests)
+from support.helpers import rand_image, tempered  # noqa: F401 (tempered: re-exported for the tests)
 
 
 def predict_pool(root: Path, n: int = 14, probs: bool = True) -> Path:

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from helpers import rand_image
+from support.helpers import rand_image
 
 
 @dataclass
