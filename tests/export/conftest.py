@@ -6,15 +6,9 @@ import shutil
 from pathlib import Path
 
 import pytest
-from support.export_folder import run_cli
+from support.export_folder import predict
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def predict(images: Path, out: Path) -> Path:
-    r = run_cli("predict", str(images), "--out", str(out))
-    assert r.returncode == 0, r.stderr
-    return out
 
 
 @pytest.fixture(scope="session")

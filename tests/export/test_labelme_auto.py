@@ -19,19 +19,13 @@ from PIL import Image
 
 from fcn_label.export.labelme import mask_to_shapes
 
-from support.export_folder import classes, fill, masks, run_cli
+from support.export_folder import classes, fill, masks, predict, run_cli
 
 pytest.importorskip("cv2", reason='labelme export needs OpenCV: pip install "fcn-label[export]"')
 
 REPO = Path(__file__).resolve().parents[2]
 SHARED = Path(os.environ.get("FCN_LABEL_SHARED", REPO.parent / "shared")) / "data"  # as tests/conftest.py
 KEEP = 0.995
-
-
-def predict(images: Path, out: Path) -> Path:
-    r = run_cli("predict", str(images), "--out", str(out))
-    assert r.returncode == 0, r.stderr
-    return out
 
 
 @pytest.fixture(scope="session")

@@ -29,6 +29,13 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.CompletedProcess(["fcn-label", *args], code, out.getvalue(), err.getvalue())
 
 
+def predict(images: Path, out: Path) -> Path:
+    """``fcn-label predict IMAGES --out OUT`` with the shipped model, asserted to succeed."""
+    r = run_cli("predict", str(images), "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    return out
+
+
 def masks(pred: Path) -> dict[str, np.ndarray]:
     """Predict's masks, read with PIL directly (palette PNG: pixel value = class index)."""
     out = {}

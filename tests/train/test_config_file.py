@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import fcn_label.cli.finetune as finetune_cli
 from fcn_label.checkpoint import load_checkpoint
 from fcn_label.cli import run_cli
 from fcn_label.train import PRESETS, TrainConfig
@@ -37,42 +36,20 @@ def _cli(args: list[str]) -> int:
     return e.value.code or 0
 
 
-@pytest.fixture
-def parsed(monkeypatch):
-    """The TrainConfig the finetune CLI would train with (a stand-in Trainer records it)."""
-    seen = {}
-
-    class Recorder:
-        def __init__(self, cfg, log, progress):
-            seen["cfg"] = cfg
-            self.best, self.epoch, self.step, self.total_steps = -1.0, 0, 0, 0
-
-        def run(self, resume=None):
-            return {}
-
-    monkeypatch.setattr(finetune_cli, "Trainer", Recorder)
-
-    def parse(argv: list[str]) -> TrainConfig:
-        assert _cli(["finetune", *argv]) == 0
-        return seen["cfg"]
-
-    return parse
-
-
-def test_toml_keys_then_set_then_flags(parsed, tmp_path):
+def test_toml_keys_then_set_then_flags(parsed_config, tmp_path):
     toml = tmp_path / "run.toml"
     toml.write_text('data = "from-file.txt"\nlr = 0.01\nepochs = 7\nclass_weights = "median"\n'
                     'class_weight_power = 0.25\ncrop = [64, 96]\nhflip = false\n')
-    cfg = parsed(["--config", str(toml), "--out", str(tmp_path / "a")])
+    cfg = parsed_config(["--config", str(toml), "--out", str(tmp_path / "a")])
     assert (cfg.data, cfg.lr, cfg.epochs, cfg.class_weights, cfg.class_weight_power, cfg.crop, cfg.hflip) == (
         "from-file.txt", 0.01, 7, "median", 0.25, (64, 96), False)
     assert (cfg.optimizer, cfg.ema) == (PRESETS["modern"]["optimizer"], PRESETS["modern"]["ema"])  # preset fills the rest
-    cfg = parsed(["x.txt", "--config", str(toml), "--set", "lr=0.02", "--set", "epochs=9", "--epochs", "3",
+    cfg = parsed_config(["x.txt", "--config", str(toml), "--set", "lr=0.02", "--set", "epochs=9", "--epochs", "3",
                   "--out", str(tmp_path / "b")])
     assert (cfg.data, cfg.lr, cfg.epochs) == ("x.txt", 0.02, 3)  # DATA beats the file, --set the file, a flag --set
     # a key the file sets is explicit: the paper preset does not overwrite it
     toml.write_text('preset = "paper"\nmomentum = 0.5\n')
-    cfg = parsed(["x.txt", "--config", str(toml), "--out", str(tmp_path / "c")])
+    cfg = parsed_config(["x.txt", "--config", str(toml), "--out", str(tmp_path / "c")])
     assert (cfg.optimizer, cfg.momentum, cfg.lr) == ("sgd", 0.5, PRESETS["paper"]["lr"])
 
 

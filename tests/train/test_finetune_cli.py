@@ -60,28 +60,6 @@ def test_help_explains_every_option_and_shows_examples(capsys, monkeypatch):
     assert "paper preset 0.0001; modern preset 0.002" in out  # preset-dependent defaults are spelled out
 
 
-@pytest.fixture
-def parsed_config(monkeypatch):
-    """Run the finetune CLI with a stand-in Trainer; return the TrainConfig it would have trained with."""
-    seen = {}
-
-    class Recorder:
-        def __init__(self, cfg, log, progress):
-            seen["cfg"] = cfg
-            self.best, self.epoch, self.step, self.total_steps = -1.0, 0, 0, 0
-
-        def run(self, resume=None):
-            return {}
-
-    monkeypatch.setattr(finetune_cli, "Trainer", Recorder)
-
-    def parse(argv: list[str]) -> TrainConfig:
-        assert _cli(argv) == 0
-        return seen["cfg"]
-
-    return parse
-
-
 def _shipped_recipe() -> dict:
     from fcn_label.checkpoint import resolve_weights
 
@@ -106,7 +84,7 @@ def test_the_camvid_recipe_file_is_the_shipped_models_recipe(parsed_config, tmp_
 
     recipe_file = REPO / "configs" / "camvid-compact.toml"
     line = next(ln for ln in recipe_file.read_text().splitlines() if "fcn-label finetune" in ln)
-    argv = shlex.split(line.split("fcn-label", 1)[1].replace("configs/camvid-compact.toml", str(recipe_file)))
+    argv = shlex.split(line.split("fcn-label finetune", 1)[1].replace("configs/camvid-compact.toml", str(recipe_file)))
     argv = [a for a in argv if a != "runs/camvid" and a != "--out"] + ["--out", str(tmp_path / "camvid")]
     cfg = _as_recorded(parsed_config(argv))
     recipe = _shipped_recipe()
@@ -114,9 +92,9 @@ def test_the_camvid_recipe_file_is_the_shipped_models_recipe(parsed_config, tmp_
 
 
 def test_an_explicit_option_beats_the_preset(parsed_config, tmp_path):
-    cfg = parsed_config(["finetune", "x.txt", "--preset", "paper", "--lr", "0.001", "--out", str(tmp_path / "p")])
+    cfg = parsed_config(["x.txt", "--preset", "paper", "--lr", "0.001", "--out", str(tmp_path / "p")])
     assert (cfg.lr, cfg.optimizer, cfg.momentum, cfg.width, cfg.batch_norm) == (1e-3, "sgd", 0.9, 1.0, False)
-    cfg = parsed_config(["finetune", "x.txt", "--out", str(tmp_path / "m")])
+    cfg = parsed_config(["x.txt", "--out", str(tmp_path / "m")])
     assert (cfg.preset, cfg.optimizer, cfg.lr, cfg.width) == ("modern", "adamw", 2e-3, 0.25)
 
 @pytest.mark.parametrize("args, message", [
@@ -232,7 +210,7 @@ def test_the_shipped_models_recorded_config_loads_back_as_a_config(parsed_config
     monkeypatch.chdir(tmp_path)  # its relative --out lands here, if anything is written
     recorded = _shipped_recipe()
     (tmp_path / "config.json").write_text(json.dumps(recorded))
-    parsed = _as_recorded(parsed_config(["finetune", "--config", str(tmp_path / "config.json")]))
+    parsed = _as_recorded(parsed_config(["--config", str(tmp_path / "config.json")]))
     assert {k: parsed[k] for k in recorded} == recorded
     # options added since the file was made keep their defaults, which reproduce the old behaviour
     defaults = asdict(TrainConfig(data="x"))
