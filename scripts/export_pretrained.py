@@ -1,17 +1,18 @@
 """Turn a training run's best checkpoint into the shipped model file.
 
     python scripts/export_pretrained.py runs/B/best.pt pretrained/fcn8s-compact-camvid.pt \
-        [../shared/data/camvid/val.txt]
+        [--val ../shared/data/camvid/val.txt] [--command "..."] [--selection "..."] [--description "..."]
 
 Drops the training state, stores the weights as float16 (half the size; loading
-casts back to float32) and adds the name, license and training command. Given a val list, the
-metrics stored (and shown by `fcn-label models`) are those of `fcn-label
-evaluate` on the exported float16 file itself, the numbers the model card
+casts back to float32) and adds the name, license, training command and how the run was
+selected. Given a val list, the metrics stored (and shown by `fcn-label models`) are those of
+`fcn-label evaluate` on the exported float16 file itself, the numbers the model card
 quotes; the run's own validation figures are kept as ``training_metrics``.
 """
 
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 
@@ -43,17 +44,18 @@ def measure(ck, val: str) -> dict:
             "val_mean_iou": float(s.mean_iou), "val_fw_iou": float(s.fw_iou), "val_iou": [float(x) for x in s.iou]}
 
 
-def main(src: str, dst: str, val: str | None = None) -> None:
+def main(src: str, dst: str, val: str | None = None, command: str = COMMAND, selection: str = SELECTION,
+         description: str | None = None) -> None:
     ck = load_checkpoint(src)
     info = SHIPPED["fcn8s-compact-camvid"]
     ck.train_state = None
     ck.metadata = {
         **ck.metadata,
         "name": info.name,
-        "description": info.description,
+        "description": description or info.description,
         "license": info.license,
-        "training_command": COMMAND,
-        "selection": SELECTION,
+        "training_command": command,
+        "selection": selection,
     }
     ck.metadata.get("train_config", {}).pop("max_steps", None)
     save_checkpoint(ck, dst, with_train_state=False, half=True)
@@ -68,4 +70,12 @@ def main(src: str, dst: str, val: str | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:4])
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("src")
+    ap.add_argument("dst")
+    ap.add_argument("val", nargs="?", help="val list: store the evaluate figures of the exported file")
+    ap.add_argument("--command", default=COMMAND, help="the commands that made the run (stored in the file)")
+    ap.add_argument("--selection", default=SELECTION, help="how the run was chosen, on val only")
+    ap.add_argument("--description", default=None, help="one line shown by fcn-label models")
+    a = ap.parse_args()
+    main(a.src, a.dst, a.val, a.command, a.selection, a.description)
