@@ -167,3 +167,13 @@ def test_the_docs_page_explains_every_key_with_its_default():
         else:
             default = list(f.default) if isinstance(f.default, tuple) else f.default
             assert cell.startswith("`") and tomllib.loads(f"v = {cell.split('`')[1]}")["v"] == default, (f.name, cell)
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in (REPO / "configs").glob("*.toml")))
+def test_every_shipped_recipe_file_loads_as_a_valid_config(parsed_config, tmp_path, name):
+    """The recipes scripts/gpu_session.sh and the model card run: each parses, validates and sets what it says."""
+    recipe = tomllib.loads((REPO / "configs" / name).read_text())
+    cfg = parsed_config(["x.txt", "--config", str(REPO / "configs" / name), "--out", str(tmp_path / "r")])
+    for key, want in recipe.items():
+        got = getattr(cfg, key)
+        assert (list(got) if isinstance(got, tuple) else got) == want, key
