@@ -82,6 +82,14 @@ class Backend:
             self._configs[_project_key(body["project"])] = schema
         return {"model_version": self.store.served.version}
 
+    def validate(self, body: dict) -> dict:
+        """Label Studio checks a config before saving it: the same check as /setup."""
+        try:
+            brush_target(body.get("config"), list(self.store.served.classes))
+        except InputError as e:
+            raise HttpError(400, str(e)) from None
+        return {}
+
     def _target(self, body: dict) -> BrushTarget:
         config = body.get("label_config") or self._configs.get(_project_key(body.get("project")))
         try:
@@ -126,8 +134,8 @@ class Backend:
         for i, t in enumerate(tasks):
             if i in errors:
                 self.log(f"predict: task {_tid(t)}: {errors[i]}")
-                results.append({"result": [], "score": 0.0, "model_version": served.version,
-                                "error": f"task {_tid(t)}: {errors[i]}"})
+                # no "result": Label Studio logs this answer and leaves the task without a prediction
+                results.append({"model_version": served.version, "error": f"task {_tid(t)}: {errors[i]}"})
                 continue
             p = by_idx[i]
             regions = mask_regions(p.labels, list(served.classes), str(_tid(t)))
@@ -185,14 +193,19 @@ class Handler(BaseHTTPRequestHandler):
     log_fn: Callable = print
 
     GET_ROUTES = {"/health": "health", "/": "health", "/versions": "versions"}
-    POST_ROUTES = {"/setup": "setup", "/predict": "predict", "/webhook": "webhook", "/train": "train"}
+    POST_ROUTES = {"/setup": "setup", "/validate": "validate", "/predict": "predict", "/webhook": "webhook",
+                   "/train": "train"}
 
     def log_message(self, fmt, *args):  # one line per request through the backend's log, not stderr's
         pass
 
     def _send(self, status: int, obj: dict) -> None:
         data = json.dumps(obj).encode()
-        self.send_response(status)
+        if status >= 400:  # the message as the reason phrase too: Label Studio shows that, not the body
+            reason = " ".join(str(obj.get("error", "")).split())[:400].encode("latin-1", "replace").decode("latin-1")
+            self.send_response(status, reason or None)
+        else:
+            self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
         if status == 401:

@@ -347,3 +347,28 @@ def test_training_killed_with_sigkill_leaves_the_served_model(backend, ls, tmp_p
     assert not (tmp_path / "state/current.json").exists()
     b.learner.close()  # the queued round is dropped with the backend
     assert ModelStore(tmp_path / "state", str(weights), device="cpu").served.version == old
+
+
+def test_one_bad_task_among_good_ones_loses_only_itself(backend, ls, weights):
+    b, url = backend()
+    img = rand_image(30, 40, 5)
+    ls.routes["/data/upload/ok.png"] = png(img)
+    tasks = [{"id": 1, "data": {"image": "/data/upload/ok.png"}}, {"id": 2, "data": {"image": "/data/upload/gone.png"}}]
+    status, out = call(url, "/predict", {"tasks": tasks, "label_config": CONFIG})
+    assert status == 200
+    good, bad = out["results"]
+    (p,) = Predictor(load_checkpoint(weights), device="cpu").predict_arrays([img])
+    assert np.array_equal(decode(good["result"], p.labels.shape), p.labels)
+    assert "result" not in bad and bad["error"].startswith("task 2: /data/upload/gone.png: the server answered 404")
+
+
+def test_label_studio_sees_the_message_as_the_reason_phrase(backend):
+    """Label Studio shows requests' HTTPError text ('400 Client Error: REASON for url'), not the body."""
+    b, url = backend()
+    req = urllib.request.Request(url + "/setup", data=json.dumps({"schema": "<View/>"}).encode(),
+                                 headers={"Content-Type": "application/json"})
+    with pytest.raises(urllib.error.HTTPError) as e:
+        urllib.request.urlopen(req, timeout=30)
+    assert e.value.code == 400 and "no <BrushLabels> control" in e.value.reason
+    assert call(url, "/validate", {"config": CONFIG}) == (200, {})
+    assert call(url, "/validate", {"config": CONFIG.replace("class1", "x")})[0] == 400
