@@ -59,7 +59,10 @@ def serve(
     max_body: int = typer.Option(64 * 1024 * 1024, "--max-body", min=1, help="Largest request body in bytes."),
 ) -> None:
     """Serve a model to Label Studio as an ML backend: brush-mask predictions, training from corrections."""
+    from ..export.labelstudio import brush
     from ..serve import Backend, ImageFetcher, Learner, ModelStore, Recipe, make_server
+
+    brush()  # label-studio-sdk's brush RLE (the export extra): missing, one line now rather than a 500 later
 
     if basic_auth is not None and ":" not in basic_auth:
         raise fail("--basic-auth: expected USER:PASSWORD")

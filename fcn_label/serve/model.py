@@ -88,11 +88,11 @@ class ModelStore:
         files = sorted((self.state / MODELS).glob("*.pt"), key=lambda p: p.stat().st_mtime)
         return [self.base_version] + [p.stem for p in files]
 
-    def predict(self, images: Sequence[np.ndarray]):
-        """(predictions, the Served they came from): one consistent model for the whole request."""
-        served = self.served
+    def predict(self, images: Sequence[np.ndarray], served: Served | None = None) -> list:
+        """Predictions of ``served`` (default: the model served now); same-size images share batches."""
+        served = served or self.served
         with self._forward:
-            return served.predictor.predict_arrays(list(images), self.batch_size), served
+            return served.predictor.predict_arrays(list(images), self.batch_size)
 
     def install(self, trained: Path, round_no: int) -> Served:
         """Copy ``trained`` into models/ (whole, then renamed), load it, point current.json at it, serve it."""

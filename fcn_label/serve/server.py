@@ -30,6 +30,7 @@ from typing import Callable
 import numpy as np
 
 from ..errors import InputError
+from ..export.labelstudio import mask_regions
 from ..guard import first_line
 from .fetch import FetchError, ImageFetcher
 from .labelconfig import BrushTarget, brush_target
@@ -39,6 +40,7 @@ from .training import Learner
 DEFAULT_MAX_PREDICT = 50
 DEFAULT_MAX_BODY = 64 * 1024 * 1024  # a /train call carries the project's annotations, brush RLE included
 MAX_TASKS = 1000  # tasks in one /predict call
+CHUNK = 8  # a /predict call's images fetched and predicted this many at a time
 TRAIN_ACTIONS = ("START_TRAINING", "ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_CREATED")
 
 
@@ -113,36 +115,33 @@ class Backend:
                                  f"{target.data_key}\">); the task has {', '.join(map(str, t['data'])) or 'no data'}", 400)
             return self.fetcher.fetch(t["data"][target.data_key], t.get("id"))
 
-        futures = [self._pool.submit(image, t) for t in tasks]
-        arrays, errors = {}, {}
-        for i, f in enumerate(futures):
-            try:
-                arrays[i] = f.result()
-            except FetchError as e:
-                errors[i] = e
-            except Exception as e:  # one task's image: that task's answer, not the request's
-                errors[i] = FetchError(first_line(e), 422)
-        if errors and not arrays:
+        served = self.store.served  # one model for the whole request, even if a round switches meanwhile
+        results: list[dict | None] = [None] * len(tasks)
+        errors: dict[int, FetchError] = {}
+        for start in range(0, len(tasks), CHUNK):  # bounded memory: a chunk's images at a time
+            futures = {i: self._pool.submit(image, tasks[i]) for i in range(start, min(len(tasks), start + CHUNK))}
+            arrays = {}
+            for i, f in futures.items():
+                try:
+                    arrays[i] = f.result()
+                except FetchError as e:
+                    errors[i] = e
+                except Exception as e:  # one task's image: that task's answer, not the request's
+                    errors[i] = FetchError(first_line(e), 422)
+            idx = sorted(arrays)
+            for i, p in zip(idx, self.store.predict([arrays.pop(i) for i in idx], served)):
+                regions = mask_regions(p.labels, list(served.classes), str(_tid(tasks[i])))
+                for r in regions:
+                    r["from_name"], r["to_name"] = target.from_name, target.to_name
+                results[i] = {"result": regions, "score": float(np.mean(p.confidence, dtype=np.float64)),
+                              "model_version": served.version}
+        if len(errors) == len(tasks):
             first = errors[min(errors)]
             raise HttpError(first.status, "; ".join(f"task {_tid(tasks[i])}: {e}" for i, e in sorted(errors.items())[:5]))
-        idx = sorted(arrays)
-        preds, served = self.store.predict([arrays[i] for i in idx])
-        from ..export.labelstudio import mask_regions
-
-        results: list[dict] = []
-        by_idx = dict(zip(idx, preds))
-        for i, t in enumerate(tasks):
-            if i in errors:
-                self.log(f"predict: task {_tid(t)}: {errors[i]}")
-                # no "result": Label Studio logs this answer and leaves the task without a prediction
-                results.append({"model_version": served.version, "error": f"task {_tid(t)}: {errors[i]}"})
-                continue
-            p = by_idx[i]
-            regions = mask_regions(p.labels, list(served.classes), str(_tid(t)))
-            for r in regions:
-                r["from_name"], r["to_name"] = target.from_name, target.to_name
-            results.append({"result": regions, "score": float(np.mean(p.confidence, dtype=np.float64)),
-                            "model_version": served.version})
+        for i, e in errors.items():
+            self.log(f"predict: task {_tid(tasks[i])}: {e}")
+            # no "result": Label Studio logs this answer and leaves the task without a prediction
+            results[i] = {"model_version": served.version, "error": f"task {_tid(tasks[i])}: {e}"}
         return {"results": results, "model_version": served.version}
 
     def webhook(self, body: dict) -> dict:
@@ -186,6 +185,7 @@ def _tid(task) -> object:
 
 class Handler(BaseHTTPRequestHandler):
     server_version = "fcn-label-serve"
+    timeout = 120  # seconds a connection may sit idle or trickle its request before it is closed
     protocol_version = "HTTP/1.1"
     backend: Backend
     auth: str | None = None  # "user:pass"

@@ -149,16 +149,17 @@ def decode(results: list[dict], shape) -> np.ndarray:
 
 def test_predict_answers_each_task_with_predicts_mask_and_mean_confidence(backend, ls, weights):
     b, url = backend()
-    imgs = {1: rand_image(40, 56, 1), 2: rand_image(40, 56, 2), 3: rand_image(33, 47, 3)}  # two share a batch
+    # same-size images share batches; more tasks than one chunk of fetching and predicting
+    imgs = {k: rand_image(40, 56, k) if k % 3 else rand_image(33, 47, k) for k in range(1, 12)}
     for k, a in imgs.items():
         ls.routes[f"/data/upload/1/img{k}.png"] = png(a)
     status, setup = call(url, "/setup", {"project": "1.123", "schema": CONFIG, "hostname": ls.url})
     assert status == 200
     want_version = f"tiny-{__import__('hashlib').sha256(weights.read_bytes()).hexdigest()[:8]}"
     assert setup == {"model_version": want_version}
-    tasks = [{"id": k, "data": {"image": f"/data/upload/1/img{k}.png"}} for k in (3, 1, 2)]
+    tasks = [{"id": k, "data": {"image": f"/data/upload/1/img{k}.png"}} for k in (3, 1, 2, *range(4, 12))]
     status, out = call(url, "/predict", {"tasks": tasks, "project": "1.123", "label_config": CONFIG})
-    assert status == 200 and len(out["results"]) == 3
+    assert status == 200 and len(out["results"]) == 11
     ref = Predictor(load_checkpoint(weights), device="cpu")
     for t, res in zip(tasks, out["results"]):
         (p,) = ref.predict_arrays([imgs[t["id"]]])
