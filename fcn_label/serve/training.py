@@ -33,6 +33,7 @@ from .labelconfig import brush_target
 from .model import ModelStore
 
 ROUNDS = "rounds"
+PARENT_ENV = "FCN_LABEL_SERVE_PARENT"
 DEFAULT_EPOCHS = 50
 
 
@@ -175,7 +176,8 @@ class Learner:
             cfg["lr"] = self.recipe.lr
         write_text_atomic(folder / "config.json", json.dumps(cfg, indent=1))
         pkg_root = str(Path(__file__).resolve().parents[2])
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [pkg_root, os.environ.get("PYTHONPATH")])))
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [pkg_root, os.environ.get("PYTHONPATH")])),
+                   **{PARENT_ENV: str(os.getpid())})
         self.log(f"training round {st.number}: {len(used)} annotated tasks, {self.recipe.epochs} epochs from "
                  f"{served.version}; log {folder / 'train.log'}")
         with open(folder / "train.log", "wb") as logf:
@@ -217,10 +219,28 @@ class Learner:
                 child.kill()
 
 
+def _die_with_parent() -> None:
+    """A backend killed with SIGKILL cannot stop its child: on Linux the kernel does (PR_SET_PDEATHSIG),
+    so no orphaned round keeps the machine busy for weights nobody will install."""
+    parent = os.environ.get(PARENT_ENV)
+    if not sys.platform.startswith("linux") or not parent:
+        return
+    import ctypes
+    import signal
+
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL))  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if str(os.getppid()) != parent:  # the parent died before the call
+        os._exit(1)
+
+
 def main(argv: list[str] | None = None) -> int:
     """The child: fine-tune as the round's config.json says (options given there override the preset)."""
     from ..train import TrainConfig, Trainer
 
+    _die_with_parent()
     argv = sys.argv[1:] if argv is None else argv
     cfg_dict = json.loads(Path(argv[0]).read_text(encoding="utf-8"))
     cfg = TrainConfig(**cfg_dict)

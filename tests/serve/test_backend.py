@@ -8,12 +8,14 @@ import base64
 import json
 import os
 import signal
+import sys
 import threading
 import time
 import urllib.error
 import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from io import BytesIO
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -373,3 +375,39 @@ def test_label_studio_sees_the_message_as_the_reason_phrase(backend):
     assert e.value.code == 400 and "no <BrushLabels> control" in e.value.reason
     assert call(url, "/validate", {"config": CONFIG}) == (200, {})
     assert call(url, "/validate", {"config": CONFIG.replace("class1", "x")})[0] == 400
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_a_backend_killed_with_sigkill_takes_its_training_child_along(tmp_path):
+    """The child a round runs in dies with the backend, so no orphan trains for weights nobody installs."""
+    import subprocess
+
+    child_code = ("import os, time; from fcn_label.serve.training import _die_with_parent; _die_with_parent(); "
+                  "open(os.environ['READY'], 'w').write(str(os.getpid())); time.sleep(120)")
+    parent_code = ("import os, subprocess, sys, time; "
+                   "env = dict(os.environ, FCN_LABEL_SERVE_PARENT=str(os.getpid())); "
+                   f"subprocess.Popen([sys.executable, '-c', {child_code!r}], env=env); time.sleep(120)")
+    ready = tmp_path / "child.pid"
+    env = dict(os.environ, READY=str(ready), PYTHONPATH=os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[2]), os.environ.get("PYTHONPATH")])))
+    parent = subprocess.Popen([sys.executable, "-c", parent_code], env=env)
+    try:
+        deadline = time.monotonic() + 60
+        while not (ready.is_file() and ready.read_text()) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        child = int(ready.read_text())
+        os.kill(parent.pid, signal.SIGKILL)
+        parent.wait()
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                if Path(f"/proc/{child}/stat").read_text().split(")")[-1].split()[0] == "Z":
+                    break  # dead, waiting for init to reap it
+            except (FileNotFoundError, ProcessLookupError):
+                break
+            time.sleep(0.1)
+        else:
+            os.kill(child, signal.SIGKILL)
+            raise AssertionError("the training child outlived its backend")
+    finally:
+        if parent.poll() is None:
+            parent.kill()
