@@ -6,10 +6,6 @@ import socket
 import subprocess
 from pathlib import Path
 
-import pytest
-
-REPO = Path(__file__).resolve().parents[2]
-
 
 def serve(*args: str, tmp_path: Path) -> subprocess.CompletedProcess:
     """The CLI in this process (each of these fails before it would listen); exit status and stderr kept."""
