@@ -11,7 +11,9 @@ ignored), next to the shipped model itself. Validation runs once, after the last
 figure picks a model; the model scored is the one the run saves (the EMA average when on).
 
 Recipes: ``default-N`` = today's `finetune --init` defaults (modern preset) for N epochs;
-``lrX-N`` = the same with ``--lr X``. Writes OUT/results.md. Numbers depend on the machine's load
+``lrX-N`` = the same with ``--lr X``; a ``frozen-`` prefix trains with the backbone (conv1-conv5)
+and every BatchNorm's statistics frozen, as `fcn-label serve` can
+(:func:`fcn_label.serve.training.freeze_backbone`). Writes OUT/results.md. Numbers depend on the machine's load
 only in time, not in value (CPU, fixed seed).
 """
 
@@ -28,21 +30,23 @@ sys.path.insert(0, str(REPO))
 
 from fcn_label.checkpoint import load_checkpoint, resolve_weights  # noqa: E402
 from fcn_label.metrics import scores  # noqa: E402
-from fcn_label.train import SegmentationDataset, TrainConfig, Trainer, evaluate_model  # noqa: E402
+from fcn_label.serve.training import train_round  # noqa: E402
+from fcn_label.train import SegmentationDataset, evaluate_model  # noqa: E402
 from fcn_label.datasets import load_pairs  # noqa: E402
 
 CAMVID = REPO.parent / "shared" / "data" / "camvid"
 MODEL = "fcn8s-compact-camvid"
 
 
-def recipe(name: str) -> dict:
-    m = re.fullmatch(r"(default|lr([0-9.e-]+))-(\d+)", name)
+def recipe(name: str) -> tuple[dict, bool]:
+    """(TrainConfig options, frozen backbone) of a recipe name: [frozen-](default|lrX)-EPOCHS."""
+    m = re.fullmatch(r"(frozen-)?(default|lr([0-9.e-]+))-(\d+)", name)
     if not m:
-        raise SystemExit(f"recipe {name!r}: expected default-N or lrX-N")
-    kw = {"epochs": int(m.group(3))}
-    if m.group(2):
-        kw["lr"] = float(m.group(2))
-    return kw
+        raise SystemExit(f"recipe {name!r}: expected [frozen-]default-N or [frozen-]lrX-N")
+    kw = {"epochs": int(m.group(4))}
+    if m.group(3):
+        kw["lr"] = float(m.group(3))
+    return kw, bool(m.group(1))
 
 
 def main() -> None:
@@ -76,13 +80,12 @@ def main() -> None:
     print(rows[-1], flush=True)
     for name in a.recipes.split(","):
         t0 = time.time()
-        cfg = TrainConfig(data=str(train_list), init=MODEL, out=str(a.out / name), ignore_index=11,
-                          device="cpu", threads=a.threads, **recipe(name))
-        cfg.apply_preset({"init", "ignore_index", "device", "threads", *recipe(name)})
-        tr = Trainer(cfg, log=lambda m: None)
-        tr.run()
+        kw, frozen = recipe(name)
+        tr = train_round(dict(data=str(train_list), init=MODEL, out=str(a.out / name), ignore_index=11,
+                              device="cpu", threads=a.threads, **kw), log=lambda m: None, frozen=frozen)
         model = (tr.ema.model if tr.ema else tr.model)
-        rows.append((f"{name}: {cfg.epochs} epochs, lr {cfg.lr:g}", 100 * miou(model, tr.norm), time.time() - t0))
+        what = f"{tr.cfg.epochs} epochs, lr {tr.cfg.lr:g}" + (", backbone and BatchNorm frozen" if frozen else "")
+        rows.append((f"{name}: {what}", 100 * miou(model, tr.norm), time.time() - t0))
         print(rows[-1], flush=True)
     md = ["| recipe (fine-tuned on %d CamVid train frames) | val mean IU (101 frames) | minutes |" % a.frames,
           "| --- | --- | --- |"]

@@ -51,6 +51,9 @@ def serve(
     train_epochs: int = typer.Option(50, "--train-epochs", min=1, help="Epochs of each training round."),
     train_lr: Optional[float] = typer.Option(None, "--train-lr", help="Learning rate of each round (default: the "
                                              "finetune preset's)."),
+    freeze: bool = typer.Option(True, "--train-freeze/--train-all", help="Rounds train only the layers above the "
+                                "backbone and keep BatchNorm statistics (a few images cannot re-estimate them); "
+                                "--train-all trains every layer as finetune does."),
     max_predict: int = typer.Option(50, "--max-predict", min=1, help="Predict calls held at once; more are "
                                     "answered 503."),
     max_image_bytes: int = typer.Option(50 * 1024 * 1024, "--max-image-bytes", min=1, help="Largest image file fetched."),
@@ -74,7 +77,8 @@ def serve(
     hosts = list(allow_host)
     fetcher = ImageFetcher(label_studio_url, api_key, hosts, max_bytes=max_image_bytes, max_pixels=max_pixels,
                            tmpdir=state)
-    learner = Learner(store, fetcher, Recipe(epochs=train_epochs, lr=train_lr, device=device), log=log) if train else None
+    learner = Learner(store, fetcher, Recipe(epochs=train_epochs, lr=train_lr, freeze_backbone=freeze,
+                                                device=device), log=log) if train else None
     backend = Backend(store, fetcher, learner, max_predict=max_predict, log=log)
     try:
         srv = make_server(backend, host, port, basic_auth, max_body=max_body, log=log)

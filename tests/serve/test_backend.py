@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from fcn_label.checkpoint import load_checkpoint, save_checkpoint
@@ -324,6 +325,10 @@ def test_a_training_round_switches_to_new_weights_and_keeps_the_old(backend, ls,
     assert np.array_equal(decode(out["results"][0]["result"], p.labels.shape), p.labels)
     assert out["results"][0]["score"] == pytest.approx(float(p.confidence.mean()), abs=1e-6)
     assert abs(float(p.confidence.mean()) - float(q.confidence.mean())) > 1e-3  # the round did change the model
+    # the backbone and every BatchNorm's statistics stayed; the layers above it learned
+    a, c = load_checkpoint(weights).state_dict, load_checkpoint(new_file).state_dict
+    assert all(torch.equal(a[k], c[k]) for k in a if k.startswith(("conv", "bn")))
+    assert not torch.equal(a["score_fr.weight"], c["score_fr.weight"])
     # a restart serves the trained weights
     assert ModelStore(tmp_path / "state", str(weights), device="cpu").served.version == new
 
