@@ -136,14 +136,13 @@ def test_label_studio_predicts_through_the_backend_and_trains_it(label_studio, t
         # Label Studio asks again (a new model_version) and the masks are the new weights'
         ref_new = Predictor(new_ck, device="cpu")
         got = retrieve_predictions(ls, project.id)
-        changed = 0
         for name, (task, pred) in got.items():
             (p,) = ref_new.predict_arrays([read_image(ls.files / name)])
             (q,) = ref.predict_arrays([read_image(ls.files / name)])
             assert pred.model_version == new
             assert np.array_equal(decode(pred, names, p.labels.shape), p.labels), name
-            changed += int(not np.array_equal(p.labels, q.labels))
-        assert changed > 0  # the new weights label some pixel differently
+            assert pred.score == pytest.approx(float(p.confidence.mean()), abs=1e-5)
+            assert abs(float(p.confidence.mean()) - float(q.confidence.mean())) > 1e-4  # new weights, new scores
     finally:
         os.killpg(backend.pid, signal.SIGTERM)
         try:
