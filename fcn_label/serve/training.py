@@ -25,6 +25,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..datasets.labelstudio import read as read_corrections
 from ..errors import InputError
 from ..guard import failure_message
 from ..images import write_text_atomic
@@ -168,8 +169,19 @@ class Learner:
             self.log(f"warning: {p}")
         if not used:
             raise InputError("no submitted annotation with a usable image" + (f" ({problems[0]})" if problems else ""))
-        st.tasks = len(used)
         write_text_atomic(folder / "annotations.json", json.dumps(used))
+        corrections = read_corrections(folder / "annotations.json")  # the reader finetune uses: bad tasks named now
+        bad = list(corrections.problems)
+        for key in corrections.entries:
+            try:
+                corrections.mask(key)  # decodes the brush RLE and checks every label is a class
+            except InputError as e:
+                bad.append(str(e))
+        for p in bad:
+            self.log(f"warning: {p} (left out of the round)")
+        st.tasks = len(corrections.entries) - (len(bad) - len(corrections.problems))
+        if st.tasks == 0:
+            raise InputError("no usable annotation: " + bad[0])
         cfg = {"data": str(folder / "annotations.json"), "images": str(folder / "images"), "init": str(served.path),
                "out": str(folder / "run"), "epochs": self.recipe.epochs, "device": self.recipe.device,
                "threads": self.recipe.threads, "ignore_index": 255, "skip_bad": True, "save_every": self.recipe.epochs}

@@ -5,6 +5,7 @@ the API token). Masks are checked against the Predictor run directly on the same
 from __future__ import annotations
 
 import base64
+import copy
 import json
 import os
 import signal
@@ -101,8 +102,10 @@ def start(tmp_path, weights, ls, basic_auth=None, max_predict=50, train=True, ma
     state = tmp_path / "state"
     store = ModelStore(state, str(weights), device="cpu", log=lambda m: None)
     fetcher = ImageFetcher(ls.url, TOKEN, max_pixels=max_pixels, tmpdir=state)
-    learner = Learner(store, fetcher, Recipe(epochs=epochs, device="cpu", threads=1), log=lambda m: None) if train else None
-    backend = Backend(store, fetcher, learner, max_predict=max_predict, log=lambda m: None)
+    logs: list[str] = []
+    learner = Learner(store, fetcher, Recipe(epochs=epochs, device="cpu", threads=1), log=logs.append) if train else None
+    backend = Backend(store, fetcher, learner, max_predict=max_predict, log=logs.append)
+    backend.logs = logs
     srv = make_server(backend, "127.0.0.1", 0, basic_auth, max_body=1 << 20, log=lambda m: None)
     threading.Thread(target=srv.serve_forever, daemon=True).start()
     return srv, backend, f"http://127.0.0.1:{srv.server_address[1]}"
@@ -296,8 +299,12 @@ def setup_training_data(ls):
     labels = {k: (np.arange(64)[None, :].repeat(48, 0) * 3 // 64).astype(np.uint8) for k in imgs}  # three stripes
     for k, a in imgs.items():
         ls.routes[f"/data/upload/t{k}.png"] = png(a)
-    ls.routes["/api/projects/5/export?exportType=JSON&download_all_tasks=false"] = json.dumps(
-        annotated_export(imgs, labels)).encode()
+    tasks = annotated_export(imgs, labels)
+    bad = copy.deepcopy(tasks[0])  # a third annotation paints a label the model does not know: left out, named
+    bad["id"], bad["data"]["image"] = 3, "/data/upload/t3.png"
+    bad["annotations"][0]["result"][0]["value"]["brushlabels"] = ["road"]
+    ls.routes["/data/upload/t3.png"] = png(imgs[1])
+    ls.routes["/api/projects/5/export?exportType=JSON&download_all_tasks=false"] = json.dumps(tasks + [bad]).encode()
     return imgs
 
 
@@ -312,6 +319,7 @@ def test_a_training_round_switches_to_new_weights_and_keeps_the_old(backend, ls,
     assert last["ok"], last["message"]
     new = h["model_version"]
     assert new != old and new == last["version"] and last["tasks"] == 2
+    assert any("task 3" in m and "'road' is not a class" in m for m in b.logs), b.logs
     cur = json.loads((tmp_path / "state/current.json").read_text())
     new_file = tmp_path / "state/models" / cur["file"]
     assert cur["version"] == new and new_file.is_file() and weights.is_file()
