@@ -234,7 +234,10 @@ class Handler(BaseHTTPRequestHandler):
             raise HttpError(411, "Content-Length missing: send the JSON body with its length")
         if int(n) > self.max_body:
             raise HttpError(413, f"body of {int(n):,} bytes is over the limit of {self.max_body:,} (--max-body)")
-        raw = self.rfile.read(int(n))
+        try:
+            raw = self.rfile.read(int(n))
+        except OSError:  # a client that promised more than it sent, until the connection timed out
+            raise HttpError(400, f"body shorter than its Content-Length {n}") from None
         self._read = True
         try:
             body = json.loads(raw)
@@ -256,8 +259,8 @@ class Handler(BaseHTTPRequestHandler):
                 other = self.POST_ROUTES if not post else self.GET_ROUTES
                 if path in other:
                     raise HttpError(405, f"{path} takes {'POST' if not post else 'GET'}")
-                raise HttpError(404, f"no route {path}; the backend answers GET /health and POST /setup, /predict, "
-                                     "/webhook, /train")
+                raise HttpError(404, f"no route {path}; the backend answers GET /health, /versions and POST /setup, "
+                                     "/validate, /predict, /webhook, /train")
             fn = getattr(self.backend, name)
             if not post:
                 status, obj = 200, fn()
