@@ -49,11 +49,10 @@ def serve(
     train: bool = typer.Option(True, "--train/--no-train", help="Learn from submitted annotations (webhook or "
                                "Label Studio's Start Training)."),
     train_epochs: int = typer.Option(50, "--train-epochs", min=1, help="Epochs of each training round."),
-    train_lr: Optional[float] = typer.Option(None, "--train-lr", help="Learning rate of each round (default: the "
-                                             "finetune preset's)."),
-    freeze: bool = typer.Option(True, "--train-freeze/--train-all", help="Rounds train only the layers above the "
-                                "backbone and keep BatchNorm statistics (a few images cannot re-estimate them); "
-                                "--train-all trains every layer as finetune does."),
+    train_lr: float = typer.Option(2e-4, "--train-lr", min=0.0, help="Learning rate of each round: a tenth of the "
+                                   "finetune preset's, which loses accuracy on a few images (docs/labelstudio.md)."),
+    freeze: bool = typer.Option(False, "--train-freeze/--train-all", help="--train-freeze trains only the layers "
+                                "above the backbone and keeps BatchNorm statistics (measured to lose; see the docs)."),
     max_predict: int = typer.Option(50, "--max-predict", min=1, help="Predict calls held at once; more are "
                                     "answered 503."),
     max_image_bytes: int = typer.Option(50 * 1024 * 1024, "--max-image-bytes", min=1, help="Largest image file fetched."),

@@ -333,9 +333,9 @@ def test_a_training_round_switches_to_new_weights_and_keeps_the_old(backend, ls,
     assert np.array_equal(decode(out["results"][0]["result"], p.labels.shape), p.labels)
     assert out["results"][0]["score"] == pytest.approx(float(p.confidence.mean()), abs=1e-6)
     assert abs(float(p.confidence.mean()) - float(q.confidence.mean())) > 1e-3  # the round did change the model
-    # the backbone and every BatchNorm's statistics stayed; the layers above it learned
+    # the default recipe trains every layer (the docs' table)
     a, c = load_checkpoint(weights).state_dict, load_checkpoint(new_file).state_dict
-    assert all(torch.equal(a[k], c[k]) for k in a if k.startswith(("conv", "bn")))
+    assert not torch.equal(a["conv1_1.weight"], c["conv1_1.weight"])
     assert not torch.equal(a["score_fr.weight"], c["score_fr.weight"])
     # a restart serves the trained weights
     assert ModelStore(tmp_path / "state", str(weights), device="cpu").served.version == new
@@ -424,3 +424,19 @@ def test_a_backend_killed_with_sigkill_takes_its_training_child_along(tmp_path):
     finally:
         if parent.poll() is None:
             parent.kill()
+
+
+def test_freeze_backbone_keeps_the_backbone_and_batchnorm_statistics():
+    from fcn_label.serve.training import freeze_backbone
+
+    model = make_checkpoint(padding="same", bn=True, n=3).build()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    freeze_backbone(model)
+    model.train()  # as the training loop does every epoch
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    x = torch.from_numpy(rand_image(64, 64, 0).copy()).permute(2, 0, 1)[None].float() / 255
+    model(x).mean().backward()
+    opt.step()
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before if k.startswith(("conv", "bn")))
+    assert not torch.equal(before["score_fr.weight"], after["score_fr.weight"])
