@@ -1,6 +1,6 @@
 """Which fine-tuning recipe `fcn-label serve` may run on a handful of corrected images.
 
-    python benchmarks/few_corrections.py [--frames 10] [--recipes default-8,default-50,lr2e-4-50] [--out DIR]
+    python benchmarks/few_corrections.py [--frames 10] [--recipes default-50,frozen-default-50,lr2e-4-50] [--out DIR]
 
 An annotation team corrects a few frames in Label Studio and the backend fine-tunes the served
 model on them. That must not make the model worse on the frames nobody corrected. Stand-in:
@@ -53,7 +53,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--camvid", type=Path, default=CAMVID)
     ap.add_argument("--frames", type=int, default=10)
-    ap.add_argument("--recipes", default="default-8,default-50,lr2e-4-50")
+    ap.add_argument("--recipes", default="default-50,frozen-default-50,lr2e-4-50")
     ap.add_argument("--out", type=Path, default=Path("runs/few_corrections"))
     ap.add_argument("--threads", type=int, default=0)
     a = ap.parse_args()
