@@ -1,4 +1,5 @@
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -38,3 +39,81 @@ def fixtures_dir():
     if not (FIXTURES / "voc").is_dir():
         pytest.skip(f"shared fixtures not found at {FIXTURES} (set FCN_LABEL_SHARED to the shared/ folder)")
     return FIXTURES
+
+
+# ---------------------------------------------------------------------------
+# A real Label Studio server (slow: about a minute to start and migrate its SQLite database).
+
+
+def label_studio_bin() -> str | None:
+    """`label-studio` from FCN_LABEL_STUDIO_BIN or PATH: it is kept out of the project's venv because it
+    pins its own numpy and Django stack (install it with pipx or in a separate venv)."""
+    import shutil
+
+    return os.environ.get("FCN_LABEL_STUDIO_BIN") or shutil.which("label-studio")
+
+
+@dataclass
+class LabelStudioServer:
+    url: str
+    token: str  # the user's legacy API token
+    client: object  # label_studio_sdk.client.LabelStudio
+    files: Path  # LOCAL_FILES_DOCUMENT_ROOT: what /data/local-files/?d=REL may serve (with a local storage)
+
+
+@pytest.fixture
+def label_studio(tmp_path):
+    """Label Studio on 127.0.0.1 with a temporary data folder, stopped after the test.
+
+    USE_DEFAULT_BANNED_SUBNETS=false lets it reach an ML backend on 127.0.0.1 (its SSRF guard refuses
+    loopback addresses otherwise); local file serving is on under ``files``."""
+    import signal
+    import socket
+    import subprocess
+    import time
+    import urllib.request
+
+    exe = label_studio_bin()
+    if not exe:
+        pytest.skip("label-studio not installed (python3 -m venv LSV && LSV/bin/pip install label-studio "
+                    "'sentry-sdk<3'; set FCN_LABEL_STUDIO_BIN to LSV/bin/label-studio)")
+    pytest.importorskip("label_studio_sdk", reason='needs label-studio-sdk: pip install "fcn-label[export]"')
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    data, files = tmp_path / "ls-data", tmp_path / "ls-files"
+    files.mkdir()
+    token = "fcnlabeltesttoken0123456789"
+    env = dict(os.environ, LABEL_STUDIO_BASE_DATA_DIR=str(data), DJANGO_DB="sqlite",
+               LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN="true", LABEL_STUDIO_DISABLE_SIGNUP_WITHOUT_LINK="true",
+               USE_DEFAULT_BANNED_SUBNETS="false", LOCAL_FILES_SERVING_ENABLED="true",
+               LOCAL_FILES_DOCUMENT_ROOT=str(files))
+    log = open(tmp_path / "label-studio.log", "wb")
+    proc = subprocess.Popen([exe, "start", "--no-browser", "--host", "127.0.0.1", "--port", str(port),
+                             "--data-dir", str(data), "--username", "test@example.com", "--password", "secret123",
+                             "--user-token", token], cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 300
+        while True:
+            try:
+                with urllib.request.urlopen(url + "/health", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail("label-studio did not start: " + (tmp_path / "label-studio.log").read_text()[-2000:])
+            time.sleep(1)
+        from label_studio_sdk.client import LabelStudio
+
+        yield LabelStudioServer(url, token, LabelStudio(base_url=url, api_key=token), files)
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)  # the server we started, and its workers
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        log.close()

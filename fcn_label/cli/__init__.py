@@ -13,6 +13,7 @@ from . import models as _models  # noqa: F401,E402
 from . import review as _review  # noqa: F401,E402
 from . import select as _select  # noqa: F401,E402
 from . import export as _export  # noqa: F401,E402
+from . import serve as _serve  # noqa: F401,E402
 
 
 def main() -> None:

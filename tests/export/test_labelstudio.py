@@ -137,74 +137,13 @@ def test_bad_label_studio_export_names_the_task_and_field(pred_dir, tmp_path):
     assert "Traceback" not in r.stderr and "value.rle" in r.stderr
 
 
-# ---------------------------------------------------------------------------
-# A real Label Studio server (slow: about a minute to start and migrate its SQLite database).
-
-
-def _label_studio_bin() -> str | None:
-    """`label-studio` from FCN_LABEL_STUDIO_BIN or PATH: it is kept out of the project's venv because it
-    pins its own numpy and Django stack (install it with pipx or in a separate venv)."""
-    import os
-    import shutil
-
-    return os.environ.get("FCN_LABEL_STUDIO_BIN") or shutil.which("label-studio")
-
-
-@pytest.fixture
-def label_studio(tmp_path):
-    import os
-    import signal
-    import socket
-    import subprocess
-    import time
-    import urllib.request
-
-    exe = _label_studio_bin()
-    if not exe:
-        pytest.skip("label-studio not installed (pip install label-studio in another venv; "
-                    "set FCN_LABEL_STUDIO_BIN to its `label-studio` executable)")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    data = tmp_path / "ls-data"
-    token = "fcnlabeltesttoken0123456789"
-    env = dict(os.environ, LABEL_STUDIO_BASE_DATA_DIR=str(data), DJANGO_DB="sqlite",
-               LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN="true", LABEL_STUDIO_DISABLE_SIGNUP_WITHOUT_LINK="true")
-    log = open(tmp_path / "label-studio.log", "wb")
-    proc = subprocess.Popen([exe, "start", "--no-browser", "--host", "127.0.0.1", "--port", str(port),
-                             "--data-dir", str(data), "--username", "test@example.com", "--password", "secret123",
-                             "--user-token", token], cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 300
-        while True:
-            try:
-                with urllib.request.urlopen(url + "/health", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail("label-studio did not start: " + (tmp_path / "label-studio.log").read_text()[-2000:])
-            time.sleep(1)
-        from label_studio_sdk.client import LabelStudio
-
-        yield LabelStudio(base_url=url, api_key=token)
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)  # the server we started, and its workers
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        log.close()
+# A real Label Studio server: the `label_studio` fixture (tests/conftest.py).
 
 
 @pytest.mark.slow
 @pytest.mark.integration
 def test_real_label_studio_round_trip(label_studio, pred_dir, tmp_path):
-    ls = label_studio
+    ls = label_studio.client
     export(pred_dir, "labelstudio", tmp_path / "ls")
     names, want = classes(pred_dir), masks(pred_dir)
     tasks = json.loads((tmp_path / "ls/tasks.json").read_text())
