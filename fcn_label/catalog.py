@@ -45,7 +45,8 @@ SHIPPED: dict[str, WeightsInfo] = {
     "fcn8s-compact-camvid": WeightsInfo(
         name="fcn8s-compact-camvid",
         file="fcn8s-compact-camvid.pt",
-        description="Compact FCN-8s (VGG16 widths x0.25, BatchNorm) trained from scratch on CamVid, 11 road-scene classes",
+        description="Compact FCN-8s (VGG16 widths x0.25, BatchNorm) trained on CamVid (from scratch, then "
+                    "fine-tuned with a Lovasz-softmax loss), 11 road-scene classes",
         license="CC BY-NC 4.0 (inherited from the CamVid training data): non-commercial use only",
     ),
 }

@@ -57,7 +57,11 @@ def main(src: str, dst: str, val: str | None = None, command: str = COMMAND, sel
         "training_command": command,
         "selection": selection,
     }
-    ck.metadata.get("train_config", {}).pop("max_steps", None)
+    tc = ck.metadata.get("train_config", {})
+    tc.pop("max_steps", None)
+    for key in ("data", "val", "images", "out"):  # where the run read and wrote is not the recipe: no machine's paths
+        if tc.get(key) and Path(tc[key]).is_absolute():
+            tc[key] = str(Path(*Path(tc[key]).parts[-2:])) if key != "out" else f"runs/{Path(tc[key]).name}"
     save_checkpoint(ck, dst, with_train_state=False, half=True)
     if val:
         ck = load_checkpoint(dst)

@@ -30,7 +30,7 @@ from fcn_label.predict import Predictor
 from fcn_label.serve import Backend, ImageFetcher, Learner, ModelStore, Recipe, make_server
 from fcn_label.serve.fetch import FetchError
 
-from helpers import make_checkpoint, rand_image
+from support.helpers import make_checkpoint, rand_image
 
 pytest.importorskip("label_studio_sdk.converter.brush", reason='needs label-studio-sdk: pip install "fcn-label[export]"')
 
