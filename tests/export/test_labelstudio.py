@@ -140,7 +140,6 @@ def test_bad_label_studio_export_names_the_task_and_field(pred_dir, tmp_path):
 # A real Label Studio server: the `label_studio` fixture (tests/conftest.py).
 
 
-@pytest.mark.slow
 @pytest.mark.integration
 def test_real_label_studio_round_trip(label_studio, pred_dir, tmp_path):
     ls = label_studio.client

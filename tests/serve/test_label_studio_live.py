@@ -57,7 +57,6 @@ def retrieve_predictions(ls, pid: int) -> dict[str, object]:
     return out
 
 
-@pytest.mark.slow
 @pytest.mark.integration
 def test_label_studio_predicts_through_the_backend_and_trains_it(label_studio, tmp_path):
     ls = label_studio
