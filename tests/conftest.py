@@ -70,8 +70,9 @@ def label_studio(tmp_path):
     import signal
     import socket
     import subprocess
-    import time
     import urllib.request
+
+    from support.servers import wait_until_up
 
     exe = label_studio_bin()
     if not exe:
@@ -95,17 +96,12 @@ def label_studio(tmp_path):
                             start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 300
-        while True:
-            try:
-                with urllib.request.urlopen(url + "/health", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail("label-studio did not start: " + (tmp_path / "label-studio.log").read_text()[-2000:])
-            time.sleep(1)
+        def healthy() -> None:
+            with urllib.request.urlopen(url + "/health", timeout=2) as r:
+                if r.status != 200:
+                    raise OSError(f"/health answered {r.status}")
+
+        wait_until_up(healthy, proc, tmp_path / "label-studio.log", "label-studio", timeout=300, poll=1)
         from label_studio_sdk.client import LabelStudio
 
         yield LabelStudioServer(url, token, LabelStudio(base_url=url, api_key=token), files)

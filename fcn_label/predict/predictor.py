@@ -22,7 +22,6 @@ import torch
 import torch.nn.functional as F
 
 from ..checkpoint import Checkpoint
-from ..choices import TTA_LEVELS  # noqa: F401  (fcn_label.predict.predictor.TTA_LEVELS)
 from ..devices import pick_device  # noqa: F401  (fcn_label.predict.pick_device)
 from ..errors import ConfigError, InputError
 from ..model import FCN

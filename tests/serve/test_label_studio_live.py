@@ -26,6 +26,8 @@ from fcn_label.export.labelstudio import labelling_config
 from fcn_label.images import read_image
 from fcn_label.predict import Predictor
 
+from support.servers import wait_until_up
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -78,15 +80,8 @@ def test_label_studio_predicts_through_the_backend_and_trains_it(label_studio, t
                                start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                health = get_json(url + "/health")
-                break
-            except OSError:
-                if backend.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail("backend did not start: " + (tmp_path / "backend.log").read_text()[-2000:])
-                time.sleep(0.5)
+        health = wait_until_up(lambda: get_json(url + "/health"), backend, tmp_path / "backend.log", "backend",
+                               timeout=120)
         version = health["model_version"]
         assert version.startswith("fcn8s-compact-camvid-")
 
