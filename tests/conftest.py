@@ -67,12 +67,11 @@ def label_studio(tmp_path):
 
     USE_DEFAULT_BANNED_SUBNETS=false lets it reach an ML backend on 127.0.0.1 (its SSRF guard refuses
     loopback addresses otherwise); local file serving is on under ``files``."""
-    import signal
     import socket
     import subprocess
     import urllib.request
 
-    from support.servers import wait_until_up
+    from support.servers import stop_group, wait_until_up
 
     exe = label_studio_bin()
     if not exe:
@@ -106,10 +105,5 @@ def label_studio(tmp_path):
 
         yield LabelStudioServer(url, token, LabelStudio(base_url=url, api_key=token), files)
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)  # the server we started, and its workers
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        stop_group(proc)  # the server we started, and its workers
         log.close()

@@ -9,7 +9,6 @@ import copy
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -26,7 +25,7 @@ from fcn_label.export.labelstudio import labelling_config
 from fcn_label.images import read_image
 from fcn_label.predict import Predictor
 
-from support.servers import wait_until_up
+from support.servers import stop_group, wait_until_up
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -138,10 +137,5 @@ def test_label_studio_predicts_through_the_backend_and_trains_it(label_studio, t
             assert pred.score == pytest.approx(float(p.confidence.mean()), abs=1e-5)
             assert abs(float(p.confidence.mean()) - float(q.confidence.mean())) > 1e-4  # new weights, new scores
     finally:
-        os.killpg(backend.pid, signal.SIGTERM)
-        try:
-            backend.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(backend.pid, signal.SIGKILL)
-            backend.wait()
+        stop_group(backend)
         log.close()

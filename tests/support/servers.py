@@ -1,7 +1,9 @@
-"""Waiting for a server that a test started in its own process group."""
+"""Waiting for, and stopping, a server that a test started in its own process group."""
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -25,3 +27,13 @@ def wait_until_up(check: Callable[[], T], proc: subprocess.Popen, log: Path, wha
         if proc.poll() is not None or time.monotonic() > deadline:
             pytest.fail(f"{what} did not start: " + log.read_text()[-2000:])
         time.sleep(poll)
+
+
+def stop_group(proc: subprocess.Popen, grace: float = 30) -> None:
+    """End the process group a test started (the server and its workers): SIGTERM, then SIGKILL after ``grace``."""
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
