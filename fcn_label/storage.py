@@ -1,0 +1,212 @@
+"""Object stores and other fsspec file systems: the one place fcn-label talks to them.
+
+Every path argument may be a URL that fsspec knows (``s3://``, ``gs://``, ``az://``, ``http(s)://``,
+``memory://``); a plain path, or ``file://``, stays a local :class:`~pathlib.Path` and goes through the
+code that was there before, byte for byte. Credentials come from each store's own chain (for S3:
+``AWS_*`` variables, profiles, ``AWS_ENDPOINT_URL`` for MinIO / Ceph / a test server); this module
+never puts a credential in a message, and :func:`shown_url` strips any that a user wrote into a URL.
+
+Object stores have no rename and no append, so writers here put whole objects: an output is one
+``PUT`` (a reader never sees half of it), and the record store writes immutable segment objects
+(:mod:`fcn_label.predfolder.records`).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from typing import Iterator
+
+from .errors import UserError
+
+# scheme -> the extra that installs its fsspec implementation
+EXTRAS = {"s3": "s3", "s3a": "s3", "gs": "gcs", "gcs": "gcs", "az": "azure", "abfs": "azure", "abfss": "azure",
+          "adl": "azure", "http": "http", "https": "http"}
+READ_ONLY = ("http", "https")
+_URL = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
+
+
+class StorageError(UserError):
+    """A store that cannot be used as asked (no bucket, denied, no credentials, no answer): the message
+    names the URL and the fix."""
+
+
+def scheme(s: object) -> str | None:
+    """The URL scheme of ``s`` (``"s3"``), or None for a local path (``file://`` counts as local)."""
+    m = _URL.match(str(s))
+    if not m:
+        return None
+    sch = m.group(1).lower()
+    return None if sch in ("file", "local") else sch
+
+
+def is_url(s: object) -> bool:
+    """Whether ``s`` names a non-local fsspec location (a local path or ``file://`` does not)."""
+    return scheme(s) is not None
+
+
+def local_path(s: str) -> str:
+    """``file:///x`` -> ``/x``; anything else unchanged."""
+    return s[len("file://"):] if s.lower().startswith("file://") else s
+
+
+def shown_url(url: str) -> str:
+    """``url`` fit for a message, a record or a report: ``user:secret@`` and query strings dropped
+    (a presigned URL's signature is a credential)."""
+    url = re.sub(r"^([A-Za-z][A-Za-z0-9+.-]*://)[^/@]*@", r"\1", str(url))
+    return url.split("?", 1)[0]
+
+
+def join(base: str, rel: str) -> str:
+    """``base`` + "/" + ``rel`` for URLs (always forward slashes)."""
+    return base.rstrip("/") + "/" + rel.lstrip("/") if rel else base
+
+
+@dataclass(frozen=True)
+class Store:
+    """One fsspec file system and a root URL on it; paths below it are POSIX-relative strings."""
+
+    url: str  # as the user wrote it, without a trailing slash
+    fs: object  # fsspec.AbstractFileSystem
+    root: str  # the file system's own path of ``url`` (bucket/prefix for S3)
+
+    @property
+    def read_only(self) -> bool:
+        return scheme(self.url) in READ_ONLY
+
+    def url_of(self, rel: str) -> str:
+        return join(self.url, rel)
+
+    def path_of(self, rel: str) -> str:
+        return join(self.root, rel) if rel else self.root
+
+    def read_bytes(self, rel: str = "") -> bytes:
+        return self.fs.cat_file(self.path_of(rel))
+
+    def write_bytes(self, rel: str, data: bytes) -> None:
+        """One whole object (a single PUT on object stores): readers see all of it or none of it."""
+        if self.read_only:
+            raise StorageError(f"{shown_url(self.url)}: {scheme(self.url)}:// is read-only; write to a folder or "
+                               "an object store")
+        self.fs.pipe_file(self.path_of(rel), data)
+
+    def exists(self, rel: str = "") -> bool:
+        return self.fs.exists(self.path_of(rel))
+
+    def isdir(self, rel: str = "") -> bool:
+        return self.fs.isdir(self.path_of(rel))
+
+    def isfile(self, rel: str = "") -> bool:
+        return self.fs.isfile(self.path_of(rel))
+
+    def remove(self, rel: str) -> None:
+        try:
+            self.fs.rm_file(self.path_of(rel))
+        except FileNotFoundError:
+            pass
+
+    def list_names(self, rel: str = "") -> list[str]:
+        """Names (not paths) directly under ``rel``; [] when there is nothing."""
+        try:
+            entries = self.fs.ls(self.path_of(rel), detail=False, refresh=True)
+        except FileNotFoundError:
+            return []
+        return sorted(e.rstrip("/").rsplit("/", 1)[-1] for e in entries)
+
+    def walk_files(self, rel: str = "") -> Iterator[str]:
+        """Relative paths of every file under ``rel``, folder by folder in sorted order, streamed: one
+        folder's listing in memory at a time (an S3 prefix's keys come page by page from fsspec)."""
+        top = self.path_of(rel)
+        for dirpath, dirnames, filenames in self.fs.walk(top, detail=False):
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+            sub = dirpath[len(top):].strip("/") if dirpath.startswith(top) else ""
+            prefix = (rel.strip("/") + "/" if rel.strip("/") else "") + (sub + "/" if sub else "")
+            for f in sorted(filenames):
+                yield prefix + f
+
+    def sub(self, rel: str) -> "Store":
+        return Store(join(self.url, rel), self.fs, self.path_of(rel))
+
+
+def open_store(url: str) -> Store:
+    """The :class:`Store` of ``url``; a missing fsspec implementation is one line naming the extra."""
+    url = str(url).rstrip("/") if not str(url).endswith("://") else str(url)
+    sch = scheme(url) or "file"
+    try:
+        import fsspec
+        from fsspec.core import url_to_fs
+    except ImportError:
+        raise StorageError(f"{shown_url(url)}: reading {sch}:// needs fsspec; install it with "
+                           f'pip install "fcn-label[{EXTRAS.get(sch, "s3")}]"') from None
+    try:
+        fs, root = url_to_fs(url)
+    except (ImportError, ValueError) as e:
+        extra = EXTRAS.get(sch)
+        if extra:
+            raise StorageError(f"{shown_url(url)}: {sch}:// needs the '{extra}' extra; install it with "
+                               f'pip install "fcn-label[{extra}]"') from None
+        known = ", ".join(sorted(fsspec.available_protocols())[:12])
+        raise StorageError(f"{shown_url(url)}: unknown storage scheme {sch}:// ({e}); use a local path or one of "
+                           f"{known}, ...") from None
+    return Store(url, fs, root.rstrip("/") if root != "/" else root)
+
+
+def explain(url: str, e: BaseException, doing: str) -> str:
+    """One line for a store error: what went wrong at ``url`` and the fix (never a credential)."""
+    u = shown_url(url)
+    text = f"{type(e).__name__}: {e}"
+    low = text.lower()
+    bucket = u.split("://", 1)[-1].split("/", 1)[0]
+    if "nosuchbucket" in low or "bucket does not exist" in low or "specified bucket does not exist" in low:
+        return f"{u}: no such bucket '{bucket}'; create it or fix the URL"
+    if "nocredentials" in low or "unable to locate credentials" in low or "credentials" in low and "not" in low:
+        return (f"{u}: no credentials for {scheme(url)}://; set them the store's standard way (for S3: "
+                "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or AWS_PROFILE)")
+    if isinstance(e, PermissionError) or "accessdenied" in low or "access denied" in low or "forbidden" in low \
+            or "403" in low:
+        return f"{u}: access denied while {doing}; check the credentials' permissions for this bucket and prefix"
+    if "connect" in low or "endpoint" in low or "timed out" in low or "timeout" in low or "name or service" in low:
+        endpoint = os.environ.get("AWS_ENDPOINT_URL", "") if scheme(url) in ("s3", "s3a") else ""
+        where = f" at {shown_url(endpoint)}" if endpoint else ""
+        return (f"{u}: the store does not answer{where} ({type(e).__name__}); check the endpoint "
+                "(AWS_ENDPOINT_URL for S3-compatible stores) and the network")
+    if isinstance(e, FileNotFoundError):
+        return f"{u}: not found while {doing}; check the URL"
+    first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    return f"{u}: cannot use the store while {doing} ({type(e).__name__}: {first}); check the URL and credentials"
+
+
+def check_readable(url: str, what: str) -> Store:
+    """Open ``url`` and make sure it can be read now (exit 2 before any work starts otherwise)."""
+    store = open_store(url)
+    try:
+        if not store.exists():
+            bucket = store.root.split("/", 1)[0]
+            if bucket and bucket != store.root and not store.fs.exists(bucket):
+                raise StorageError(f"{what} {shown_url(url)}: no such bucket '{bucket}'; create it or fix the URL")
+            raise StorageError(f"{what} {shown_url(url)}: not found; check the URL "
+                               "(for a folder, the prefix must hold at least one object)")
+    except StorageError:
+        raise
+    except Exception as e:  # the store's own error types: anything here means it cannot be read
+        raise StorageError(f"{what} " + explain(url, e, "reading")) from None
+    return store
+
+
+def check_writable(url: str, what: str) -> Store:
+    """Open ``url`` and prove it can be written: the bucket exists and a small probe object can be put
+    and removed (exit 2 before any work starts otherwise)."""
+    store = open_store(url)
+    if store.read_only:
+        raise StorageError(f"{what} {shown_url(url)}: {scheme(url)}:// is read-only; write to a folder or an "
+                           "object store")
+    probe = f".fcn-label/probe-{os.getpid()}-{os.urandom(4).hex()}"
+    try:
+        store.write_bytes(probe, b"")
+        store.remove(probe)
+    except StorageError:
+        raise
+    except Exception as e:
+        raise StorageError(f"{what} " + explain(url, e, "writing")) from None
+    return store
