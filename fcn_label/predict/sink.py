@@ -77,6 +77,12 @@ class Sink:
 
     def write(self, it: Item, image: np.ndarray | None, pred: Prediction, seconds: float) -> None:
         """Mask, --overlay, --probs, then the record line (last: its presence means the image is done)."""
+        rec = self.write_outputs(it, image, pred, seconds)
+        self.records.append(rec)  # supersedes a failure of an earlier run: the reports list done images only
+
+    def write_outputs(self, it: Item, image: np.ndarray | None, pred: Prediction, seconds: float) -> dict:
+        """Mask, --overlay and --probs written; returns the image's record, for the caller to append only
+        now that its outputs are in place (a runner on other machines sends it back to the driver)."""
         write_mask(self.checked(self.layout.mask(it.rel)), pred.labels, self.palette)
         if self.o.overlay:
             write_overlay(self.checked(self.layout.overlay(it.rel)), image, pred.labels, self.overlay_palette)
@@ -99,7 +105,7 @@ class Sink:
             rec["gt"] = self._gt_metrics(it, pred.labels)
         if self.o.coco:  # last: the reports copy their JSON text from the line (records.split_line)
             rec["annotations"] = coco_annotations(pred.labels, pred.confidence, n)
-        self.records.append(rec)  # supersedes a failure of an earlier run: the reports list done images only
+        return rec
 
     def try_write(self, it: Item, image: np.ndarray | None, pred: Prediction, seconds: float) -> tuple[Outcome, str]:
         """The image's boundary: :meth:`write`, and what became of it, with the one-line reason when it
