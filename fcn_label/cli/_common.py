@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import sys
+from contextlib import contextmanager
 from enum import Enum
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import typer
 from rich.console import Console
@@ -92,6 +93,56 @@ def fail(message: str, code: int = 2) -> "typer.Exit":
     """Print one red line on stderr and return an Exit to raise."""
     console.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
     return typer.Exit(code)
+
+
+URL_NOTE = " May be a URL (s3://, gs://, az://, https:// to read): see docs, Object stores."
+
+
+class _ShownStream:
+    """The console's stream while URL arguments are staged: temporary-folder paths in what the verb
+    prints become the URLs they stand for. It writes where rich itself would (the real stderr, also
+    while a progress bar redirects it), so nothing is printed twice or lost."""
+
+    def __init__(self, shown):
+        self._shown = shown
+
+    @staticmethod
+    def _target():
+        f = sys.stderr
+        return getattr(f, "rich_proxied_file", f)
+
+    def write(self, text: str) -> int:
+        return self._target().write(self._shown(text))
+
+    def __getattr__(self, name: str):
+        if name == "rich_proxied_file":  # rich would write past us to the real stream
+            raise AttributeError(name)
+        return getattr(self._target(), name)
+
+
+@contextmanager
+def staged() -> Iterator["Staging"]:
+    """A :class:`~fcn_label.staging.Staging` for one verb: URL arguments become local copies, outputs
+    go up at the end (also when the verb exits 1 or is interrupted), and every line printed or raised
+    meanwhile names the URLs, not the temporary folder. Without URLs nothing changes."""
+    from ..staging import Staging
+
+    def started() -> None:  # the first URL: from now on, printed paths may need translating
+        console.file = _ShownStream(st.shown)
+
+    st = Staging(log=lambda m: console.print(escape(m), soft_wrap=True, style="dim"), started=started)
+    try:
+        with st:
+            try:
+                yield st
+            except USER_ERRORS as e:
+                text = st.shown(str(e))
+                if text != str(e):
+                    raise UserError(text) from None
+                raise
+    finally:
+        if st.root is not None:
+            console.file = None  # back to following sys.stderr
 
 
 def run_cli(argv: list[str] | None = None) -> None:
