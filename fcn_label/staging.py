@@ -129,7 +129,7 @@ class Staging:
         """``text`` with every temporary-folder path written as the URL it stands for."""
         if self.root is None or str(self.root) not in text:
             return text
-        for sch in sorted(os.listdir(self.root)):
+        for sch in sorted(n for n in os.listdir(self.root) if not n.startswith(".")):
             text = text.replace(f"{self.root}/{sch}/", f"{sch}://")
         return text
 
@@ -227,9 +227,12 @@ class Staging:
         s = str(value)
         if not is_url(s):
             return value if isinstance(value, Path) else Path(local_path(s))
-        if is_file:
-            check_writable(s.rstrip("/").rsplit("/", 1)[0], what)
+        if is_file:  # the probe goes beside the file, not under its name
             store = open_store(s)
+            if store.read_only:
+                raise StorageError(f"{what} {shown_url(s)}: {scheme(s)}:// is read-only; write to a folder or an "
+                                   "object store")
+            check_writable(s.rstrip("/").rsplit("/", 1)[0], what)
         else:
             store = check_writable(s, what)
         local = self.local_of(s)
@@ -266,7 +269,7 @@ class Staging:
                                if p.is_file() and not _ATOMIC_TEMP.match(p.name))
             else:
                 files = []
-            plain, texts = [], []
+            plain, texts, zips = [], [], []
             for rel, p in files:
                 try:
                     st = _stat(p)
@@ -274,8 +277,11 @@ class Staging:
                     continue
                 if out.seen.get(rel) == st:
                     continue
-                (texts if p.suffix.lower() in TEXT_SUFFIXES else plain).append((rel, p, st))
+                suffix = p.suffix.lower()
+                (texts if suffix in TEXT_SUFFIXES else zips if suffix == ".zip" else plain).append((rel, p, st))
             try:
+                for rel, p, st in zips:  # an archive's text members (an export's manifest) too
+                    plain.append((rel, self._mapped_zip(p) or p, st))
                 out.store.put_files([(str(p), rel) for rel, p, _ in plain])
                 for rel, p, _ in texts:
                     data = p.read_bytes()
@@ -291,6 +297,29 @@ class Staging:
                 out.seen[rel] = st
             total += len(plain) + len(texts)
         return total
+
+    def _mapped_zip(self, path: Path) -> Path | None:
+        """A copy of the archive ``path`` whose text members name URLs (None: none names the temporary
+        folder). Members are copied one at a time, with their names, times and compression."""
+        import zipfile
+
+        root = str(self.root).encode()
+        with zipfile.ZipFile(path) as z:
+            texts = [i for i in z.infolist() if i.filename.lower().endswith(TEXT_SUFFIXES)]
+            if not any(root in z.read(i) for i in texts):
+                return None
+            (self._root() / ".zips").mkdir(exist_ok=True)
+            fd, name = tempfile.mkstemp(suffix=".zip", dir=self._root() / ".zips")
+            os.close(fd)
+            mapped = Path(name)
+            with zipfile.ZipFile(mapped, "w") as dst:
+                for info in z.infolist():
+                    data = z.read(info)
+                    if info in texts and root in data:
+                        data = self.shown(data.decode("utf-8", errors="surrogateescape")).encode(
+                            "utf-8", errors="surrogateescape")
+                    dst.writestr(info, data, compress_type=info.compress_type)
+        return mapped
 
     def close(self, upload: bool = True) -> None:
         """Upload (unless told not to) and remove the temporary folder; after a failed upload the

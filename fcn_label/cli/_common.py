@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import re
 import sys
 from contextlib import contextmanager
 from enum import Enum
 from typing import Iterator, Sequence
 
 import typer
-from rich.console import Console
+from rich.console import Console, RenderHook
 from rich.markup import escape
+from rich.text import Text
 
 from ..choices import BACKENDS, TTA_LEVELS
 from ..errors import UserError
@@ -98,26 +100,30 @@ def fail(message: str, code: int = 2) -> "typer.Exit":
 URL_NOTE = " May be a URL (s3://, gs://, az://, https:// to read): see docs, Object stores."
 
 
-class _ShownStream:
-    """The console's stream while URL arguments are staged: temporary-folder paths in what the verb
-    prints become the URLs they stand for. It writes where rich itself would (the real stderr, also
-    while a progress bar redirects it), so nothing is printed twice or lost."""
+class _ShownHook(RenderHook):
+    """While URL arguments are staged: a temporary-folder path in a line the verb prints becomes the URL
+    it stands for, before rich lays the line out (so it wraps as the URL would)."""
 
     def __init__(self, shown):
         self._shown = shown
 
-    @staticmethod
-    def _target():
-        f = sys.stderr
-        return getattr(f, "rich_proxied_file", f)
+    def process_renderables(self, renderables: list) -> list:
+        return [self._map(r) if isinstance(r, Text) else r for r in renderables]
 
-    def write(self, text: str) -> int:
-        return self._target().write(self._shown(text))
-
-    def __getattr__(self, name: str):
-        if name == "rich_proxied_file":  # rich would write past us to the real stream
-            raise AttributeError(name)
-        return getattr(self._target(), name)
+    def _map(self, text: Text) -> Text:
+        plain = text.plain
+        if self._shown(plain) == plain:
+            return text
+        out = text.blank_copy()
+        pos = 0
+        for m in re.finditer(r"\S+", plain):  # word by word, so styles elsewhere in the line stay put
+            shown = self._shown(m.group())
+            if shown != m.group():
+                out.append_text(text[pos:m.start()])
+                out.append(shown)
+                pos = m.end()
+        out.append_text(text[pos:])
+        return out
 
 
 @contextmanager
@@ -128,7 +134,7 @@ def staged() -> Iterator["Staging"]:
     from ..staging import Staging
 
     def started() -> None:  # the first URL: from now on, printed paths may need translating
-        console.file = _ShownStream(st.shown)
+        console.push_render_hook(_ShownHook(st.shown))
 
     st = Staging(log=lambda m: console.print(escape(m), soft_wrap=True, style="dim"), started=started)
     try:
@@ -142,7 +148,7 @@ def staged() -> Iterator["Staging"]:
                 raise
     finally:
         if st.root is not None:
-            console.file = None  # back to following sys.stderr
+            console.pop_render_hook()
 
 
 def run_cli(argv: list[str] | None = None) -> None:

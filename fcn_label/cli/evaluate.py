@@ -140,7 +140,6 @@ def _evaluate(st, gt, pred, weights, images, out, num_classes, classes, ignore_i
     if kind in CALIBRATED and calib is None:
         raise fail(f"--backend {kind} calibrates on sample images: give --calib (e.g. the training list, "
                    "camvid/train.txt); evaluate does not calibrate on the images it scores")
-    shown_out = out
     gt = st.input(gt, "--gt", images_beside=images is None and (weights is not None or out is not None))
     pred = st.input(pred, "--pred")
     images = st.input(images, "--images")
@@ -190,8 +189,8 @@ def _evaluate(st, gt, pred, weights, images, out, num_classes, classes, ignore_i
 
     if fmt == "json":
         d = res.to_dict()
-        d["report_dir"] = str(shown_out if is_url(shown_out) else out) if out else None
-        stdout.print_json(json.dumps(d, allow_nan=False))
+        d["report_dir"] = str(out) if out else None
+        stdout.print_json(st.shown(json.dumps(d, allow_nan=False)))  # failures name URLs, not the local copies
     else:
         _show(res)
     for f in res.failures[:10]:

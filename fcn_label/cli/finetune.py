@@ -21,7 +21,7 @@ from ..train.config import CHOICES, DEFAULT_IGNORE, FIELDS, FLAGS, PRESETS, Trai
 from ..train.config import load_config
 from rich.markup import escape
 
-from ..storage import is_url
+from ..storage import check_writable, is_url, shown_url
 from ._common import app, choice, console, fail, staged, value
 
 _DEFAULT = {f.name: f.default for f in fields(TrainConfig)}
@@ -164,7 +164,8 @@ def _finetune(st, data, config, sets, val, out, images, classes, num_classes, ig
     cfg.val = staged_in(cfg.val, "--val", images_beside=not cfg.images)
     cfg.images = staged_in(cfg.images, "--images")
     cfg.init = staged_in(cfg.init, "--init")
-    if is_url(cfg.out):
+    if is_url(cfg.out):  # refuse before downloading a run that is not to be used
+        _check_run(check_writable(cfg.out, "--out").isfile("last.pt"), resume, shown_url(cfg.out))
         cfg.out = str(st.output(cfg.out, "--out"))
     _train(cfg, resume, st)
 
@@ -173,10 +174,7 @@ def _train(cfg, resume: bool, st) -> None:
     Trainer = globals().get("Trainer") or __getattr__("Trainer")  # noqa: N806  (tests replace the module's)
 
     last = Path(cfg.out) / "last.pt"
-    if resume and not last.is_file():
-        raise fail(f"{last}: nothing to resume; drop --resume to start a new run in {cfg.out}")
-    if not resume and last.is_file():
-        raise fail(f"{last}: a run already exists there; add --resume to continue it, or choose another --out")
+    _check_run(last.is_file(), resume, cfg.out)
 
     is_main = dist_info()[0] == 0
     columns = (TextColumn("epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
@@ -207,6 +205,15 @@ def _train(cfg, resume: bool, st) -> None:
         score = f"best val mean IU {100 * trainer.best:.2f}; " if best.is_file() else ""
         console.print(f"done after {trainer.epoch} epochs / {trainer.step} steps: {score}model {model}\n"
                       f"label images: fcn-label predict IMAGES -o LABELS -w {model}", soft_wrap=True)
+
+
+def _check_run(has_last: bool, resume: bool, out: str) -> None:
+    """--resume needs a run in --out, and a new run never overwrites one."""
+    last = f"{out}/last.pt" if is_url(out) else Path(out) / "last.pt"
+    if resume and not has_last:
+        raise fail(f"{last}: nothing to resume; drop --resume to start a new run in {out}")
+    if not resume and has_last:
+        raise fail(f"{last}: a run already exists there; add --resume to continue it, or choose another --out")
 
 
 def _upload(st) -> None:
