@@ -31,6 +31,7 @@ through :class:`~fcn_label.storage.Store`; this module never talks to fsspec its
 
 from __future__ import annotations
 
+import atexit
 import os
 import posixpath
 import re
@@ -342,3 +343,16 @@ class Staging:
         # outputs are uploaded whatever happened: every file on disk is whole (the writers are
         # atomic), and a failed or interrupted run's finished part (finetune's last.pt) is worth keeping
         self.close(upload=not isinstance(exc, StorageError))
+
+
+_process: Staging | None = None
+
+
+def fetch_for_process(url: str, what: str) -> Path:
+    """A local copy of the input ``url`` that lives as long as this process (removed at exit): for a
+    file that code deep below the command line opens by path, such as a --weights checkpoint."""
+    global _process
+    if _process is None:
+        _process = Staging()
+        atexit.register(_process.close, upload=False)
+    return _process.input(url, what)

@@ -311,3 +311,18 @@ def test_local_paths_make_no_temporary_folder(predicted, tmp_path, monkeypatch):
     monkeypatch.setattr(tempfile, "tempdir", None)  # re-read TMPDIR
     r = run_cli("select", str(predicted / "pred"), "--k", "2", "--out", str(tmp_path / "next.txt"))
     assert r.returncode == 0 and list((tmp_path / "tmp").iterdir()) == []
+
+
+def test_predict_weights_from_a_url(s3, predicted, tmp_path):
+    """--weights s3://...: the model is fetched for the run (and removed at exit); masks equal a local run's."""
+    shipped = Path(__file__).resolve().parents[1] / "pretrained" / "fcn8s-compact-camvid.pt"
+    url = s3.upload(shipped, "models/compact.pt")
+    photos = predicted / "photos" / "a"
+    ref = run_cli("predict", str(photos), "-w", str(shipped), "--out", str(tmp_path / "local"), "-q")
+    r = run_cli("predict", str(photos), "-w", url, "--out", str(tmp_path / "remote"), "-q")
+    assert ref.returncode == r.returncode == 0, r.stderr
+    masks = sorted(p.relative_to(tmp_path / "local") for p in (tmp_path / "local").glob("*.png"))
+    assert masks and all((tmp_path / "local" / m).read_bytes() == (tmp_path / "remote" / m).read_bytes()
+                         for m in masks)
+    _one_line_error(run_cli("predict", str(photos), "-w", s3.url("models/none.pt"), "--out", str(tmp_path / "x")),
+                    s3.url("models/none.pt"), "not found")
