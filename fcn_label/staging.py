@@ -148,7 +148,7 @@ class Staging:
         store = check_readable(s, what)
         local = self.local_of(s)
         try:
-            if store.isfile():
+            if self._is_file(store, s):
                 self._fetch(store, [("", local)], s)
                 if local.suffix.lower() == ".txt":
                     self._fetch_listed(store, local, s)
@@ -164,6 +164,14 @@ class Staging:
         except Exception as e:  # the store's own errors, half-way through
             raise StorageError(f"{what} " + explain(s, e, "downloading")) from None
         return local
+
+    @staticmethod
+    def _is_file(store: Store, url: str) -> bool:
+        """Whether ``url`` is one file rather than a folder. A web server has no folders, only pages:
+        there a URL ending in "/" is a folder (its index page's links are the files), any other a file."""
+        if store.read_only:
+            return not url.split("?", 1)[0].endswith("/")
+        return store.isfile()
 
     def _fetch(self, store: Store, pairs: list[tuple[str, Path]], url: str) -> None:
         store.get_files([(rel, str(loc)) for rel, loc in pairs])

@@ -326,3 +326,77 @@ def test_predict_weights_from_a_url(s3, predicted, tmp_path):
                          for m in masks)
     _one_line_error(run_cli("predict", str(photos), "-w", s3.url("models/none.pt"), "--out", str(tmp_path / "x")),
                     s3.url("models/none.pt"), "not found")
+
+
+@pytest.fixture
+def web(predicted, tmp_path):
+    """A read-only web server (Python's http.server) serving the predicted folder's parent tree."""
+    from support.s3_server import free_port
+    from support.servers import stop_group, wait_until_up
+    import urllib.request
+
+    port = free_port()
+    log = tmp_path / "http.log"
+    with open(log, "wb") as f:
+        proc = subprocess.Popen([sys.executable, "-m", "http.server", "-b", "127.0.0.1", str(port)], cwd=predicted,
+                                stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until_up(lambda: urllib.request.urlopen(url + "/", timeout=2), proc, log, "http.server", 30, poll=0.1)
+        yield url
+    finally:
+        stop_group(proc, grace=5)
+
+
+def test_http_inputs_are_read_and_http_outputs_refused(web, predicted, tmp_path):
+    pytest.importorskip("aiohttp", reason='aiohttp not installed (pip install "fcn-label[http]")')
+    ref = run_cli("evaluate", "--gt", str(predicted / "gt"), "--pred", str(predicted / "pred"), "--format", "json",
+                  "-q")
+    r = run_cli("evaluate", "--gt", f"{web}/gt/", "--pred", f"{web}/pred/", "--format", "json", "-q")
+    assert ref.returncode == r.returncode == 1, r.stderr
+    a, b = json.loads(ref.stdout), json.loads(r.stdout)
+    assert b == json.loads(json.dumps(a).replace(str(predicted), web))  # failures name the http:// URLs
+    _one_line_error(run_cli("review", f"{web}/pred/", "--out", f"{web}/review"), f"{web}/review", "read-only")
+
+
+# -- the staging itself -----------------------------------------------------------------------------
+def test_sync_uploads_only_new_or_changed_whole_files_and_deletes_nothing(s3, tmp_path):
+    from fcn_label.staging import Staging
+
+    s3.upload(_write(tmp_path / "old", {"keep.txt": "there before", "a.bin": "1"}), "out")
+    with Staging() as st:
+        out = st.output(s3.url("out"), "--out")
+        assert (out / "keep.txt").read_text() == "there before"  # what was there is downloaded first
+        assert st.sync() == 0
+        (out / "a.bin").write_text("22")
+        (out / "new").mkdir()
+        (out / "new" / "b.csv").write_text(f"{out}/new/b.csv\n")
+        (out / ".b.csv.host~123.tmp").write_text("half")  # an unfinished atomic write: never uploaded
+        assert st.sync() == 2 and st.sync() == 0
+        (out / "keep.txt").unlink()
+    assert s3.keys("out") == ["a.bin", "keep.txt", "new/b.csv"]
+    assert s3.fs().cat_file(f"{s3.bucket}/out/new/b.csv") == f"{s3.url('out')}/new/b.csv\n".encode()
+    assert s3.fs().cat_file(f"{s3.bucket}/out/a.bin") == b"22" and not st.root.exists()
+
+
+def _write(folder: Path, files: dict[str, str]) -> Path:
+    for name, text in files.items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_text(text)
+    return folder
+
+
+def test_folders_of_killed_runs_are_removed_and_live_ones_kept(tmp_path):
+    import socket
+
+    from fcn_label.staging import TEMP_PREFIX, remove_stale_folders
+
+    host = socket.gethostname().replace("-", "_")
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    names = [f"{TEMP_PREFIX}{host}-{dead.pid}-abc", f"{TEMP_PREFIX}{host}-{os.getpid()}-def",
+             f"{TEMP_PREFIX}otherhost-{dead.pid}-ghi", "unrelated"]
+    for n in names:
+        (tmp_path / n).mkdir()
+    assert remove_stale_folders(str(tmp_path)) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(names[1:])

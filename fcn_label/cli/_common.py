@@ -97,9 +97,6 @@ def fail(message: str, code: int = 2) -> "typer.Exit":
     return typer.Exit(code)
 
 
-URL_NOTE = " May be a URL (s3://, gs://, az://, https:// to read): see docs, Object stores."
-
-
 class _ShownHook(RenderHook):
     """While URL arguments are staged: a temporary-folder path in a line the verb prints becomes the URL
     it stands for, before rich lays the line out (so it wraps as the URL would)."""

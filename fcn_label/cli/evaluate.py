@@ -98,7 +98,7 @@ def evaluate(
     calib: Optional[str] = typer.Option(None, help="With --weights and --backend ort-int8 (then required): "
                                          "calibrate on these images, e.g. the training list camvid/train.txt (a "
                                          "folder, or a list file of images or 'image mask' lines). evaluate never "
-                                         "calibrates on the images it scores. Nothing is cached; temporary files "
+                                         "calibrates on the images it scores; may be a URL. Nothing is cached; temporary files "
                                          "go inside --out when given."),
     calib_count: int = typer.Option(32, min=1, help="How many --calib images calibration reads (spread evenly)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),

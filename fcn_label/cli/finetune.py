@@ -100,7 +100,7 @@ def finetune(
                                       f"(default: {_DEFAULT['out']})"),
     images: Optional[str] = typer.Option(None, "--images", help="COCO, Label Studio, CVAT or LabelMe data: "
                                          "the image folder, photos found by the mask's relative name (default: images/ "
-                                         "beside a COCO JSON; the images the annotation files point to)."),
+                                         "beside a COCO JSON; the images the annotation files point to). May be a URL."),
     classes: Optional[str] = typer.Option(None, "--classes", help="Class names (a file or URL), one per line in index order; "
                                            "'name r g b' lines also set the palette. (default: the dataset's "
                                            "categories, classes.txt in the dataset folder or beside the list file, "
