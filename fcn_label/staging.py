@@ -7,7 +7,8 @@ temp dir (``TMPDIR``):
 
 * an input URL is checked up front (one line, exit 2: no such bucket, access denied, no credentials,
   store not answering, nothing at that URL) and downloaded: a file, or a folder (prefix) whole,
-  hidden folders included. A list file (``.txt``) brings the files its lines name (relative to it)
+  hidden folders included. On a web server (``http(s)://``, read-only) a URL ending in ``/`` is a
+  folder, read through its index page's links; any other URL is a file. A list file (``.txt``) brings the files its lines name (relative to it)
   and a ``classes.txt`` beside it; a COCO ``.json`` brings the ``classes.txt`` beside it, and its
   ``images/`` folder when the verb asks. The local copy mirrors the URL (``TMP/s3/bucket/key``), so
   relative paths between inputs on one store keep working;
@@ -149,7 +150,7 @@ class Staging:
         local = self.local_of(s)
         try:
             if self._is_file(store, s):
-                self._fetch(store, [("", local)], s)
+                self._fetch(store, [("", local)])
                 if local.suffix.lower() == ".txt":
                     self._fetch_listed(store, local, s)
                 if local.suffix.lower() in (".txt", ".json"):
@@ -173,7 +174,8 @@ class Staging:
             return not url.split("?", 1)[0].endswith("/")
         return store.isfile()
 
-    def _fetch(self, store: Store, pairs: list[tuple[str, Path]], url: str) -> None:
+    @staticmethod
+    def _fetch(store: Store, pairs: list[tuple[str, Path]]) -> None:
         store.get_files([(rel, str(loc)) for rel, loc in pairs])
 
     def _fetch_folder(self, url: str, required: bool = True) -> int:
@@ -186,9 +188,9 @@ class Staging:
         for rel in store.walk_all():  # streamed: a few hundred names in memory at a time
             batch.append((rel, local / rel))
             if len(batch) >= 256:
-                self._fetch(store, batch, url)
+                self._fetch(store, batch)
                 n, batch = n + len(batch), []
-        self._fetch(store, batch, url)
+        self._fetch(store, batch)
         return n + len(batch)
 
     def _fetch_beside(self, url: str, names: tuple[str, ...]) -> None:
@@ -196,7 +198,7 @@ class Staging:
         store = open_store(parent)
         for name in names:
             if store.isfile(name):
-                self._fetch(store, [(name, self.local_of(join(parent, name)))], parent)
+                self._fetch(store, [(name, self.local_of(join(parent, name)))])
 
     def _fetch_listed(self, store: Store, local: Path, url: str) -> None:
         """The files a list file names on its lines, relative to it ('image' or 'image mask' lines;
@@ -223,7 +225,7 @@ class Staging:
         for rel in rels:
             if parent.isfile(rel):
                 pairs.append((rel, self.local_of(join(parent_url, rel))))
-        self._fetch(parent, pairs, parent_url)
+        self._fetch(parent, pairs)
 
     # -- outputs ---------------------------------------------------------------------------------
     def output(self, value, what: str, is_file: bool = False) -> Path | None:
