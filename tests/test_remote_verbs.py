@@ -210,6 +210,10 @@ def test_finetune_from_s3_to_s3_matches_a_local_run_and_resumes_from_the_store(s
 
     ck = load_checkpoint(got / "last.pt")
     assert ck.metadata["dataset"] == s3.url("d/train.txt") and ck.train_state["epoch"] == 2
+    # the config.json on the store repeats the run: its data and val URLs are staged like the arguments
+    r = run_cli("finetune", "--config", s3.url("run/config.json"), "-o", s3.url("run2"), "--epochs", "1")
+    assert r.returncode == 0, r.stderr
+    assert _log(s3.download("run2/log.csv", tmp_path / "log2.csv")) == _log(tmp_path / "local" / "log.csv")[:1]
 
 
 def test_finetune_killed_mid_run_resumes_from_what_was_uploaded(s3, tmp_path):
@@ -326,6 +330,13 @@ def test_predict_weights_from_a_url(s3, predicted, tmp_path):
                          for m in masks)
     _one_line_error(run_cli("predict", str(photos), "-w", s3.url("models/none.pt"), "--out", str(tmp_path / "x")),
                     s3.url("models/none.pt"), "not found")
+    gt = str(predicted / "gt")
+    ref = run_cli("evaluate", "--gt", gt, "--images", str(predicted / "photos"), "-w", str(shipped),
+                  "--format", "json", "-q")
+    r = run_cli("evaluate", "--gt", gt, "--images", str(predicted / "photos"), "-w", url, "--format",
+                "json", "-q")
+    assert ref.returncode == r.returncode and ref.stdout == r.stdout, (ref.stderr, r.stderr)
+    assert json.loads(r.stdout)["summary"]["images_evaluated"] == 6
 
 
 @pytest.fixture

@@ -3,7 +3,7 @@
 ``s3_server`` (session scope) starts ``moto_server`` once and stops it by its process group at the
 end; ``s3`` (per test) points the AWS variables at it (``AWS_ENDPOINT_URL``, dummy keys, us-east-1)
 and hands out an :class:`S3` with a fresh bucket. Tests that need it skip, saying why, when
-``moto_server`` or s3fs is not installed (``pip install "moto[server]" s3fs``).
+``moto_server`` or s3fs is not installed (``pip install "fcn-label[scale-test]"``).
 """
 
 from __future__ import annotations
@@ -35,7 +35,8 @@ def s3_server(tmp_path_factory):
     """The endpoint URL of a moto S3 server that lives as long as the test session."""
     exe = shutil.which("moto_server")
     if exe is None:
-        pytest.skip('moto_server not installed (pip install "moto[server]"): the S3 tests need a real S3 server')
+        pytest.skip('moto_server not installed (pip install "fcn-label[scale-test]"): the S3 tests need a real '
+                    "S3 server")
     pytest.importorskip("s3fs", reason='s3fs not installed (pip install "fcn-label[s3]")')
     port = free_port()
     log = tmp_path_factory.mktemp("moto") / "moto.log"
