@@ -53,7 +53,7 @@ SHIPPED: dict[str, WeightsInfo] = {
 
 
 def resolve_weights(name_or_path: str | os.PathLike | None) -> Path:
-    """A shipped model's name or a file path -> an existing file; errors list the choices."""
+    """A shipped model's name, a file path or a URL -> an existing file; errors list the choices."""
     if name_or_path is None:
         info = SHIPPED[DEFAULT_WEIGHTS]
         if not info.path.is_file():
@@ -65,6 +65,12 @@ def resolve_weights(name_or_path: str | os.PathLike | None) -> Path:
     s = str(name_or_path)
     if s in SHIPPED:
         return SHIPPED[s].path
+    from .storage import is_url
+
+    if is_url(s):  # a checkpoint on an object store or web server: a local copy for this process
+        from .staging import fetch_for_process
+
+        return fetch_for_process(s, "weights")
     p = Path(s)
     if p.exists():
         return p

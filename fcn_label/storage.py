@@ -128,6 +128,49 @@ class Store:
     def sub(self, rel: str) -> "Store":
         return Store(join(self.url, rel), self.fs, self.path_of(rel))
 
+    def walk_all(self, rel: str = "") -> Iterator[str]:
+        """As :meth:`walk_files` but hidden folders included: copying a folder whole (a prediction
+        folder's ``.fcn-label/`` record store is part of it)."""
+        top = self.path_of(rel)
+        for dirpath, dirnames, filenames in self.fs.walk(top, detail=False):
+            dirnames[:] = sorted(dirnames)
+            sub = dirpath[len(top):].strip("/") if dirpath.startswith(top) else ""
+            prefix = (rel.strip("/") + "/" if rel.strip("/") else "") + (sub + "/" if sub else "")
+            for f in sorted(filenames):
+                yield prefix + f
+
+    def get_files(self, pairs: "list[tuple[str, str]]", threads: int = 8) -> None:
+        """Download ``(rel, local path)`` pairs, a few at a time (object stores answer each request
+        slowly but many at once); each is streamed to disk, never held in memory whole. One file at
+        a time per call of the file system's ``get_file``: its list form would read ``[`` or ``*`` in
+        a key as a pattern."""
+        def get(pair: "tuple[str, str]") -> None:
+            os.makedirs(os.path.dirname(pair[1]) or ".", exist_ok=True)
+            self.fs.get_file(self.path_of(pair[0]), pair[1])
+
+        _each(get, pairs, threads)
+
+    def put_files(self, pairs: "list[tuple[str, str]]", threads: int = 8) -> None:
+        """Upload ``(local path, rel)`` pairs, a few at a time; each becomes one whole object (a large
+        file goes up as a multipart upload, which the store publishes only when complete)."""
+        if self.read_only:
+            raise StorageError(f"{shown_url(self.url)}: {scheme(self.url)}:// is read-only; write to a folder or "
+                               "an object store")
+        _each(lambda pair: self.fs.put_file(pair[0], self.path_of(pair[1])), pairs, threads)
+
+
+def _each(fn, items: list, threads: int) -> None:
+    """``fn`` on every item, on up to ``threads`` threads; the first error is raised once all are done."""
+    if len(items) <= 1 or threads <= 1:
+        for it in items:
+            fn(it)
+        return
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(min(threads, len(items))) as pool:
+        for _ in pool.map(fn, items):
+            pass
+
 
 def open_store(url: str) -> Store:
     """The :class:`Store` of ``url``; a missing fsspec implementation is one line naming the extra."""

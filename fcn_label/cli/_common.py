@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import re
 import sys
+from contextlib import contextmanager
 from enum import Enum
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import typer
-from rich.console import Console
+from rich.console import Console, RenderHook
 from rich.markup import escape
+from rich.text import Text
 
 from ..choices import BACKENDS, TTA_LEVELS
 from ..errors import UserError
@@ -92,6 +95,57 @@ def fail(message: str, code: int = 2) -> "typer.Exit":
     """Print one red line on stderr and return an Exit to raise."""
     console.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
     return typer.Exit(code)
+
+
+class _ShownHook(RenderHook):
+    """While URL arguments are staged: a temporary-folder path in a line the verb prints becomes the URL
+    it stands for, before rich lays the line out (so it wraps as the URL would)."""
+
+    def __init__(self, shown):
+        self._shown = shown
+
+    def process_renderables(self, renderables: list) -> list:
+        return [self._map(r) if isinstance(r, Text) else r for r in renderables]
+
+    def _map(self, text: Text) -> Text:
+        plain = text.plain
+        if self._shown(plain) == plain:
+            return text
+        out = text.blank_copy()
+        pos = 0
+        for m in re.finditer(r"\S+", plain):  # word by word, so styles elsewhere in the line stay put
+            shown = self._shown(m.group())
+            if shown != m.group():
+                out.append_text(text[pos:m.start()])
+                out.append(shown)
+                pos = m.end()
+        out.append_text(text[pos:])
+        return out
+
+
+@contextmanager
+def staged() -> Iterator["Staging"]:
+    """A :class:`~fcn_label.staging.Staging` for one verb: URL arguments become local copies, outputs
+    go up at the end (also when the verb exits 1 or is interrupted), and every line printed or raised
+    meanwhile names the URLs, not the temporary folder. Without URLs nothing changes."""
+    from ..staging import Staging
+
+    def started() -> None:  # the first URL: from now on, printed paths may need translating
+        console.push_render_hook(_ShownHook(st.shown))
+
+    st = Staging(log=lambda m: console.print(escape(m), soft_wrap=True, style="dim"), started=started)
+    try:
+        with st:
+            try:
+                yield st
+            except USER_ERRORS as e:
+                text = st.shown(str(e))
+                if text != str(e):
+                    raise UserError(text) from None
+                raise
+    finally:
+        if st.root is not None:
+            console.pop_render_hook()
 
 
 def run_cli(argv: list[str] | None = None) -> None:

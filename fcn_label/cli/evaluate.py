@@ -16,7 +16,8 @@ from rich.table import Table
 from .. import evaluate as ev
 from ..choices import CALIBRATED
 from ..images import DEFAULT_MAX_PIXELS
-from ._common import BACKEND_HELP, TTA, TTA_HELP, Backend, app, choice, console, fail, tta_settings, value
+from ..storage import is_url
+from ._common import BACKEND_HELP, TTA, TTA_HELP, Backend, app, choice, console, fail, staged, tta_settings, value
 
 Format = choice("Format", ("table", "json"))
 
@@ -53,28 +54,29 @@ def _show(res: ev.EvalResult) -> None:
 
 @app.command("evaluate")
 def evaluate(
-    gt: Path = typer.Option(..., "--gt", "-g", help="Ground truth: a folder of index masks (PNG, 'P' or 'L'), a VOC "
+    gt: str = typer.Option(..., "--gt", "-g", help="Ground truth (a path or URL): a folder of index masks (PNG, 'P' or 'L'), a VOC "
                             "root (SegmentationClass/), a folder with images/ + masks/, a list file of 'image mask' "
                             "lines (e.g. CamVid val.txt) or a COCO instances JSON (rasterised: background 0, "
                             "categories by ascending id 1..K, iscrowd = ignore, later annotations on top)."),
-    pred: Optional[Path] = typer.Option(None, "--pred", "-p", help="Predictions: a folder of index masks (e.g. what "
+    pred: Optional[str] = typer.Option(None, "--pred", "-p", help="Predictions: a folder of index masks (e.g. what "
                                         "`fcn-label predict` wrote) or a COCO JSON (predict's predictions.json, or "
                                         "another tool's results list with RLE/polygons). Matched to --gt by relative "
-                                        "path without suffix."),
+                                        "path without suffix. A URL is downloaded whole first."),
     weights: Optional[str] = typer.Option(None, "--weights", "-w", help="Instead of --pred: predict with this "
-                                          "checkpoint (file or shipped model name) and evaluate in one go."),
-    images: Optional[Path] = typer.Option(None, "--images", "-i", help="Image folder, matched to the ground truth "
+                                          "checkpoint (file, URL or shipped model name) and evaluate in one go."),
+    images: Optional[str] = typer.Option(None, "--images", "-i", help="Image folder, matched to the ground truth "
                                           "by name: the input for --weights, and the left column of worst_images.png. "
-                                          "Default: the images of a VOC / images+masks / list / COCO ground truth."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Report folder for summary.csv, per_class.csv, "
+                                          "Default: the images of a VOC / images+masks / list / COCO ground truth. May be a URL."),
+    out: Optional[str] = typer.Option(None, "--out", "-o", help="Report folder for summary.csv, per_class.csv, "
                                        "per_image.csv, confusion_matrix.csv/.png, worst_images.png and failures.csv. "
-                                       "Nothing is written anywhere else; without it only the terminal report."),
+                                       "Nothing is written anywhere else; without it only the terminal report. An object store URL "
+                                       "(s3://bucket/report) gets the files when the run ends."),
     num_classes: Optional[int] = typer.Option(None, "--num-classes", "-n", min=1, max=256, help="Number of classes. "
                                               "Default: from --classes, the --weights model, a COCO ground truth's "
                                               "categories, a classes.txt beside --gt, or a prediction JSON's categories."),
-    classes: Optional[Path] = typer.Option(None, "--classes", help="Text file of class names, one per line in index "
+    classes: Optional[str] = typer.Option(None, "--classes", help="Text file of class names, one per line in index "
                                            "order ('name' or 'name r g b'; e.g. camvid/classes.txt); sets "
-                                           "--num-classes. Default: classes.txt beside --gt when there is one."),
+                                           "--num-classes; may be a URL. Default: classes.txt beside --gt when there is one."),
     ignore_index: Optional[int] = typer.Option(None, "--ignore-index", min=0, max=255, help="Ground-truth label "
                                                "left out of all figures: 255 for VOC (default), 11 for CamVid; "
                                                "with --weights the model's. Ground-truth values >= --num-classes "
@@ -93,10 +95,10 @@ def evaluate(
     max_pixels: int = typer.Option(DEFAULT_MAX_PIXELS, "--max-pixels", min=1, help="Refuse masks (and, with "
                                    "--weights, images) larger than this, from the header (decompression-bomb guard)."),
     backend: Backend = typer.Option("eager", help="With --weights: " + BACKEND_HELP),
-    calib: Optional[Path] = typer.Option(None, help="With --weights and --backend ort-int8 (then required): "
+    calib: Optional[str] = typer.Option(None, help="With --weights and --backend ort-int8 (then required): "
                                          "calibrate on these images, e.g. the training list camvid/train.txt (a "
                                          "folder, or a list file of images or 'image mask' lines). evaluate never "
-                                         "calibrates on the images it scores. Nothing is cached; temporary files "
+                                         "calibrates on the images it scores; may be a URL. Nothing is cached; temporary files "
                                          "go inside --out when given."),
     calib_count: int = typer.Option(32, min=1, help="How many --calib images calibration reads (spread evenly)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
@@ -115,10 +117,18 @@ def evaluate(
 
       fcn-label evaluate --weights fcn8s-compact-camvid --gt camvid/val.txt --out report/
     """
+    with staged() as st:
+        _evaluate(st, gt, pred, weights, images, out, num_classes, classes, ignore_index, split, workers, worst, fmt,
+                  device, tta, flip, max_pixels, backend, calib, calib_count, quiet)
+
+
+def _evaluate(st, gt, pred, weights, images, out, num_classes, classes, ignore_index, split, workers, worst, fmt,
+              device, tta, flip, max_pixels, backend, calib, calib_count, quiet) -> None:
+    """The verb on local paths: each URL argument is staged by ``st`` (see fcn_label.staging)."""
     fmt = fmt.value
     if (pred is None) == (weights is None):
         raise fail("give exactly one of --pred (masks or COCO JSON to score) and --weights (predict, then score)")
-    if out is not None and out.exists() and not out.is_dir():
+    if out is not None and not is_url(out) and Path(out).exists() and not Path(out).is_dir():
         raise fail(f"--out {out}: exists and is not a folder; give a folder for the report")
     tta_flip, tta_scales = tta_settings(tta, flip)
     if (tta_flip or tta_scales != (1.0,)) and weights is None:
@@ -130,6 +140,16 @@ def evaluate(
     if kind in CALIBRATED and calib is None:
         raise fail(f"--backend {kind} calibrates on sample images: give --calib (e.g. the training list, "
                    "camvid/train.txt); evaluate does not calibrate on the images it scores")
+    gt = st.input(gt, "--gt", images_beside=images is None and (weights is not None or out is not None))
+    pred = st.input(pred, "--pred")
+    images = st.input(images, "--images")
+    classes = st.input(classes, "--classes")
+    calib = st.input(calib, "--calib")
+    if weights is not None and is_url(weights):
+        weights = str(st.input(weights, "--weights"))
+    out = st.output(out, "--out")
+    if out is not None and out.exists() and not out.is_dir():
+        raise fail(f"--out {out}: exists and is not a folder; give a folder for the report")
     ck = None
     if weights is not None:
         from ..checkpoint import load_checkpoint, resolve_weights
@@ -170,7 +190,7 @@ def evaluate(
     if fmt == "json":
         d = res.to_dict()
         d["report_dir"] = str(out) if out else None
-        stdout.print_json(json.dumps(d, allow_nan=False))
+        stdout.print_json(st.shown(json.dumps(d, allow_nan=False)))  # failures name URLs, not the local copies
     else:
         _show(res)
     for f in res.failures[:10]:

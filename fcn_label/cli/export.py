@@ -2,26 +2,27 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Optional
 
 import typer
 
 from ..export import FORMATS
-from ._common import app, choice, console, value
+from ._common import app, choice, console, staged, value
 
 ExportFormat = choice("ExportFormat", FORMATS)
 
 
 @app.command("export")
 def export_cmd(
-    pred_dir: Path = typer.Argument(..., help="The --out folder of `fcn-label predict` (its masks, records and COCO predictions)."),
+    pred_dir: str = typer.Argument(..., help="The --out folder of `fcn-label predict` (its masks, records and COCO "
+                                  "predictions); a URL is downloaded whole first."),
     fmt: ExportFormat = typer.Option(..., "--format", "-f", help="cvat (Segmentation mask 1.1 folder + zip), labelstudio "
                             "(BrushLabels config + tasks with RLE pre-annotations) or labelme (polygons per image)."),
-    out: Path = typer.Option(..., "--out", "-o", help="Folder to write; nothing is written elsewhere."),
-    images: Optional[Path] = typer.Option(None, "--images", help="Root of the photos, when they moved since predict "
+    out: str = typer.Option(..., "--out", "-o", help="Folder to write; nothing is written elsewhere. An object store "
+                             "URL gets the files when the run ends (what is there already counts as exported)."),
+    images: Optional[str] = typer.Option(None, "--images", help="Root (or URL) of the photos, when they moved since predict "
                                           "(looked up by the mask's relative name). Used by labelme and labelstudio."),
-    only: Optional[Path] = typer.Option(None, "--only", help="List file (one input path or relative name per line, "
+    only: Optional[str] = typer.Option(None, "--only", help="List file or URL (one input path or relative name per line, "
                                         "as `select` writes): export just these images."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Redo images already exported in --out (default: skip them)."),
     tolerance: Optional[float] = typer.Option(None, "--tolerance", min=0.0, help="labelme: polygon simplification "
@@ -32,9 +33,19 @@ def export_cmd(
                                              "URL (default '/data/local-files/?d=', Label Studio's local file serving)."),
 ) -> None:
     """Write predicted masks in an annotation tool's format, so people can correct them."""
+    fmt = value(fmt)
+    with staged() as st:
+        pred_dir = st.input(pred_dir, "predictions folder")
+        images = st.input(images, "--images")
+        only = st.input(only, "--only")
+        out = st.output(out, "--out")
+        _export(pred_dir, fmt, out, images, only, overwrite, tolerance, url_prefix)
+
+
+def _export(pred_dir, fmt, out, images, only, overwrite, tolerance, url_prefix) -> None:
+    """The verb on local paths (URL arguments staged by the caller)."""
     from ..export import export
 
-    fmt = value(fmt)
     res, folder, problems = export(pred_dir, fmt, out, images=images, only=only, overwrite=overwrite,
                                    tolerance=tolerance, url_prefix=url_prefix)
     for p in problems:

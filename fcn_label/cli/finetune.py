@@ -19,7 +19,10 @@ from ..classes import read_class_file
 from ..devices import dist_info
 from ..train.config import CHOICES, DEFAULT_IGNORE, FIELDS, FLAGS, PRESETS, TrainConfig  # torch-free
 from ..train.config import load_config
-from ._common import app, choice, console, fail, value
+from rich.markup import escape
+
+from ..storage import check_writable, is_url, shown_url
+from ._common import app, choice, console, fail, staged, value
 
 _DEFAULT = {f.name: f.default for f in fields(TrainConfig)}
 _MODEL_OPTIONS = ("width", "fc_channels", "batch_norm", "padding", "dropout")
@@ -83,19 +86,22 @@ def finetune(
     data: Optional[str] = typer.Argument(None, help="Training data: a VOC folder (JPEGImages/ + SegmentationClass/), "
                                          "a folder with images/ + masks/ (matched by relative name), a list file of "
                                          "'image mask' lines (paths relative to it), or a COCO instances .json "
-                                         "(rasterised with pycocotools). May come from --config instead."),
-    config: Optional[Path] = typer.Option(None, "--config", "-c", help=f"Options from a TOML file, or the config.json "
-                                          f"a run wrote; keys as listed below ({DOCS}). Flags override it."),
+                                         "(rasterised with pycocotools); a path or a URL (s3://bucket/camvid/train.txt). May come from "
+                                         "--config instead."),
+    config: Optional[str] = typer.Option(None, "--config", "-c", help=f"Options from a TOML file, or the config.json "
+                                          f"a run wrote (a path or URL); keys as listed below ({DOCS}). Flags override it."),
     sets: Optional[List[str]] = typer.Option(None, "--set", help="KEY=VALUE: one config key (repeatable), e.g. "
                                              "--set class_weights=none --set crop=288x384; overrides --config."),
     val: Optional[str] = typer.Option(None, "--val", help="Validation data, any layout above; scored with pixel "
-                                      "accuracy and mean IU after every val_every epochs. Without it no best.pt."),
+                                      "accuracy and mean IU after every val_every epochs. Without it no best.pt. May be a URL."),
     out: Optional[str] = typer.Option(None, "--out", "-o", help="Run folder: best.pt, last.pt, log.csv, log.json, "
-                                      f"config.json. Nothing is written anywhere else. (default: {_DEFAULT['out']})"),
+                                      f"config.json. Nothing is written anywhere else. An object store URL (s3://bucket/runs/x) gets "
+                                      "each checkpoint as it is saved, so --resume works from there. "
+                                      f"(default: {_DEFAULT['out']})"),
     images: Optional[str] = typer.Option(None, "--images", help="COCO, Label Studio, CVAT or LabelMe data: "
                                          "the image folder, photos found by the mask's relative name (default: images/ "
-                                         "beside a COCO JSON; the images the annotation files point to)."),
-    classes: Optional[Path] = typer.Option(None, "--classes", help="Class names, one per line in index order; "
+                                         "beside a COCO JSON; the images the annotation files point to). May be a URL."),
+    classes: Optional[str] = typer.Option(None, "--classes", help="Class names (a file or URL), one per line in index order; "
                                            "'name r g b' lines also set the palette. (default: the dataset's "
                                            "categories, classes.txt in the dataset folder or beside the list file, "
                                            "--init's classes, or class_0..N)"),
@@ -105,7 +111,7 @@ def finetune(
     ignore_index: Optional[int] = typer.Option(None, "--ignore-index", help="Mask label left out of the loss and the "
                                                f"metrics: 255 for VOC, 11 for CamVid. (default: --init's, else "
                                                f"{DEFAULT_IGNORE})"),
-    init: Optional[str] = typer.Option(None, "--init", help="Start from a model: an fcn-label checkpoint, a shipped "
+    init: Optional[str] = typer.Option(None, "--init", help="Start from a model: an fcn-label checkpoint (path or URL), a shipped "
                                        "model name (see `fcn-label models`) or a pytorch-fcn .pth state dict. Its "
                                        "architecture, width, classes and ignore label are kept unless given; with "
                                        "another class count the score and upsampling layers are re-initialised."),
@@ -130,23 +136,45 @@ def finetune(
     mismatches, naming the files), then trains with random scale, crop, flip and colour jitter, validating
     and writing OUT/best.pt (best val mean IU) and OUT/last.pt (latest, resumable) atomically.
     """
+    with staged() as st:
+        _finetune(st, data, config, sets, val, out, images, classes, num_classes, ignore_index, init, preset, epochs,
+                  batch_size, lr, device, amp, resume)
+
+
+def _finetune(st, data, config, sets, val, out, images, classes, num_classes, ignore_index, init, preset, epochs,
+              batch_size, lr, device, amp, resume) -> None:
+    """The verb on local paths: URL arguments (also those a --config file names) are staged by ``st``;
+    a remote --out is uploaded after every checkpoint save, so a killed run loses at most what a
+    local run would, plus the upload in flight."""
     flags = dict(val=val, out=out, images=images, num_classes=num_classes, ignore_index=ignore_index, init=init,
                  preset=value(preset), epochs=epochs, batch_size=batch_size, lr=lr, device=device, amp=amp)
     if classes is not None:
-        flags["classes"], flags["palette"] = read_class_file(classes)
+        flags["classes"], flags["palette"] = read_class_file(st.input(classes, "--classes"))
+    config = st.input(config, "--config")
     cfg, set_keys = load_config(data, config, sets or [], flags)
     if cfg.init is not None:
         ignored = [k for k in _MODEL_OPTIONS if k in set_keys]
         if ignored:
             console.print(f"[yellow]warning:[/] {', '.join(ignored)} ignored: --init fixes the model's shape")
 
+    def staged_in(v, what: str, **kw):  # local values stay exactly as given (config.json records them)
+        return str(st.input(v, what, **kw)) if v and is_url(v) else v
+
+    cfg.data = staged_in(cfg.data, "DATA", images_beside=not cfg.images)
+    cfg.val = staged_in(cfg.val, "--val", images_beside=not cfg.images)
+    cfg.images = staged_in(cfg.images, "--images")
+    cfg.init = staged_in(cfg.init, "--init")
+    if is_url(cfg.out):  # refuse before downloading a run that is not to be used
+        _check_run(check_writable(cfg.out, "--out").isfile("last.pt"), resume, shown_url(cfg.out))
+        cfg.out = str(st.output(cfg.out, "--out"))
+    _train(cfg, resume, st)
+
+
+def _train(cfg, resume: bool, st) -> None:
     Trainer = globals().get("Trainer") or __getattr__("Trainer")  # noqa: N806  (tests replace the module's)
 
     last = Path(cfg.out) / "last.pt"
-    if resume and not last.is_file():
-        raise fail(f"{last}: nothing to resume; drop --resume to start a new run in {cfg.out}")
-    if not resume and last.is_file():
-        raise fail(f"{last}: a run already exists there; add --resume to continue it, or choose another --out")
+    _check_run(last.is_file(), resume, cfg.out)
 
     is_main = dist_info()[0] == 0
     columns = (TextColumn("epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
@@ -159,6 +187,10 @@ def finetune(
             bar.update(task, completed=step, total=trainer.total_steps, epoch=epoch + 1, loss=running_loss)
 
         trainer = Trainer(cfg, log=lambda m: bar.console.print(m, soft_wrap=True, markup=False), progress=progress)
+        if st.root is not None:  # some argument is a URL
+            trainer.recorded = st.shown
+        if st.outputs:
+            trainer.saved = lambda: _upload(st)
         try:
             trainer.run(resume=str(last) if resume else None)
         except KeyboardInterrupt:
@@ -166,8 +198,31 @@ def finetune(
             raise fail(f"interrupted: {last} holds the latest checkpoint; repeat the command with --resume to "
                        "continue", 130) from None
     if is_main:
+        if st.outputs:
+            st.sync()  # before the closing lines, which name where the model is
         best = Path(cfg.out) / "best.pt"
         model = best if best.is_file() else last
         score = f"best val mean IU {100 * trainer.best:.2f}; " if best.is_file() else ""
         console.print(f"done after {trainer.epoch} epochs / {trainer.step} steps: {score}model {model}\n"
                       f"label images: fcn-label predict IMAGES -o LABELS -w {model}", soft_wrap=True)
+
+
+def _check_run(has_last: bool, resume: bool, out: str) -> None:
+    """--resume needs a run in --out, and a new run never overwrites one."""
+    last = f"{out}/last.pt" if is_url(out) else Path(out) / "last.pt"
+    if resume and not has_last:
+        raise fail(f"{last}: nothing to resume; drop --resume to start a new run in {out}")
+    if not resume and has_last:
+        raise fail(f"{last}: a run already exists there; add --resume to continue it, or choose another --out")
+
+
+def _upload(st) -> None:
+    """After a checkpoint save: put the run folder's new files up. A store that fails now is warned
+    about and tried again at the next save; the last upload, at the end, must succeed."""
+    from ..storage import StorageError
+
+    try:
+        st.sync()
+    except StorageError as e:
+        console.print(f"[yellow]warning:[/] {escape(str(e))}; trying again after the next checkpoint",
+                      soft_wrap=True)

@@ -2,25 +2,26 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Optional
 
 import typer
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from ._common import app, console, fail
+from ._common import app, console, fail, staged
 
 
 @app.command("review")
 def review(
-    pred_dir: Path = typer.Argument(..., help="The --out folder of `fcn-label predict` (holds predictions.csv)."),
-    out: Path = typer.Option(..., "--out", "-o", help="Folder for index.html and thumbs/; nothing is written anywhere "
-                             "else. Open OUT/index.html in a browser (no server needed, works offline)."),
-    gt: Optional[Path] = typer.Option(None, "--gt", help="Folder of ground-truth index masks named like the predicted "
+    pred_dir: str = typer.Argument(..., help="The --out folder of `fcn-label predict` (holds predictions.csv); a URL "
+                                  "is downloaded whole first."),
+    out: str = typer.Option(..., "--out", "-o", help="Folder for index.html and thumbs/; nothing is written anywhere "
+                             "else. Open OUT/index.html in a browser (no server needed, works offline). An object "
+                             "store URL gets the files when the run ends."),
+    gt: Optional[str] = typer.Option(None, "--gt", help="Folder (or URL) of ground-truth index masks named like the predicted "
                                       "masks: adds each image's mean IoU and the 'lowest IoU first' order (not needed "
                                       "when predict ran with --gt)."),
-    images: Optional[Path] = typer.Option(None, "--images", "-i", help="Folder predict read the images from, when "
+    images: Optional[str] = typer.Option(None, "--images", "-i", help="Folder (or URL) predict read the images from, when "
                                           "the paths it recorded no longer resolve from here."),
     sort: Optional[str] = typer.Option(None, "--sort", help="Initial order (changeable on the page): confidence "
                                        "(lowest mean confidence first), low (largest low-confidence fraction first), "
@@ -40,11 +41,21 @@ def review(
 
     Example: fcn-label review masks/ --out review/ && xdg-open review/index.html
     """
-    from ..review import build_review
     from ..review.page import SORTS as _sorts
 
     if sort is not None and sort not in _sorts:
         raise fail(f"--sort {sort!r}: choose {', '.join(_sorts)}")
+    with staged() as st:
+        pred_dir = st.input(pred_dir, "predictions folder")
+        gt, images = st.input(gt, "--gt"), st.input(images, "--images")
+        out = st.output(out, "--out")
+        _review(pred_dir, out, gt, images, sort, ignore_index, thumb_size, workers, quiet)
+
+
+def _review(pred_dir, out, gt, images, sort, ignore_index, thumb_size, workers, quiet) -> None:
+    """The verb on local paths (URL arguments staged by the caller)."""
+    from ..review import build_review
+
     progress = Progress(TextColumn("review"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                         console=console, disable=quiet, transient=True)
     task = progress.add_task("review", total=None)

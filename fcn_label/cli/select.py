@@ -2,28 +2,29 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Optional
 
 import typer
 from rich.markup import escape
 
-from ._common import app, console, fail
+from ._common import app, console, fail, staged
 
 
 @app.command("select")
 def select(
-    pred_dir: Path = typer.Argument(..., help="The --out folder of `fcn-label predict` over the unlabelled pool."),
+    pred_dir: str = typer.Argument(..., help="The --out folder of `fcn-label predict` over the unlabelled pool; a URL "
+                                  "is downloaded whole first."),
     k: int = typer.Option(..., "--k", "-k", help="How many images to pick (all of them when the pool is smaller)."),
-    out: Path = typer.Option(..., "--out", "-o", help="List file to write: one input path per line (relative when "
-                             "written in the current folder, else absolute); predict and export --only read it."),
+    out: str = typer.Option(..., "--out", "-o", help="List file to write: one input path per line (relative when "
+                             "written in the current folder, else absolute); predict and export --only read it. May "
+                             "be an object store URL (written as one object at the end)."),
     strategy: str = typer.Option("uncertainty", "--strategy", "-s", help="uncertainty (lowest mean confidence first; "
                                  "from the confidence maps of predict --probs when present), diverse (doubt plus "
                                  "coverage of rarely predicted classes, greedy) or random (seeded baseline)."),
     seed: int = typer.Option(0, "--seed", help="Seed of --strategy random."),
-    images: Optional[Path] = typer.Option(None, "--images", "-i", help="Folder predict read the images from, when "
+    images: Optional[str] = typer.Option(None, "--images", "-i", help="Folder (or URL) predict read the images from, when "
                                           "the paths it recorded do not resolve from here."),
-    masks: Optional[Path] = typer.Option(None, "--masks", help="Folder of masks named like predict's (e.g. the "
+    masks: Optional[str] = typer.Option(None, "--masks", help="Folder (or URL) of masks named like predict's (e.g. the "
                                          "corrected labels): write 'image mask' lines, a list finetune trains on."),
     diversity: float = typer.Option(1.0, "--diversity", min=0.0, help="diverse only: weight of rare-class coverage "
                                     "against doubt (0 = plain uncertainty)."),
@@ -34,12 +35,23 @@ def select(
 
     Example: fcn-label select masks/ --k 30 --out next.txt && fcn-label export masks/ --format cvat --only next.txt --out cvat/
     """
-    from ..selection import STRATEGIES, write_selection
+    from ..selection import STRATEGIES
 
     if strategy not in STRATEGIES:
         raise fail(f"--strategy {strategy!r}: choose {', '.join(STRATEGIES)}")
     if k < 1:
         raise fail(f"--k {k}: give a positive number of images")
+    with staged() as st:
+        pred_dir = st.input(pred_dir, "predictions folder")
+        images, masks = st.input(images, "--images"), st.input(masks, "--masks")
+        out = st.output(out, "--out", is_file=True)
+        _select(pred_dir, k, out, strategy, seed, images, masks, diversity, min_fraction)
+
+
+def _select(pred_dir, k, out, strategy, seed, images, masks, diversity, min_fraction) -> None:
+    """The verb on local paths (URL arguments staged by the caller)."""
+    from ..selection import write_selection
+
     choices, problems = write_selection(pred_dir, out, k, strategy, seed, images, masks, diversity, min_fraction)
     for p in problems[:10]:
         console.print(f"[yellow]warning:[/] {escape(p)}", soft_wrap=True)

@@ -97,6 +97,11 @@ class Trainer:
         self._log = log
         self.progress = progress
         self.out = Path(cfg.out)
+        # called on rank 0 after every save (checkpoints and logs in place): the CLI uploads a remote --out
+        self.saved: Callable[[], None] | None = None
+        # how a checkpoint's metadata names the data and run folders: the CLI maps a staged local copy
+        # back to the URL it came from, so the record names what the user gave
+        self.recorded: Callable[[str], str] = str
 
     def log(self, msg: str) -> None:
         if self.is_main:
@@ -164,11 +169,12 @@ class Trainer:
                    epoch_loss: tuple[float, int] = (0.0, 0)) -> Checkpoint:
         cfg = self.cfg
         meta = {
-            "dataset": str(cfg.data),
-            "val": str(cfg.val) if cfg.val else None,
+            "dataset": self.recorded(str(cfg.data)),
+            "val": self.recorded(str(cfg.val)) if cfg.val else None,
             "epochs": self.epoch,
             "steps": self.step,
-            "train_config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()},
+            "train_config": {k: (list(v) if isinstance(v, tuple) else self.recorded(v) if isinstance(v, str) else v)
+                             for k, v in asdict(cfg).items()},
             "metrics": metrics or {},
             "torch": str(torch.__version__),
         }
@@ -419,8 +425,12 @@ class Trainer:
         if write_last:
             save_checkpoint(self.checkpoint(best_model, metrics, train_state=True, epoch_loss=epoch_loss),
                             self.out / "last.pt")
-        if row is None:
-            return
+        if row is not None:
+            self._write_logs()
+        if self.saved is not None:
+            self.saved()
+
+    def _write_logs(self) -> None:
         keys = []
         for r in self.history:
             keys += [k for k in r if k not in keys and k != "val_iou"]
