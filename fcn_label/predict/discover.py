@@ -87,7 +87,7 @@ def discover(inputs: Sequence[str | os.PathLike], out: Path | None = None) -> tu
             problems.append((raw, f"is the output folder {out} or inside it, and outputs are never read back as "
                                   "inputs; choose an --out outside the input folder"))
         elif p.is_dir():
-            files = _walk(p, out)
+            files = _walk(p, None if out is not None and is_url(out) else out)
             if not files:
                 problems.append((raw, f"folder holds no images ({', '.join(IMAGE_EXTENSIONS)})"))
             items += [Item(f, rel) for f, rel in files]

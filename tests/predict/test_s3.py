@@ -283,3 +283,39 @@ def test_denied_write_is_one_line_exit_2(tmp_path, s3, capsys, monkeypatch):
     forget_clients()
     assert s3.objects("out") == {}
 
+
+
+def test_reports_rescan_rule_the_last_upload_sees_every_shard(tmp_path, s3, monkeypatch):
+    """The race the rule is for: shard 1 lists the segments and makes its reports, shard 0 then finishes
+    completely (its reports list both shards), and only then does shard 1's upload land, over them, made
+    without shard 0's records. Shard 1's listing after its upload sees shard 0's new segments, so it makes
+    and uploads the reports again: the reports that stay list every image, as one run's do."""
+    from fcn_label.checkpoint import load_checkpoint, resolve_weights
+    from fcn_label.predfolder.remote import RemoteOut
+    from fcn_label.predict import PredictJob, PredictOptions, Predictor, discover
+
+    src = pictures(tmp_path / "in", n=6)
+    s3.upload(src, "in")
+    ck = load_checkpoint(resolve_weights(None))
+
+    def job(url: str, shard: tuple[int, int]):
+        items, problems = discover([s3.url("in")], url)
+        opts = PredictOptions(out=url, workers=0, procs=1, encoders=0, shard=shard)
+        return PredictJob(Predictor(ck, device="cpu"), opts).run(items, problems)
+
+    job(s3.url("once"), (0, 1))
+    real_publish = RemoteOut.publish
+    uploads = []
+
+    def publish_after_the_other_shard(self, mirror, coco):
+        if not uploads:  # shard 1's first reports are made: now shard 0 runs from start to end
+            monkeypatch.setattr(RemoteOut, "publish", real_publish)
+            job(s3.url("sharded"), (0, 2))
+            monkeypatch.setattr(RemoteOut, "publish", publish_after_the_other_shard)
+        uploads.append(1)
+        real_publish(self, mirror, coco)
+
+    monkeypatch.setattr(RemoteOut, "publish", publish_after_the_other_shard)
+    job(s3.url("sharded"), (1, 2))
+    assert len(uploads) == 2  # shard 1 uploaded twice: its first reports lacked shard 0's records
+    assert comparable(s3.objects("sharded")) == comparable(s3.objects("once"))
