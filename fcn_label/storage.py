@@ -127,7 +127,25 @@ class Store:
         return self.fs.exists(self.path_of(rel))
 
     def isdir(self, rel: str = "") -> bool:
+        """Whether ``rel`` is a folder (on S3: a prefix holding at least one object). On S3 one request for
+        one key: s3fs's isdir lists the whole folder first (a million keys for a flat prefix)."""
+        if self._s3():
+            from fsspec.asyn import sync
+
+            bucket, _, key = self.path_of(rel).partition("/")
+            key = key.strip("/")
+            try:
+                page = sync(self.fs.loop, self.fs._call_s3, "list_objects_v2", Bucket=bucket,
+                            Prefix=key + "/" if key else "", Delimiter="/", MaxKeys=1, **self.fs.req_kw)
+            except FileNotFoundError:
+                return False
+            return bool(page.get("Contents") or page.get("CommonPrefixes"))
         return self.fs.isdir(self.path_of(rel))
+
+    def _s3(self) -> bool:
+        """Whether the file system is s3fs's (whose paginated listing calls this module uses)."""
+        fs = self.fs
+        return type(fs).__name__ == "S3FileSystem" and hasattr(fs, "_iterdir") and hasattr(fs, "_call_s3")
 
     def isfile(self, rel: str = "") -> bool:
         return self.fs.isfile(self.path_of(rel))
@@ -158,7 +176,7 @@ class Store:
         """
         base = rel.strip("/")
         skip = skip.strip("/") if skip else None
-        if self.fs.__class__.__name__ == "S3FileSystem" and hasattr(self.fs, "_iterdir"):
+        if self._s3():
             yield from self._walk_s3(base, skip)
             return
         top = self.path_of(rel)
@@ -218,12 +236,16 @@ class ObjectUrl(str):
     credentials), with the URL as given in ``full`` for fetching it; so nothing that prints or
     records an input's path can leak a password or a presigned signature."""
 
-    full: str
-
     def __new__(cls, url: str) -> "ObjectUrl":
-        self = super().__new__(cls, shown_url(url))
-        self.full = str(getattr(url, "full", url))
+        full = str(getattr(url, "full", url))
+        self = super().__new__(cls, shown_url(full))
+        if full != self:  # only then a second string (a million inputs: one string each, mostly)
+            self._full = full
         return self
+
+    @property
+    def full(self) -> str:
+        return self.__dict__.get("_full") or str(self)
 
     def __reduce__(self):
         return (ObjectUrl, (self.full,))
