@@ -20,9 +20,9 @@ import numpy as np
 from ..guard import Failure, failure_message, guarded
 from ..images import InputError
 from ..metrics import confusion_matrix, scores
-from ..images import write_bytes_atomic
 from ..predfolder.layout import FAILURES_DIR, RECORDS_DIR, OutputLayout, output_files
-from ..predfolder.outputs import coco_annotations, encode_confidence, encode_overlay, encode_png
+from ..predfolder.outputs import (coco_annotations, encode_confidence, encode_overlay, encode_png, write_confidence,
+                                  write_mask, write_overlay)
 from ..predfolder.records import SegmentWriter, shown
 from ..predfolder.remote import RemoteOut
 from ..storage import explain
@@ -60,11 +60,6 @@ class Sink:
             self.records = SegmentWriter(self.layout.records_dir, self.checked)
             self.failures = SegmentWriter(self.layout.failures_dir, self.checked)
 
-    @property
-    def where(self) -> str:
-        """--out as messages name it."""
-        return self.remote.shown if self.remote is not None else str(self.layout.out)
-
     def close(self) -> None:
         self.records.close()
         self.failures.close()
@@ -98,12 +93,19 @@ class Sink:
     def write_outputs(self, it: Item, image: np.ndarray | None, pred: Prediction, seconds: float) -> dict:
         """Mask, --overlay and --probs written; returns the image's record, for the caller to append only
         now that its outputs are in place (a runner on other machines sends it back to the driver)."""
-        mask, overlay, confidence = output_files(it.rel)
-        self._put(mask, encode_png(pred.labels, self.palette))
-        if self.o.overlay:
-            self._put(overlay, encode_overlay(image, pred.labels, self.overlay_palette))
-        if self.o.probs:
-            self._put(confidence, encode_confidence(pred.confidence))
+        if self.remote is not None:  # each output one object: the bytes the files would hold
+            mask, overlay, confidence = output_files(it.rel)
+            self.remote.put(mask, encode_png(pred.labels, self.palette))
+            if self.o.overlay:
+                self.remote.put(overlay, encode_overlay(image, pred.labels, self.overlay_palette))
+            if self.o.probs:
+                self.remote.put(confidence, encode_confidence(pred.confidence))
+        else:
+            write_mask(self.checked(self.layout.mask(it.rel)), pred.labels, self.palette)
+            if self.o.overlay:
+                write_overlay(self.checked(self.layout.overlay(it.rel)), image, pred.labels, self.overlay_palette)
+            if self.o.probs:
+                write_confidence(self.checked(self.layout.confidence(it.rel)), pred.confidence)
         n = len(self.classes)
         h, w = pred.labels.shape
         counts = np.bincount(pred.labels.ravel(), minlength=n)
@@ -122,13 +124,6 @@ class Sink:
         if self.o.coco:  # last: the reports copy their JSON text from the line (records.split_line)
             rec["annotations"] = coco_annotations(pred.labels, pred.confidence, n)
         return rec
-
-    def _put(self, rel: str, data: bytes) -> None:
-        """One output file, ``rel`` under --out: an object, or a file renamed into place."""
-        if self.remote is not None:
-            self.remote.put(rel, data)
-        else:
-            write_bytes_atomic(self.checked(self.layout.out / rel), data)
 
     def try_write(self, it: Item, image: np.ndarray | None, pred: Prediction, seconds: float) -> tuple[Outcome, str]:
         """The image's boundary: :meth:`write`, and what became of it, with the one-line reason when it
