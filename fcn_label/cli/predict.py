@@ -72,7 +72,7 @@ def predict(
                                        "be a URL: an object-store prefix (walked like a folder), one object, or a "
                                        ".txt list of keys relative to it or full URLs; s3:// needs the 's3' extra, "
                                        "gs:// 'gcs', az:// 'azure', http(s):// 'http' (read-only)."),
-    out: str = typer.Option(..., "--out", "-o", help="Output folder; masks mirror the inputs' relative paths. "
+    out: str = typer.Option(..., "--out", "-o", metavar="PATH|URL", help="Output folder; masks mirror the inputs' relative paths. "
                             "Nothing is written anywhere else. May be an object-store URL (s3://, gs://, az://; "
                             "not http(s)://), with the same extras as the inputs; credentials come from the "
                             "store's usual settings (for S3: AWS_* variables or a profile, AWS_ENDPOINT_URL for "
@@ -120,7 +120,8 @@ def predict(
                                          "folder, or a list file: one image per line, or 'image mask' lines such "
                                          "as camvid/train.txt). Default: --calib-count images of this job itself, "
                                          "spread evenly over its inputs (the same for every --shard). Nothing is "
-                                         "cached; temporary files stay inside --out."),
+                                         "cached; temporary files stay inside --out (in a temporary folder of this machine when "
+                                         "--out is a URL)."),
     calib_count: int = typer.Option(32, min=1, help="How many images int8 calibration reads (spread evenly)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
     parallel: Optional[str] = typer.Option(None, "--parallel", metavar="KEY=N,...", help=PARALLEL_HELP,

@@ -114,6 +114,11 @@ def test_mixed_local_and_remote_in_and_out(tmp_path, s3, capsys):
     assert comparable(s3.objects("fromlocal")) == want
     assert comparable(local_files(tmp_path / "fromremote"), s3.url("pics"), str(src)) == want
 
+    # a local list may name objects by URL: named by bucket and key, as an absolute local path is by its parts
+    (tmp_path / "list.txt").write_text(f"{s3.url('pics/img00.png')}\n{src / 'sub' / 'img01.png'}\n")
+    assert cli(capsys, "predict", tmp_path / "list.txt", "--out", tmp_path / "fromlist", *FAST)[0] == 0
+    assert (tmp_path / "fromlist" / s3.bucket / "pics" / "img00.png").read_bytes() == want["img00.png"]
+
 
 def test_list_file_missing_and_damaged_objects_are_one_row_each(tmp_path, s3, capsys):
     """A list of keys (relative to the list's folder) and full URLs: a missing and a damaged object are
@@ -236,6 +241,27 @@ def test_object_urls_never_show_credentials_and_pickle_whole():
     store = pickle.loads(pickle.dumps(open_store("memory://fcn-label-test/x")))
     store.write_bytes("k", b"1")
     assert store.read_bytes("k") == b"1" and store.url == "memory://fcn-label-test/x"
+
+
+def test_remote_out_format_and_keys(tmp_path, s3, capsys):
+    """The format claim is checked on a prefix as in a folder; no key outside --out is ever written."""
+    from fcn_label.errors import InputError
+    from fcn_label.predfolder.remote import RemoteOut
+
+    src = pictures(tmp_path / "in", n=2, broken=False)
+    s3.put("newer/.fcn-label/format.json", b'{"format": "fcn-label prediction folder", "version": 99}\n')
+    for prefix, must in (("newer", "written by a newer fcn-label"), ("early", "written by an early fcn-label")):
+        if prefix == "early":
+            s3.put("early/.fcn-label/records/img00.json", b"{}")
+        code, _, err = cli(capsys, "predict", src, "--out", s3.url(prefix), *FAST)
+        assert code == 2 and "Traceback" not in err and err.strip().splitlines()[-1].startswith(
+            f"error: {s3.url(prefix)}: {must}"), err
+    out = RemoteOut(s3.url("k"))
+    for bad in ("../x.png", "a/../../x.png", "/x.png", "a//b.png", ""):
+        with pytest.raises(InputError, match="outside --out"):
+            out.put(bad, b"1")
+    assert s3.objects("") == {"newer/.fcn-label/format.json": s3.objects("newer")[".fcn-label/format.json"],
+                              "early/.fcn-label/records/img00.json": b"{}"}
 
 
 def one_line_exit_2(capsys, *args, must: str) -> str:

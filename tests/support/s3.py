@@ -92,7 +92,7 @@ class MotoS3:
     def objects(self, prefix: str) -> dict[str, bytes]:
         """key relative to ``prefix`` -> bytes, for every object under it."""
         c, out = self.client(), {}
-        pre = prefix.strip("/") + "/"
+        pre = prefix.strip("/") + "/" if prefix.strip("/") else ""
         for page in c.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=pre):
             for o in page.get("Contents", []):
                 out[o["Key"][len(pre):]] = c.get_object(Bucket=self.bucket, Key=o["Key"])["Body"].read()
