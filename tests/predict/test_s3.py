@@ -84,7 +84,9 @@ def test_s3_in_s3_out_writes_the_files_of_a_local_run(tmp_path, s3, capsys, monk
     s3.upload(src, "in")
     code, _, err_local = cli(capsys, "predict", src, "--out", tmp_path / "local", "--overlay", "--probs", *FAST)
     assert code == 1  # broken.png
-    code, out, err = cli(capsys, "predict", s3.url("in"), "--out", s3.url("out"), "--overlay", "--probs", *FAST)
+    # two decoding workers (forked: each fetches through its own S3 client)
+    code, out, err = cli(capsys, "predict", s3.url("in"), "--out", s3.url("out"), "--overlay", "--probs", "-q",
+                         "--parallel", "workers=2,procs=1")
     assert code == 1 and "Traceback" not in err
     assert f"{s3.url('in')}/broken.png: not a recognised image format" in err
     objects = s3.objects("out")
