@@ -311,6 +311,13 @@ def test_denied_write_is_one_line_exit_2(tmp_path, s3, capsys, monkeypatch):
         forget_clients()
         line = one_line_exit_2(capsys, src, "--out", s3.url("out"), must=f"{s3.url('out')}: access denied while writing")
         assert secret not in line and key not in line
+    nothing = {"Version": "2012-10-17", "Statement": [{"Effect": "Deny", "Action": "s3:*", "Resource": "*"}]}
+    with s3.enforce_auth(nothing) as (key, secret):
+        monkeypatch.setenv("AWS_ACCESS_KEY_ID", key)
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", secret)
+        forget_clients()
+        one_line_exit_2(capsys, s3.url("in"), "--out", tmp_path / "o", must=f"input {s3.url('in')}: access denied")
+        assert not (tmp_path / "o").exists()
     forget_clients()
     assert s3.objects("out") == {}
 
