@@ -170,7 +170,9 @@ def _discover_url(raw: str, out, items: list[Item], problems: list[tuple[str, st
                 entry = line.strip()
                 if not entry or entry.startswith("#"):
                     continue
-                entry = entry.split()[0] if len(entry.split()) == 2 else entry  # 'image mask' lines
+                words = entry.split()
+                if len(words) == 2 and all(w.lower().endswith(IMAGE_EXTENSIONS) for w in words):
+                    entry = words[0]  # an 'image mask' line (a key with a space is kept whole: no request per line)
                 target = entry if is_url(entry) else join(folder, entry.lstrip("/"))
                 items.append(Item(ObjectUrl(target), _url_rel(target, shown_url(folder))))
             return
