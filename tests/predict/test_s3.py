@@ -128,11 +128,11 @@ def test_list_file_missing_and_damaged_objects_are_one_row_each(tmp_path, s3, ca
     src = pictures(tmp_path / "in")
     s3.upload(src, "in")
     s3.put("in/list.txt", (f"img00.png\nsub/img01.png\nmissing.png\nbroken.png\n{s3.url('in/img02.png')}\n"
-                           "# a comment\n").encode())
+                           "# a comment\nimg04.png masks/img04.png\n").encode())
     code, _, err = cli(capsys, "predict", s3.url("in/list.txt"), "--out", s3.url("out"), *FAST)
-    assert code == 1 and "done 3" in err and "failed 2" in err and "Traceback" not in err
+    assert code == 1 and "done 4" in err and "failed 2" in err and "Traceback" not in err
     objects = s3.objects("out")
-    assert {"img00.png", "sub/img01.png", "img02.png"} <= set(objects)
+    assert {"img00.png", "sub/img01.png", "img02.png", "img04.png"} <= set(objects)
     rows = list(csv.DictReader(io.StringIO(objects["failures.csv"].decode())))
     assert [(r["path"], r["stage"]) for r in rows] == [(s3.url("in/missing.png"), "decode"),
                                                        (s3.url("in/broken.png"), "decode")]
@@ -140,7 +140,7 @@ def test_list_file_missing_and_damaged_objects_are_one_row_each(tmp_path, s3, ca
     assert rows[1]["reason"].startswith(f"{s3.url('in/broken.png')}: not a recognised image format")
     preds = list(csv.DictReader(io.StringIO(objects["predictions.csv"].decode())))
     assert [r["path"] for r in preds] == [s3.url("in/img00.png"), s3.url("in/sub/img01.png"),
-                                          s3.url("in/img02.png")]
+                                          s3.url("in/img02.png"), s3.url("in/img04.png")]
 
 
 def test_an_object_that_vanishes_mid_job_is_one_row(tmp_path, s3, capsys, monkeypatch):
