@@ -23,6 +23,8 @@ from .errors import InputError, UserError
 EXTRAS = {"s3": "s3", "s3a": "s3", "gs": "gcs", "gcs": "gcs", "az": "azure", "abfs": "azure", "abfss": "azure",
           "adl": "azure", "http": "http", "https": "http"}
 READ_ONLY = ("http", "https")
+# Listing entries handed from fsspec's event loop to the walk at a time (an S3 page holds 1,000 keys).
+WALK_CHUNK = 1000
 _URL = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 
 
@@ -199,11 +201,11 @@ class Store:
             prefix = prefix + "/" if prefix else ""
             pages = fs._iterdir(bucket, prefix=prefix, delimiter="/")
 
-            async def take(n: int = 1000) -> list[dict]:
+            async def take() -> list[dict]:
                 out = []
                 async for entry in pages:
                     out.append(entry)
-                    if len(out) >= n:
+                    if len(out) >= WALK_CHUNK:
                         break
                 return out
 

@@ -357,3 +357,37 @@ def test_reports_rescan_rule_the_last_upload_sees_every_shard(tmp_path, s3, monk
     job(s3.url("sharded"), (1, 2))
     assert len(uploads) == 2  # shard 1 uploaded twice: its first reports lacked shard 0's records
     assert comparable(s3.objects("sharded")) == comparable(s3.objects("once"))
+
+
+def _local_walk_order(root: Path, skip: str | None = None) -> list[str]:
+    """The reference: a plain top-down walk, a folder's files sorted, then its sub-folders sorted."""
+    out = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        rel = Path(dirpath).relative_to(root).as_posix()
+        prefix = "" if rel == "." else rel + "/"
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and prefix + d != skip)
+        out += [prefix + f for f in sorted(filenames)]
+    return out
+
+
+TREE = ["b.png", "a.png", "a b.png", "a/c.png", "a/a/z.png", ".h/x.png", "z/y/q.png", "out/o.png", "é.png", "B.png"]
+
+
+@pytest.mark.parametrize("skip", [None, "out"])
+def test_walk_files_gives_the_local_walk_order_on_s3_and_elsewhere(tmp_path, s3, skip, monkeypatch):
+    """Streamed S3 listing (page by page, here handed over 3 entries at a time) and fsspec's walk (memory://)
+    list what a local walk lists, in its order."""
+    from fcn_label import storage
+    from fcn_label.storage import open_store
+
+    monkeypatch.setattr(storage, "WALK_CHUNK", 3)
+    for name in TREE:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"1")
+        s3.put(f"w/{name}", b"1")
+    mem = open_store(f"memory://walk-{os.getpid()}-{skip}")
+    for name in TREE:
+        mem.write_bytes(name, b"1")
+    want = _local_walk_order(tmp_path, skip)
+    assert list(open_store(s3.url("w")).walk_files(skip=skip)) == want
+    assert list(mem.walk_files(skip=skip)) == want
