@@ -360,6 +360,12 @@ def _pid_alive(pid: int) -> bool:
     return state not in (b"Z", b"X")
 
 
+def writer_gone(host: str, pid: int) -> bool:
+    """Whether the process ``pid`` of ``host`` that named a temporary file or folder is gone (only this
+    host's processes can be told; another host's count as alive)."""
+    return host == HOST and not _pid_alive(pid)
+
+
 def remove_stale_temp(folder: str | os.PathLike) -> int:
     """Delete temporary files under ``folder`` left by killed processes of this host; return how many.
 

@@ -28,11 +28,15 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
+import tempfile
 import threading
 import time
 from pathlib import Path
 
 from ..errors import InputError
+from ..images import HOST, writer_gone
 from ..storage import Store, StorageError, explain, open_store, shown_url
 from .layout import FAILURES_CSV, FAILURES_DIR, FORMAT_FILE, PREDICTIONS_CSV, PREDICTIONS_JSON, RECORDS_DIR, \
     OutputLayout
@@ -43,6 +47,25 @@ from .records import SEGMENT_SUFFIX, segment_name
 # FCN_LABEL_SEGMENT_LINES overrides the count (tests use it to have segments put mid-job).
 FLUSH_LINES = int(os.environ.get("FCN_LABEL_SEGMENT_LINES", "256"))
 FLUSH_SECONDS = 10.0
+
+# The local mirror: <tmp>/fcn-label-mirror.<host>~<pid>.<random>, so a later run can remove what a killed
+# one left (a million-image job's mirror holds gigabytes of segments and reports).
+MIRROR_PREFIX = "fcn-label-mirror."
+_MIRROR_RE = re.compile(r"^fcn-label-mirror\.(?P<host>[A-Za-z0-9-]*)~(?P<pid>\d+)\.")
+
+
+def new_mirror() -> Path:
+    """A fresh local folder for the mirror of a remote --out, after removing the mirrors that killed runs
+    of this host left in the temporary folder."""
+    tmp = Path(tempfile.gettempdir())
+    try:
+        for d in tmp.glob(MIRROR_PREFIX + "*"):
+            m = _MIRROR_RE.match(d.name)
+            if m and d.is_dir() and writer_gone(m["host"], int(m["pid"])):
+                shutil.rmtree(d, ignore_errors=True)
+    except OSError:
+        pass
+    return Path(tempfile.mkdtemp(prefix=f"{MIRROR_PREFIX}{HOST}~{os.getpid()}.", dir=tmp))
 
 
 class ObjectSegmentWriter:

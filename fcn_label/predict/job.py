@@ -13,7 +13,6 @@ says how a store without rename, append or lock keeps the same guarantees).
 from __future__ import annotations
 
 import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Callable, Sequence
@@ -24,7 +23,7 @@ from ..images import InputError, remove_stale_temp_in
 from ..predfolder import version
 from ..predfolder.layout import AUX_DIRS, OutputLayout, Palette
 from ..predfolder.records import scan_records
-from ..predfolder.remote import RemoteOut
+from ..predfolder.remote import RemoteOut, new_mirror
 from ..predfolder.reports import load_records, reports_lock, write_reports
 from ..storage import StorageError, explain, is_url
 from .discover import Item
@@ -51,7 +50,7 @@ class PredictJob:
         self.o = options
         self.remote = RemoteOut(str(options.out)) if is_url(options.out) else None
         # remote: the local mirror of the record store, where the reports are assembled before upload
-        self.mirror = Path(tempfile.mkdtemp(prefix="fcn-label-out-")) if self.remote is not None else None
+        self.mirror = new_mirror() if self.remote is not None else None
         self.out = self.mirror if self.remote is not None else Path(options.out)
         self.on_progress = on_progress
         self.on_failure = on_failure

@@ -199,12 +199,17 @@ def test_kill_9_mid_job_then_rerun_gives_the_objects_of_one_run(tmp_path, s3, ca
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+    import tempfile
+
+    left = list(Path(tempfile.gettempdir()).glob(f"fcn-label-mirror.*~{proc.pid}.*"))
+    assert left, "the killed run's local mirror of the records"
     mid = s3.objects("killed")
     assert "predictions.csv" not in mid and len([k for k in mid if k.endswith(".png") and k[0] != "."]) < 16
     r = subprocess.run(_predict_cmd(s3.url("in"), "--out", s3.url("killed"), *FAST, *ONE), env=env, capture_output=True,
                        text=True, timeout=300)
     assert r.returncode == 1 and "skipped" in r.stderr and "skipped 0" not in r.stderr, r.stderr[-1000:]
     assert comparable(s3.objects("killed")) == comparable(s3.objects("once"))
+    assert not any(p.exists() for p in left)  # the re-run removed what the killed run left on this machine
 
 
 def test_two_shards_into_one_prefix_lose_nothing(tmp_path, s3, capsys):
