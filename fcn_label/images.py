@@ -49,7 +49,35 @@ def check_pixels(name: object, w: int, h: int, max_pixels: int) -> None:
                          "raise --max-pixels if the image is genuine")
 
 
-def _open(path: Path, max_pixels: int) -> Image.Image:
+class Blob:
+    """An image file's bytes fetched from an object store, and the name messages show for it (its URL,
+    credentials stripped): every reader here takes one where it takes a path, decodes it with the same
+    code and refuses it with the same one-line messages, naming the URL rather than a temporary file."""
+
+    __slots__ = ("data", "name")
+
+    def __init__(self, data: bytes, name: str):
+        self.data, self.name = data, name
+
+    def __str__(self) -> str:
+        return self.name
+
+    def read_bytes(self) -> bytes:
+        return self.data
+
+
+def _open_blob(blob: Blob, max_pixels: int) -> Image.Image:
+    """:func:`_open` for fetched bytes: the checks a file's bytes allow (no stat), the same messages."""
+    if not blob.data:
+        raise InputError(f"{blob.name}: empty file (0 bytes); re-export or remove it")
+    import io
+
+    return _open_pil(blob, io.BytesIO(blob.data), max_pixels)
+
+
+def _open(path: Path | Blob, max_pixels: int) -> Image.Image:
+    if isinstance(path, Blob):
+        return _open_blob(path, max_pixels)
     path = Path(path)
     try:
         st = path.stat()
@@ -65,6 +93,12 @@ def _open(path: Path, max_pixels: int) -> Image.Image:
         raise InputError(f"{path}: not a regular file (a pipe, socket or device); remove it from the inputs")
     if st.st_size == 0:
         raise InputError(f"{path}: empty file (0 bytes); re-export or remove it")
+    return _open_pil(path, path, max_pixels)
+
+
+def _open_pil(path, source, max_pixels: int) -> Image.Image:
+    """Pillow's open of ``source`` (a path, or a file object of fetched bytes) under the bomb guard;
+    messages name ``path``."""
     # Pillow's bomb limit and the warnings filter are process-wide: evaluate decodes in threads,
     # so swapping them is serialised (only the header parse happens under the lock).
     with _PIL_GLOBALS:
@@ -73,7 +107,7 @@ def _open(path: Path, max_pixels: int) -> Image.Image:
             Image.MAX_IMAGE_PIXELS = None
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # e.g. "Corrupt EXIF data": noise on the console, not an error
-                im = Image.open(path)
+                im = Image.open(source)
             w, h = im.size
             try:
                 check_pixels(path, w, h, max_pixels)
@@ -95,9 +129,13 @@ def _open(path: Path, max_pixels: int) -> Image.Image:
 
 def image_size(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[int, int]:
     """(width, height) from the header alone, with the same checks and messages as :func:`read_image`."""
-    path = Path(path)
+    path = _as_source(path)
     with _open(path, max_pixels) as im:
         return im.size
+
+
+def _as_source(path) -> Path | Blob:
+    return path if isinstance(path, Blob) else Path(path)
 
 
 def plain_jpeg(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[bytes, int, int] | None:
@@ -108,7 +146,7 @@ def plain_jpeg(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) ->
     Plain means: YCbCr or greyscale (no CMYK, no Adobe transform marker), upright (no EXIF rotation,
     which bare decoders ignore), and complete (ends with the EOI marker: a truncated file goes to
     Pillow and gets its usual message). Raises :class:`InputError` like :func:`image_size`."""
-    path = Path(path)
+    path = _as_source(path)
     with _open(path, max_pixels) as im:
         if im.format != "JPEG" or im.mode not in ("RGB", "L") or "adobe" in im.info:
             return None
@@ -133,7 +171,7 @@ _SPNG_COLOUR_TYPES = (0, 2, 3, 6)
 _SPNG_MAX_PIXELS = 16_000_000
 
 
-def _png_fast(path: Path, w: int, h: int) -> np.ndarray | None:
+def _png_fast(path: Path | Blob, w: int, h: int) -> np.ndarray | None:
     """An 8-bit PNG decoded by libspng, faster than Pillow with the same pixels (docs: Performance);
     None where Pillow must decode it (not installed,
     a case above, or any error: Pillow then gives the file's usual message)."""
@@ -172,8 +210,9 @@ def read_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) ->
 
     Greyscale, palette, alpha, CMYK and 16-bit images are converted to 8-bit RGB
     (alpha is dropped, i.e. composited on nothing: the colour channels are kept).
+    ``path`` may be a :class:`Blob` (an object's fetched bytes).
     """
-    path = Path(path)
+    path = _as_source(path)
     im = _open(path, max_pixels)
     if im.format == "PNG" and im.size[0] * im.size[1] <= _SPNG_MAX_PIXELS:
         fast = _png_fast(path, *im.size)
@@ -319,6 +358,12 @@ def _pid_alive(pid: int) -> bool:
     except (OSError, IndexError):
         return True
     return state not in (b"Z", b"X")
+
+
+def writer_gone(host: str, pid: int) -> bool:
+    """Whether the process ``pid`` of ``host`` that named a temporary file or folder is gone (only this
+    host's processes can be told; another host's count as alive)."""
+    return host == HOST and not _pid_alive(pid)
 
 
 def remove_stale_temp(folder: str | os.PathLike) -> int:

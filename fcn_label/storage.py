@@ -15,15 +15,16 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
 from typing import Iterator
 
-from .errors import UserError
+from .errors import InputError, UserError
 
 # scheme -> the extra that installs its fsspec implementation
 EXTRAS = {"s3": "s3", "s3a": "s3", "gs": "gcs", "gcs": "gcs", "az": "azure", "abfs": "azure", "abfss": "azure",
           "adl": "azure", "http": "http", "https": "http"}
 READ_ONLY = ("http", "https")
+# Listing entries handed from fsspec's event loop to the walk at a time (an S3 page holds 1,000 keys).
+WALK_CHUNK = 1000
 _URL = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 
 
@@ -63,13 +64,34 @@ def join(base: str, rel: str) -> str:
     return base.rstrip("/") + "/" + rel.lstrip("/") if rel else base
 
 
-@dataclass(frozen=True)
 class Store:
-    """One fsspec file system and a root URL on it; paths below it are POSIX-relative strings."""
+    """One fsspec file system and a root URL on it; paths below it are POSIX-relative strings.
 
-    url: str  # as the user wrote it, without a trailing slash
-    fs: object  # fsspec.AbstractFileSystem
-    root: str  # the file system's own path of ``url`` (bucket/prefix for S3)
+    Picklable and fork-safe: fsspec's async file systems (s3fs) refuse to run in a process forked
+    after they were made ("not fork-safe"), and predict forks decoding workers and inference
+    processes, and a Ray runner pickles its sink. So the file system is re-made (by URL, from
+    fsspec's per-process cache) the first time a new process uses it, and a pickle holds the URL only.
+    """
+
+    def __init__(self, url: str, fs: object, root: str):
+        self.url = url  # as the user wrote it, without a trailing slash
+        self.root = root  # the file system's own path of ``url`` (bucket/prefix for S3)
+        self._fs, self._pid = fs, os.getpid()
+
+    @property
+    def fs(self):
+        """This process's fsspec file system for the URL."""
+        if self._pid != os.getpid():
+            from fsspec.core import url_to_fs
+
+            self._fs, self._pid = url_to_fs(self.url)[0], os.getpid()
+        return self._fs
+
+    def __reduce__(self):
+        return (open_store, (self.url,))
+
+    def __repr__(self) -> str:
+        return f"Store({shown_url(self.url)!r})"
 
     @property
     def read_only(self) -> bool:
@@ -91,11 +113,41 @@ class Store:
                                "an object store")
         self.fs.pipe_file(self.path_of(rel), data)
 
+    def put_file(self, local: str | os.PathLike, rel: str) -> None:
+        """Upload a local file as one whole object (a multipart upload for a large one, which S3 makes
+        visible only when complete): for the reports, which may be gigabytes."""
+        if self.read_only:
+            raise StorageError(f"{shown_url(self.url)}: {scheme(self.url)}:// is read-only; write to a folder or "
+                               "an object store")
+        self.fs.put_file(os.fspath(local), self.path_of(rel))
+
+    def get_file(self, rel: str, local: str | os.PathLike) -> None:
+        """Download one object to a local file."""
+        self.fs.get_file(self.path_of(rel), os.fspath(local))
+
     def exists(self, rel: str = "") -> bool:
         return self.fs.exists(self.path_of(rel))
 
     def isdir(self, rel: str = "") -> bool:
+        """Whether ``rel`` is a folder (on S3: a prefix holding at least one object). On S3 one request for
+        one key: s3fs's isdir lists the whole folder first (a million keys for a flat prefix)."""
+        if self._s3():
+            from fsspec.asyn import sync
+
+            bucket, _, key = self.path_of(rel).partition("/")
+            key = key.strip("/")
+            try:
+                page = sync(self.fs.loop, self.fs._call_s3, "list_objects_v2", Bucket=bucket,
+                            Prefix=key + "/" if key else "", Delimiter="/", MaxKeys=1, **self.fs.req_kw)
+            except FileNotFoundError:
+                return False
+            return bool(page.get("Contents") or page.get("CommonPrefixes"))
         return self.fs.isdir(self.path_of(rel))
+
+    def _s3(self) -> bool:
+        """Whether the file system is s3fs's (whose paginated listing calls this module uses)."""
+        fs = self.fs
+        return type(fs).__name__ == "S3FileSystem" and hasattr(fs, "_iterdir") and hasattr(fs, "_call_s3")
 
     def isfile(self, rel: str = "") -> bool:
         return self.fs.isfile(self.path_of(rel))
@@ -114,16 +166,68 @@ class Store:
             return []
         return sorted(e.rstrip("/").rsplit("/", 1)[-1] for e in entries)
 
-    def walk_files(self, rel: str = "") -> Iterator[str]:
-        """Relative paths of every file under ``rel``, folder by folder in sorted order, streamed: one
-        folder's listing in memory at a time (an S3 prefix's keys come page by page from fsspec)."""
+    def walk_files(self, rel: str = "", skip: str | None = None) -> Iterator[str]:
+        """Relative paths of every file under ``rel``, in the order a local folder walk gives (a folder's
+        files sorted, then its sub-folders in sorted order; hidden sub-folders and ``skip``, a relative
+        folder, left out), streamed.
+
+        On S3 the listing comes page by page (1,000 keys a request) and only each folder's sub-folder
+        names are held, so a prefix of a million keys is never held as a listing beside the caller's
+        own list (fsspec's walk lists a whole folder, and keeps it in its listing cache). Elsewhere,
+        fsspec's walk, one folder at a time, dropping each folder from the cache once walked.
+        """
+        base = rel.strip("/")
+        skip = skip.strip("/") if skip else None
+        if self._s3():
+            yield from self._walk_s3(base, skip)
+            return
         top = self.path_of(rel)
         for dirpath, dirnames, filenames in self.fs.walk(top, detail=False):
-            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
             sub = dirpath[len(top):].strip("/") if dirpath.startswith(top) else ""
-            prefix = (rel.strip("/") + "/" if rel.strip("/") else "") + (sub + "/" if sub else "")
+            prefix = (base + "/" if base else "") + (sub + "/" if sub else "")
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and (prefix + d) != skip)
             for f in sorted(filenames):
                 yield prefix + f
+            self.fs.invalidate_cache(dirpath)
+
+    def _walk_s3(self, base: str, skip: str | None) -> Iterator[str]:
+        from fsspec.asyn import sync
+
+        fs = self.fs
+        bucket, _, key0 = self.root.partition("/")
+
+        def folder(rel: str) -> Iterator[str]:
+            prefix = "/".join(p for p in (key0, rel) if p)
+            prefix = prefix + "/" if prefix else ""
+            pages = fs._iterdir(bucket, prefix=prefix, delimiter="/")
+
+            async def take() -> list[dict]:
+                out = []
+                async for entry in pages:
+                    out.append(entry)
+                    if len(out) >= WALK_CHUNK:
+                        break
+                return out
+
+            subs = []
+            while True:
+                chunk = sync(fs.loop, take)
+                if not chunk:
+                    break
+                for e in chunk:
+                    name = e["name"][len(bucket) + 1 + len(prefix):].strip("/")
+                    if not name or "/" in name:
+                        continue
+                    if e["type"] == "directory":
+                        subs.append(name)
+                    else:
+                        yield (rel + "/" if rel else "") + name
+            for d in sorted(subs):
+                sub = (rel + "/" if rel else "") + d
+                if not d.startswith(".") and sub != skip:
+                    yield from folder(sub)
+
+        yield from folder(base)
 
     def sub(self, rel: str) -> "Store":
         return Store(join(self.url, rel), self.fs, self.path_of(rel))
@@ -170,6 +274,43 @@ def _each(fn, items: list, threads: int) -> None:
     with ThreadPoolExecutor(min(threads, len(items))) as pool:
         for _ in pool.map(fn, items):
             pass
+
+
+class ObjectUrl(str):
+    """A remote input's URL as every message, record and report shows it (:func:`shown_url`: no
+    credentials), with the URL as given in ``full`` for fetching it; so nothing that prints or
+    records an input's path can leak a password or a presigned signature."""
+
+    def __new__(cls, url: str) -> "ObjectUrl":
+        full = str(getattr(url, "full", url))
+        self = super().__new__(cls, shown_url(full))
+        if full != self:  # only then a second string (a million inputs: one string each, mostly)
+            self._full = full
+        return self
+
+    @property
+    def full(self) -> str:
+        return self.__dict__.get("_full") or str(self)
+
+    def __reduce__(self):
+        return (ObjectUrl, (self.full,))
+
+
+def read_object(url: str) -> bytes:
+    """The bytes of one object, for a per-file step: any failure is an :class:`InputError` naming the
+    (shown) URL, so the object becomes one failures.csv row and the batch goes on."""
+    full = str(getattr(url, "full", url))
+    try:
+        return open_store(full).read_bytes()
+    except StorageError as e:
+        raise InputError(str(e)) from None
+    except IsADirectoryError:
+        raise InputError(f"{shown_url(full)}: is a folder (a prefix), not an image") from None
+    except FileNotFoundError:
+        raise InputError(f"{shown_url(full)}: not found (deleted since it was listed, or named in a list but "
+                         "missing); fix the list or the path") from None
+    except Exception as e:  # the store's own error types: this object cannot be read now
+        raise InputError(explain(full, e, "reading")) from None
 
 
 def open_store(url: str) -> Store:
@@ -247,9 +388,12 @@ def check_writable(url: str, what: str) -> Store:
     probe = f".fcn-label/probe-{os.getpid()}-{os.urandom(4).hex()}"
     try:
         store.write_bytes(probe, b"")
-        store.remove(probe)
     except StorageError:
         raise
     except Exception as e:
         raise StorageError(f"{what} " + explain(url, e, "writing")) from None
+    try:
+        store.remove(probe)
+    except Exception:  # noqa: BLE001 - writing is what was to be proven; a store may allow puts but not deletes
+        pass
     return store

@@ -50,12 +50,33 @@ def calibration_images(backend: str, calib: Path | None, count: int, own: list, 
     return arrays
 
 
+_WORKDIRS: list = []
+
+
+def _backend_workdir(out, remote: bool) -> Path:
+    """Where a --backend build keeps its temporary files: inside a local --out; for an object-store --out,
+    a temporary folder of this machine (removed at exit), since the build needs real files."""
+    if not remote:
+        return OutputLayout(out).state
+    import tempfile
+
+    tmp = tempfile.TemporaryDirectory(prefix="fcn-label-backend-")
+    _WORKDIRS.append(tmp)  # kept until the process ends, then removed
+    return Path(tmp.name)
+
+
 @app.command("predict")
 def predict(
     inputs: List[str] = typer.Argument(..., help="Image folders (searched recursively), image files, quoted globs "
-                                       "('photos/**/*.jpg') or .txt files listing one image path per line."),
-    out: Path = typer.Option(..., "--out", "-o", help="Output folder; masks mirror the inputs' relative paths. "
-                             "Nothing is written anywhere else."),
+                                       "('photos/**/*.jpg') or .txt files listing one image path per line. Each may "
+                                       "be a URL: an object-store prefix (walked like a folder), one object, or a "
+                                       ".txt list of keys relative to it or full URLs; s3:// needs the 's3' extra, "
+                                       "gs:// 'gcs', az:// 'azure', http(s):// 'http' (read-only)."),
+    out: str = typer.Option(..., "--out", "-o", metavar="PATH|URL", help="Output folder; masks mirror the inputs' relative paths. "
+                            "Nothing is written anywhere else. May be an object-store URL (s3://, gs://, az://; "
+                            "not http(s)://), with the same extras as the inputs; credentials come from the "
+                            "store's usual settings (for S3: AWS_* variables or a profile, AWS_ENDPOINT_URL for "
+                            "S3-compatible stores)."),
     weights: Optional[str] = typer.Option(None, "--weights", "-w", help=f"Checkpoint file or shipped model name "
                                           f"(default: {DEFAULT_WEIGHTS}; see `fcn-label models`). Also takes "
                                           "pytorch-fcn .pth state dicts."),
@@ -99,7 +120,8 @@ def predict(
                                          "folder, or a list file: one image per line, or 'image mask' lines such "
                                          "as camvid/train.txt). Default: --calib-count images of this job itself, "
                                          "spread evenly over its inputs (the same for every --shard). Nothing is "
-                                         "cached; temporary files stay inside --out."),
+                                         "cached; temporary files stay inside --out (in a temporary folder of this machine when "
+                                         "--out is a URL)."),
     calib_count: int = typer.Option(32, min=1, help="How many images int8 calibration reads (spread evenly)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
     parallel: Optional[str] = typer.Option(None, "--parallel", metavar="KEY=N,...", help=PARALLEL_HELP,
@@ -112,12 +134,23 @@ def predict(
     Unreadable images are reported on one line each and skipped; the exit status is 1 when any image failed. Re-running the same command resumes: finished images are skipped.
 
     Example: fcn-label predict examples/ --out masks/
+
+    Object stores: fcn-label predict s3://bucket/photos --out s3://bucket/masks (any mix of local and remote works).
     """
     from ..checkpoint import load_checkpoint, resolve_weights  # torch: only when a verb runs
     from ..classes import read_class_spec
     from ..predict import PredictJob, PredictOptions, Predictor
+    from ..storage import check_writable, is_url, local_path, shown_url
 
     shard_i, shard_n = _parse_shard(shard)
+    remote_out = is_url(out)
+    if remote_out:  # a store that cannot be written: one line, exit 2, before anything is loaded or read
+        check_writable(out, "--out")
+        out = out.rstrip("/")
+        shown_out = shown_url(out)
+    else:
+        out = Path(local_path(out))
+        shown_out = str(out)
     try:
         par = parse_parallel(parallel)
     except ValueError as e:
@@ -130,7 +163,7 @@ def predict(
         ck.palette = spec.palette or ck.palette
     if gt is not None and not gt.exists():
         raise fail(f"--gt {gt}: not found; give the folder of ground-truth masks (or a VOC root, list file, COCO JSON)")
-    if out.exists() and not out.is_dir():
+    if not remote_out and out.exists() and not out.is_dir():
         raise fail(f"--out {out}: is a file, not a folder; choose another --out")
     items, problems = discover(inputs, out)
     if not items and problems:
@@ -145,7 +178,7 @@ def predict(
     predictor = Predictor(ck, device=device, amp=amp, tile=tile or None, tile_overlap=tile_overlap,
                           tile_threshold=tile_threshold, flip=tta_flip, scales=tta_scales, backend=backend,
                           calib=calib_arrays,
-                          workdir=OutputLayout(out).state if backend != "eager" else None)
+                          workdir=_backend_workdir(out, remote_out) if backend != "eager" else None)
     if gpu_jpeg and predictor.device.type != "cuda":
         raise fail(f"--gpu-jpeg decodes JPEGs on a CUDA GPU; this run is on {predictor.device}: drop --gpu-jpeg "
                    "or use --device cuda")
@@ -185,8 +218,8 @@ def predict(
         res = job.run(items, problems)
     console.print(escape(
         f"done {res.done}, skipped {res.skipped} (already done), failed {len(res.failed)} "
-        f"in {res.seconds:.1f}s ({res.images_per_second:.1f} img/s); outputs in {out}"
-        + (f"; failures listed in {out / 'failures.csv'}" if res.failed else "")
+        f"in {res.seconds:.1f}s ({res.images_per_second:.1f} img/s); outputs in {shown_out}"
+        + (f"; failures listed in {shown_out}/failures.csv" if res.failed else "")
     ), soft_wrap=True)
     if res.stopped:
         console.print(f"[bold red]error:[/] stopped early: {escape(res.stopped)}", soft_wrap=True)

@@ -3,7 +3,8 @@
 layout.py (every path, once), version.py (the format version stored in the folder),
 outputs.py (mask / overlay / confidence PNGs and COCO RLE), records.py (the record store),
 reports.py (predictions.csv / .json and failures.csv, assembled from the records),
-reader.py (:class:`PredictionFolder`: what evaluate, review, select and export read).
+reader.py (:class:`PredictionFolder`: what evaluate, review, select and export read),
+remote.py (writing the same folder on an object store, which has no rename, append or lock).
 The format is described for users in docs/prediction-folder.md.
 """
 

@@ -8,10 +8,11 @@ described for users in docs/prediction-folder.md.
     OUT/overlays/<rel>.jpg             --overlay
     OUT/confidence/<rel>.png           --probs
     OUT/.fcn-label/records/<time>-<host>-<pid>-<token>.jsonl   the record store: one segment per writer
-                                       process, one JSON line per finished image (see records.py)
+                                       process, one JSON line per finished image (see records.py); on an
+                                       object store <...>-<token>-<seq>.jsonl, immutable (see remote.py)
     OUT/.fcn-label/failures/<...>.jsonl  likewise one line per failed input (every shard's failures.csv lists all)
     OUT/.fcn-label/format.json         {"format": "fcn-label prediction folder", "version": 2}
-    OUT/.fcn-label/reports.lock        flock'ed while a shard assembles the reports
+    OUT/.fcn-label/reports.lock        flock'ed while a shard assembles the reports (a folder; not on a store)
     OUT/predictions.csv, predictions.json, failures.csv
 """
 

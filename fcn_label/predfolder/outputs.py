@@ -47,21 +47,32 @@ def write_mask(path: Path, labels: np.ndarray, palette: Sequence[Sequence[int]] 
     write_bytes_atomic(path, encode_png(labels, palette))
 
 
-def write_confidence(path: Path, confidence: np.ndarray) -> None:
-    """Confidence as 8-bit greyscale (255 = certain) so any viewer shows where the model hesitates."""
+def encode_confidence(confidence: np.ndarray) -> bytes:
+    """Confidence as 8-bit greyscale PNG (255 = certain) so any viewer shows where the model hesitates."""
     a = np.clip(np.rint(confidence * 255.0), 0, 255).astype(np.uint8)
     buf = io.BytesIO()
     Image.fromarray(a, mode="L").save(buf, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
-    write_bytes_atomic(path, buf.getvalue())
+    return buf.getvalue()
 
 
-def write_overlay(path: Path, image: np.ndarray, labels: np.ndarray, palette: Sequence[Sequence[int]],
-                  alpha: float = 0.5) -> None:
+def write_confidence(path: Path, confidence: np.ndarray) -> None:
+    write_bytes_atomic(path, encode_confidence(confidence))
+
+
+def encode_overlay(image: np.ndarray, labels: np.ndarray, palette: Sequence[Sequence[int]],
+                   alpha: float = 0.5) -> bytes:
+    """The picture with the mask's colours blended in, as JPEG (the encoders are apart from the writes so an
+    object store gets the same bytes a folder does)."""
     pal = np.array(flat_palette(palette), dtype=np.float32).reshape(256, 3)
     blend = (1 - alpha) * image.astype(np.float32) + alpha * pal[labels]
     buf = io.BytesIO()
     Image.fromarray(np.clip(blend, 0, 255).astype(np.uint8), mode="RGB").save(buf, format="JPEG", quality=90)
-    write_bytes_atomic(path, buf.getvalue())
+    return buf.getvalue()
+
+
+def write_overlay(path: Path, image: np.ndarray, labels: np.ndarray, palette: Sequence[Sequence[int]],
+                  alpha: float = 0.5) -> None:
+    write_bytes_atomic(path, encode_overlay(image, labels, palette, alpha))
 
 
 def _class_runs(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -166,8 +166,14 @@ def load_calibration(paths: Sequence, count: int = DEFAULT_CALIB_COUNT, max_pixe
     from ..guard import guarded
     from ..images import image_size, read_image
 
+    from .predictor import image_source
+
     arrays, skipped = [], []
-    for p in calibration_sample(paths, count):
+    for path in calibration_sample(paths, count):
+        p, err = guarded(path, image_source, path)  # a remote input: its bytes, fetched once
+        if err is not None:
+            skipped.append(err)
+            continue
         size, err = guarded(p, image_size, p)
         if err is None and size[0] * size[1] > max_pixels:
             err = f"{p}: {size[0]}x{size[1]} is above {max_pixels:,} pixels; left out of calibration"

@@ -22,7 +22,7 @@ import torch
 from ..guard import guarded
 from ..images import image_size, plain_jpeg
 from .discover import Item
-from .predictor import MAX_ASPECT, read_for_model
+from .predictor import MAX_ASPECT, image_source, read_for_model
 
 # torchvision 0.29 marks its image decoders deprecated in favour of TorchCodec, with a warning per
 # call; they are what this torch ships with, so the warning is noise on a job's console.
@@ -92,8 +92,15 @@ class DecodeDataset(torch.utils.data.Dataset):
         return i, arr, err
 
     def __getitem__(self, i: int):
-        """In a worker: the header first (behind the guard), so a huge image is left to the main process."""
+        """In a worker: the header first (behind the guard), so a huge image is left to the main process.
+        A remote input is fetched once here and its bytes read for the header and the pixels."""
         path = self.items[i].path
+        src, err = guarded(path, image_source, path)
+        if err is not None:
+            return i, None, err
+        return self._get(i, src)
+
+    def _get(self, i: int, path):
         if self.jpeg_bytes:
             found, err = guarded(path, _read_jpeg, path, self.max_pixels)
             if err is not None:
@@ -105,8 +112,9 @@ class DecodeDataset(torch.utils.data.Dataset):
             if err is not None:
                 return i, None, err
             if size[0] * size[1] > self.worker_max_pixels:
-                return i, None, None  # too big to queue: the main process decodes it
-        return self.decode(i)
+                return i, None, None  # too big to queue: the main process decodes it (fetching it again)
+        arr, err = guarded(path, read_for_model, path, self.max_pixels)
+        return i, arr, err
 
 
 # glibc's allocator keeps the freed memory of mixed-size images and batches as holes in its

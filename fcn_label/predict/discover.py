@@ -14,13 +14,14 @@ from ..devices import rank_and_world
 from ..images import IMAGE_EXTENSIONS
 from ..predfolder.layout import OUTPUT_SUFFIXES, RESERVED_DIRS, output_files
 from ..predfolder.records import shown
+from ..storage import ObjectUrl, StorageError, explain, is_url, join, open_store, shown_url
 
 LIST_SUFFIXES = (".txt", ".lst", ".list")
 
 
 @dataclass(frozen=True)
 class Item:
-    path: Path
+    path: Path | ObjectUrl  # a local file, or a remote object's URL (shown without credentials)
     rel: str  # output path relative to --out, without suffix, POSIX separators
 
 
@@ -70,6 +71,9 @@ def discover(inputs: Sequence[str | os.PathLike], out: Path | None = None) -> tu
     problems: list[tuple[str, str]] = []
     for raw in inputs:
         raw = str(raw)
+        if is_url(raw):
+            _discover_url(raw, out, items, problems)
+            continue
         p = Path(raw)
         if any(ch in raw for ch in "*?[") and not p.exists():
             matches = sorted(glob.glob(raw, recursive=True))
@@ -83,7 +87,7 @@ def discover(inputs: Sequence[str | os.PathLike], out: Path | None = None) -> tu
             problems.append((raw, f"is the output folder {out} or inside it, and outputs are never read back as "
                                   "inputs; choose an --out outside the input folder"))
         elif p.is_dir():
-            files = _walk(p, out)
+            files = _walk(p, None if out is not None and is_url(out) else out)
             if not files:
                 problems.append((raw, f"folder holds no images ({', '.join(IMAGE_EXTENSIONS)})"))
             items += [Item(f, rel) for f, rel in files]
@@ -93,6 +97,9 @@ def discover(inputs: Sequence[str | os.PathLike], out: Path | None = None) -> tu
                 if not entry or entry.startswith("#"):
                     continue
                 entry = entry.split()[0] if not Path(p.parent / entry).exists() and len(entry.split()) == 2 else entry
+                if is_url(entry):  # a local list may name objects; each is fetched (or fails) when decoded
+                    items.append(Item(ObjectUrl(entry), _url_rel(entry, None)))
+                    continue
                 f = Path(entry) if Path(entry).is_absolute() else p.parent / entry
                 if not f.is_file():
                     problems.append((str(f), f"listed in {p}:{n} but not found; fix the list or the path"))
@@ -107,8 +114,87 @@ def discover(inputs: Sequence[str | os.PathLike], out: Path | None = None) -> tu
     return _dedupe(items, out), problems
 
 
+def _url_rel(url: str, base: str | None) -> str:
+    """Output name of an object: its key relative to ``base`` (a prefix URL) when below it, else its
+    bucket and key; without the extension, never with '..' or an empty part."""
+    u = shown_url(url)
+    if base is not None and u.startswith(base.rstrip("/") + "/"):
+        key = u[len(base.rstrip("/")) + 1:]
+    else:
+        key = u.split("://", 1)[-1]
+    parts = [x for x in key.split("/") if x not in ("..", ".", "")]
+    if not parts:
+        return "image"
+    last = parts[-1]
+    parts[-1] = last[: last.rfind(".")] if "." in last.lstrip(".") else last
+    return "/".join(parts)
+
+
+def _discover_url(raw: str, out, items: list[Item], problems: list[tuple[str, str]]) -> None:
+    """A URL input: a prefix (walked like a folder), one object, or a list file (.txt...) of keys relative
+    to its own folder or of full URLs. A store that cannot be used at all (no bucket, denied, no
+    credentials, no answer) raises :class:`StorageError` (exit 2 before any work); a prefix or object that
+    is not there is one problem row, as for a local path. The objects a list names are not checked one by
+    one here (a request each): one that is missing fails when it is fetched, as one row."""
+    url = raw.rstrip("/")
+    shown = shown_url(url)
+    store = open_store(url)
+    try:
+        is_dir = store.isdir()
+        is_file = not is_dir and store.isfile()
+        if not is_dir and not is_file:
+            bucket = store.root.split("/", 1)[0]
+            if bucket and not store.fs.exists(bucket):
+                raise StorageError(f"input {shown}: no such bucket '{bucket}'; create it or fix the URL")
+            problems.append((shown, "not found; check the URL (a prefix must hold at least one object)"))
+            return
+        if is_dir:
+            skip = _url_below(out, url)
+            if skip == "":
+                problems.append((shown, f"is the output prefix {shown_url(str(out))} or inside it, and outputs are "
+                                        "never read back as inputs; choose an --out outside the input prefix"))
+                return
+            n0 = len(items)
+            for rel in store.walk_files(skip=skip):
+                name = rel.rpartition("/")[2]
+                if name.startswith(".") or not name.lower().endswith(IMAGE_EXTENSIONS):
+                    continue
+                items.append(Item(ObjectUrl(store.url_of(rel)), rel[: rel.rfind(".")]))
+            if len(items) == n0:
+                problems.append((shown, f"prefix holds no images ({', '.join(IMAGE_EXTENSIONS)})"))
+            return
+        if url.lower().endswith(LIST_SUFFIXES):
+            text = store.read_bytes().decode("utf-8", errors="replace")
+            folder = url.rsplit("/", 1)[0]
+            for line in text.splitlines():
+                entry = line.strip()
+                if not entry or entry.startswith("#"):
+                    continue
+                words = entry.split()
+                if len(words) == 2 and all(w.lower().endswith(IMAGE_EXTENSIONS) for w in words):
+                    entry = words[0]  # an 'image mask' line (a key with a space is kept whole: no request per line)
+                target = entry if is_url(entry) else join(folder, entry.lstrip("/"))
+                items.append(Item(ObjectUrl(target), _url_rel(target, shown_url(folder))))
+            return
+        items.append(Item(ObjectUrl(url), _url_rel(url, shown_url(url.rsplit("/", 1)[0]))))
+    except StorageError:
+        raise
+    except Exception as e:  # the store's own error types: it cannot be used at all
+        raise StorageError("input " + explain(url, e, "listing")) from None
+
+
+def _url_below(out, url: str) -> str | None:
+    """``out``'s path relative to the prefix ``url`` when it is inside it ("" when it is ``url``), else None."""
+    if out is None or not is_url(out):
+        return None
+    o, u = str(out).rstrip("/"), url.rstrip("/")
+    if o == u:
+        return ""
+    return o[len(u) + 1:] if o.startswith(u + "/") else None
+
+
 def _inside(path: Path, folder: Path | None) -> bool:
-    if folder is None:
+    if folder is None or is_url(folder):
         return False
     a, b = os.path.abspath(path), os.path.abspath(folder)
     return a == b or a.startswith(b.rstrip(os.sep) + os.sep)
@@ -140,28 +226,32 @@ def _dedupe(items: list[Item], out: Path | None = None) -> list[Item]:
     """
     seen, unique = set(), []
     for it in items:
-        key = os.path.abspath(it.path)
+        key = it.path if isinstance(it.path, ObjectUrl) else os.path.abspath(it.path)
         if key not in seen:
             seen.add(key)
             unique.append(it)
     rels = [_unreserve(shown(it.rel)) for it in unique]
     stems = Counter(r.lower() for r in rels)
     folders = {p.lower() for r in rels for p in _ancestors(r)}
-    root = os.path.realpath(out) if out is not None else None
+    remote_out = out is not None and is_url(out)
+    root = (str(out).rstrip("/") if remote_out else os.path.realpath(out)) if out is not None else None
+    sep = "/" if remote_out else os.sep
     # only an input inside --out can be where an output goes: keep just those (a million paths otherwise)
-    inputs = {p for p in _real_paths([it.path for it in unique]) if p.startswith(root.rstrip(os.sep) + os.sep)} \
-        if root else set()
+    inputs = {p for p in (_object_urls(unique) if remote_out else _real_paths([it.path for it in unique
+                                                                                if not isinstance(it.path, ObjectUrl)]))
+              if p.startswith(root.rstrip(sep) + sep)} if root else set()
 
     def clashes(rel: str) -> bool:
         if rel.lower() in taken or any(f"{rel}{s}".lower() in folders for s in OUTPUT_SUFFIXES):
             return True
-        return bool(inputs) and any(os.path.join(root, p) in inputs for p in output_files(rel))
+        return bool(inputs) and any((join(root, p) if remote_out else os.path.join(root, p)) in inputs
+                                    for p in output_files(rel))
 
     taken: set[str] = set()
     result = []
     for it, base in zip(unique, rels):
         if stems[base.lower()] > 1:
-            base = f"{base}{it.path.suffix.lower().replace('.', '_')}"
+            base = f"{base}{_suffix(it.path).lower().replace('.', '_')}"
         base = _fit(base)
         rel, n = base, 1
         while clashes(rel):
@@ -170,6 +260,17 @@ def _dedupe(items: list[Item], out: Path | None = None) -> list[Item]:
         taken.add(rel.lower())
         result.append(it if rel == it.rel else Item(it.path, rel))
     return result
+
+
+def _suffix(path) -> str:
+    if isinstance(path, ObjectUrl):
+        name = path.rsplit("/", 1)[-1]
+        return name[name.rfind("."):] if "." in name.lstrip(".") else ""
+    return path.suffix
+
+
+def _object_urls(items: Sequence[Item]) -> set[str]:
+    return {str(it.path) for it in items if isinstance(it.path, ObjectUrl)}
 
 
 def _real_paths(paths: Sequence[Path]) -> set[str]:

@@ -8,6 +8,7 @@ They use no torch.
 from __future__ import annotations
 
 import multiprocessing
+import multiprocessing.util
 import os
 from concurrent.futures import ProcessPoolExecutor
 
@@ -32,6 +33,9 @@ def _init(sink: Sink, parent: int) -> None:
     global _sink
     sink.reopen()  # this process's own record segments
     _sink = sink
+    # An object store's segments are buffered: put the last lines when the pool ends this process
+    # (multiprocessing runs these finalizers at a child's exit; atexit does not run there).
+    multiprocessing.util.Finalize(sink, sink.close, exitpriority=10)
     exit_with_parent(parent)
 
 

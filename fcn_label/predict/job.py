@@ -4,10 +4,15 @@ It checks --out and the shard, scans the record store to skip finished images (r
 runner (:mod:`.runners`) and hands it the parts (:class:`.pipeline.Parts`: decode, infer, the sink)
 and a tally, then assembles the reports from the records (:mod:`fcn_label.predfolder.reports`), so a
 killed and resumed job ends with the same files as one that ran through.
+
+--out may be an object store URL: the sink then puts objects and the records are read through a local
+mirror of the segments, in a temporary folder removed at the end (:mod:`fcn_label.predfolder.remote`
+says how a store without rename, append or lock keeps the same guarantees).
 """
 
 from __future__ import annotations
 
+import shutil
 import time
 from pathlib import Path
 from typing import Callable, Sequence
@@ -18,7 +23,9 @@ from ..images import InputError, remove_stale_temp_in
 from ..predfolder import version
 from ..predfolder.layout import AUX_DIRS, OutputLayout, Palette
 from ..predfolder.records import scan_records
+from ..predfolder.remote import RemoteOut, new_mirror
 from ..predfolder.reports import load_records, reports_lock, write_reports
+from ..storage import StorageError, explain, is_url
 from .discover import Item
 from .options import JobResult, PredictOptions
 from .parallel import check_procs, default_procs
@@ -41,7 +48,10 @@ class PredictJob:
                  on_failure: Callable[[str, str], None] | None = None):
         self.p = predictor
         self.o = options
-        self.out = Path(options.out)
+        self.remote = RemoteOut(str(options.out)) if is_url(options.out) else None
+        # remote: the local mirror of the record store, where the reports are assembled before upload
+        self.mirror = new_mirror() if self.remote is not None else None
+        self.out = self.mirror if self.remote is not None else Path(options.out)
         self.on_progress = on_progress
         self.on_failure = on_failure
         self.layout = OutputLayout(self.out)
@@ -59,7 +69,7 @@ class PredictJob:
 
             self.gt = GroundTruth(options.gt, ignore_index=self.ignore_index)
         self.sink = Sink(self.layout, options, self.classes, self.palette, self.palette or ck.palette,
-                         self.gt, self.ignore_index)
+                         self.gt, self.ignore_index, remote=self.remote)
         self.parts = Parts(Decode(options.max_pixels), Infer(predictor), self.sink, options)
 
     def procs_for(self, n_todo: int) -> int:
@@ -72,6 +82,15 @@ class PredictJob:
     def run(self, items: Sequence[Item], problems: Sequence[tuple[str, str]] = ()) -> JobResult:
         """Predict ``items`` (this shard's part) and write the reports; ``problems`` are inputs discover
         could not use, ``(path, reason)``, listed as failures."""
+        if self.remote is None:
+            return self._run(items, problems)
+        self.mirror.mkdir(parents=True, exist_ok=True)
+        try:
+            return self._run(items, problems)
+        finally:
+            shutil.rmtree(self.mirror, ignore_errors=True)
+
+    def _run(self, items: Sequence[Item], problems: Sequence[tuple[str, str]]) -> JobResult:
         t0 = time.perf_counter()
         self._open_out()
         rank, world = self.o.shard
@@ -82,6 +101,8 @@ class PredictJob:
         res = JobResult(total=len(mine))
         try:
             todo = mine
+            if self.remote is not None:
+                self._sync()
             if not self.o.overwrite:
                 idx = scan_records(self.layout, [it.rel for it in mine])
                 todo = [it for i, it in enumerate(mine) if not idx.done(i)]
@@ -92,7 +113,8 @@ class PredictJob:
                           record=self.sink.record_failure)
             for path, reason in problems:
                 tally.fail(path, "input", reason)
-            self._remove_stale_temp(todo)
+            if self.remote is None:
+                self._remove_stale_temp(todo)  # an object store has no temporary names to clean up
             tally.start()
             if todo:
                 procs = self.procs_for(len(todo))
@@ -101,8 +123,11 @@ class PredictJob:
                 else:
                     run_here(self.parts, todo, tally)
         finally:
-            self.sink.close()
+            self._close_sink()
         res.seconds = time.perf_counter() - t0
+        if self.remote is not None:
+            self._remote_reports(all_items, res)
+            return res
         try:
             self.sink.checked(self.layout.reports_lock)  # never through a symlinked .fcn-label outside --out
             with reports_lock(self.layout):  # shards finishing together: the last one sees every record
@@ -112,8 +137,50 @@ class PredictJob:
                              "the same command: finished images are kept and skipped") from None
         return res
 
+    def _close_sink(self) -> None:
+        """Close the sink: on an object store, its last buffered record lines are put then."""
+        if self.remote is None:
+            self.sink.close()
+            return
+        try:
+            self.sink.close()
+        except Exception as e:  # noqa: BLE001 - the store's own errors
+            raise StorageError("--out " + explain(self.remote.url, e, "writing the records") + "; re-run the same "
+                               "command: images with records are kept and skipped") from None
+
+    def _sync(self) -> frozenset[str]:
+        try:
+            return self.remote.sync(self.layout)
+        except StorageError:
+            raise
+        except Exception as e:  # noqa: BLE001 - the store's own errors: --out cannot be read
+            raise StorageError("--out " + explain(self.remote.url, e, "reading the records")) from None
+
+    def _remote_reports(self, items: Sequence[Item], res: JobResult) -> None:
+        """The reports of a remote --out, by the re-scan rule of :mod:`fcn_label.predfolder.remote`: made
+        from the mirror, uploaded, and made again while a listing after the upload shows new segments."""
+        seen = self._sync()
+        again = "; re-run the same command: finished images are kept and skipped"
+        while True:
+            try:
+                self.write_reports(items, res)
+            except OSError as e:
+                raise InputError(f"--out {self.remote.shown}: cannot assemble the reports in the temporary folder "
+                                 f"{self.mirror} ({e.strerror or e}); make room there (or set TMPDIR)" + again) from None
+            try:
+                self.remote.publish(self.layout, self.o.coco)
+            except Exception as e:  # noqa: BLE001 - the store's own errors
+                raise StorageError("--out " + explain(self.remote.url, e, "writing the reports") + again) from None
+            now = self._sync()
+            if now == seen:
+                return
+            seen = now
+
     def _open_out(self) -> None:
         """Create --out, refuse a folder of a format this version cannot continue, and mark its format."""
+        if self.remote is not None:
+            self.remote.open_folder()
+            return
         if self.out.exists() and not self.out.is_dir():
             raise InputError(f"--out {self.out}: is a file, not a folder; choose another --out")
         try:

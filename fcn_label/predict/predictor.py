@@ -53,11 +53,24 @@ def check_aspect(path: object, shape: tuple[int, ...]) -> None:
                          "pieces of a sensible shape")
 
 
+def image_source(path):
+    """What the image readers take for an input: a local path as it is, or a remote input's bytes
+    fetched through the store (an :class:`~fcn_label.images.Blob` named by its URL). Fetching is part of
+    the per-file step, so a vanished or unreadable object is that file's failure row."""
+    from ..images import Blob
+    from ..storage import is_url, read_object, shown_url
+
+    if isinstance(path, Blob) or not is_url(path):
+        return path
+    return Blob(read_object(path), shown_url(str(path)))
+
+
 def read_for_model(path, max_pixels: int) -> np.ndarray:
-    """The RGB array of ``path`` if a model can label it (decoded safely, not absurdly thin)."""
+    """The RGB array of ``path`` (a local path, a URL, or fetched bytes) if a model can label it
+    (decoded safely, not absurdly thin)."""
     from ..images import read_image
 
-    arr = read_image(path, max_pixels)
+    arr = read_image(image_source(path), max_pixels)
     check_aspect(path, arr.shape)
     return arr
 

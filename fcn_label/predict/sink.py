@@ -3,7 +3,9 @@
 Per image: the mask, --overlay, --probs, then the record line (last: its presence means the image is
 done). Every folder is checked before anything is created in it, so nothing lands outside --out even
 through a symbolic link. One sink serves a process; a forked process calls :meth:`Sink.reopen` to get
-its own record segments.
+its own record segments. With ``remote`` (--out on an object store) each output is one object and the
+records are buffered segment objects (:mod:`fcn_label.predfolder.remote`); ``layout`` is then only
+the job's local mirror, which the sink never writes.
 """
 
 from __future__ import annotations
@@ -18,9 +20,12 @@ import numpy as np
 from ..guard import Failure, failure_message, guarded
 from ..images import InputError
 from ..metrics import confusion_matrix, scores
-from ..predfolder.layout import OutputLayout
-from ..predfolder.outputs import coco_annotations, write_confidence, write_mask, write_overlay
+from ..predfolder.layout import FAILURES_DIR, RECORDS_DIR, OutputLayout, output_files
+from ..predfolder.outputs import (coco_annotations, encode_confidence, encode_overlay, encode_png, write_confidence,
+                                  write_mask, write_overlay)
 from ..predfolder.records import SegmentWriter, shown
+from ..predfolder.remote import RemoteOut
+from ..storage import explain
 from .discover import Item
 from .options import PredictOptions
 from .predictor import Prediction
@@ -35,8 +40,9 @@ class Sink:
 
     def __init__(self, layout: OutputLayout, options: PredictOptions, classes: Sequence[str],
                  palette: Sequence[Sequence[int]] | None, overlay_palette: Sequence[Sequence[int]],
-                 gt=None, ignore_index: int | None = None):
+                 gt=None, ignore_index: int | None = None, remote: RemoteOut | None = None):
         self.layout, self.o = layout, options
+        self.remote = remote
         self.classes = list(classes)
         self.palette, self.overlay_palette = palette, overlay_palette
         self.gt, self.ignore_index = gt, ignore_index
@@ -47,8 +53,12 @@ class Sink:
         """Fresh lock, folder cache and record / failure segments: at start, and in a forked process."""
         self._lock = threading.Lock()
         self._checked_dirs: set[Path] = set()
-        self.records = SegmentWriter(self.layout.records_dir, self.checked)
-        self.failures = SegmentWriter(self.layout.failures_dir, self.checked)
+        if self.remote is not None:
+            self.records = self.remote.segment_writer(RECORDS_DIR)
+            self.failures = self.remote.segment_writer(FAILURES_DIR)
+        else:
+            self.records = SegmentWriter(self.layout.records_dir, self.checked)
+            self.failures = SegmentWriter(self.layout.failures_dir, self.checked)
 
     def close(self) -> None:
         self.records.close()
@@ -83,16 +93,24 @@ class Sink:
     def write_outputs(self, it: Item, image: np.ndarray | None, pred: Prediction, seconds: float) -> dict:
         """Mask, --overlay and --probs written; returns the image's record, for the caller to append only
         now that its outputs are in place (a runner on other machines sends it back to the driver)."""
-        write_mask(self.checked(self.layout.mask(it.rel)), pred.labels, self.palette)
-        if self.o.overlay:
-            write_overlay(self.checked(self.layout.overlay(it.rel)), image, pred.labels, self.overlay_palette)
-        if self.o.probs:
-            write_confidence(self.checked(self.layout.confidence(it.rel)), pred.confidence)
+        if self.remote is not None:  # each output one object: the bytes the files would hold
+            mask, overlay, confidence = output_files(it.rel)
+            self.remote.put(mask, encode_png(pred.labels, self.palette))
+            if self.o.overlay:
+                self.remote.put(overlay, encode_overlay(image, pred.labels, self.overlay_palette))
+            if self.o.probs:
+                self.remote.put(confidence, encode_confidence(pred.confidence))
+        else:
+            write_mask(self.checked(self.layout.mask(it.rel)), pred.labels, self.palette)
+            if self.o.overlay:
+                write_overlay(self.checked(self.layout.overlay(it.rel)), image, pred.labels, self.overlay_palette)
+            if self.o.probs:
+                write_confidence(self.checked(self.layout.confidence(it.rel)), pred.confidence)
         n = len(self.classes)
         h, w = pred.labels.shape
         counts = np.bincount(pred.labels.ravel(), minlength=n)
         rec = {
-            "path": shown(str(it.path)),
+            "path": shown(str(it.path)),  # a URL input's path is already shown without credentials
             "file_name": f"{it.rel}.png",
             "width": int(w),
             "height": int(h),
@@ -118,6 +136,8 @@ class Sink:
         except InputError as e:
             return Outcome.FAILED, str(e)
         except OSError as e:
+            if self.remote is not None:
+                return Outcome.FAILED, "cannot write output: " + explain(self.remote.url, e, "writing")
             if e.errno in OUT_UNUSABLE:  # no image after this one could be written either: stop, keep what is done
                 self.stop_message = (f"--out {self.layout.out}: {e.strerror}; make room (or fix --out) and re-run "
                                      "the same command: finished images are kept and skipped")
