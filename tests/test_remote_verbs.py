@@ -22,7 +22,7 @@ from PIL import Image
 
 from support.export_folder import run_cli
 from support.review_folder import run_predict
-from support.s3_server import ENV, free_port, s3, s3_server  # noqa: F401 (fixtures)
+from support.s3 import SECRET, free_port, s3, s3_server  # noqa: F401 (fixtures)
 
 pytestmark = pytest.mark.integration
 
@@ -39,7 +39,7 @@ def predicted(tmp_path_factory):
 
 
 def _stage(s3, root: Path, *names: str) -> dict[str, str]:
-    return {n: s3.upload(root / n, n) for n in names}
+    return {n: s3.upload_to(root / n, n) for n in names}
 
 
 def _files(folder: Path) -> dict[str, bytes]:
@@ -50,7 +50,7 @@ def _one_line_error(r, *needles: str) -> None:
     assert r.returncode == 2, (r.returncode, r.stderr)
     lines = [ln for ln in r.stderr.strip().splitlines() if not ln.startswith("downloaded ")]  # progress notes
     assert len(lines) == 1 and lines[0].startswith("error: "), r.stderr
-    assert "Traceback" not in r.stderr and ENV["AWS_SECRET_ACCESS_KEY"] not in r.stderr
+    assert "Traceback" not in r.stderr and SECRET not in r.stderr
     assert "fcn-label-stage" not in r.stderr  # names the URL, not the temporary copy
     for n in needles:
         assert n in lines[0], (n, lines[0])
@@ -85,9 +85,9 @@ def test_evaluate_list_file_url_brings_the_files_it_names(s3, predicted, tmp_pat
     lines = [f"{photos[p.relative_to(pred).with_suffix('').as_posix()]} gt/{p.relative_to(pred).as_posix()}"
              for p in sorted(pred.glob("[ab]/*.png"))]
     (tmp_path / "val.txt").write_text("\n".join(lines) + "\n")
-    s3.upload(predicted / "gt", "gt")
-    s3.upload(predicted / "photos", "photos")
-    url = s3.upload(tmp_path / "val.txt", "val.txt")
+    s3.upload_to(predicted / "gt", "gt")
+    s3.upload_to(predicted / "photos", "photos")
+    url = s3.upload_to(tmp_path / "val.txt", "val.txt")
     shutil.copytree(predicted / "gt", tmp_path / "gt")
     shutil.copytree(predicted / "photos", tmp_path / "photos")
     ref = run_cli("evaluate", "--gt", str(tmp_path / "val.txt"), "--pred", str(pred), "--format", "json", "-q")
@@ -140,7 +140,7 @@ def test_export_from_s3_writes_the_local_runs_files(s3, predicted, tmp_path, fmt
     """Photos and output on one bucket, laid out as locally: the relative paths labelme writes agree."""
     urls = _stage(s3, predicted, "pred", "photos")
     (tmp_path / "next.txt").write_text("a/im01\nb/im02\n")
-    only = s3.upload(tmp_path / "next.txt", "next.txt")
+    only = s3.upload_to(tmp_path / "next.txt", "next.txt")
     local = predicted / f"export-{fmt}"
     ref = run_cli("export", str(predicted / "pred"), "--format", fmt, "--images", str(predicted / "photos"),
                   "--only", str(tmp_path / "next.txt"), "--out", str(local))
@@ -185,7 +185,7 @@ def test_finetune_from_s3_to_s3_matches_a_local_run_and_resumes_from_the_store(s
 
     data = write_list_dataset(tmp_path / "d", n=4)
     val = write_list_dataset(tmp_path / "d", n=2, seed=1, name="val")
-    s3.upload(tmp_path / "d", "d")
+    s3.upload_to(tmp_path / "d", "d")
     args = ["--num-classes", "3", "-b", "2", *TINY]
     for epochs, more in (("1", []), ("2", ["--resume"])):  # the reference: the same two commands, locally
         assert run_cli("finetune", str(data), "--val", str(val), "-o", str(tmp_path / "local"), "--epochs", epochs,
@@ -225,7 +225,7 @@ def test_finetune_killed_mid_run_resumes_from_what_was_uploaded(s3, tmp_path):
     from support.synth import write_list_dataset
 
     data = write_list_dataset(tmp_path / "d", n=4)
-    data_url = s3.upload(data.parent, "d") + "/train.txt"
+    data_url = s3.upload_to(data.parent, "d") + "/train.txt"
     args = ["-b", "1", "--epochs", "30", "--num-classes", "3", "--set", "checkpoint_every_steps=1", *TINY]
     proc = subprocess.Popen([str(FCN_LABEL), "finetune", data_url, *args, "-o", s3.url("run")],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
@@ -267,7 +267,7 @@ def test_finetune_init_from_a_url(s3, tmp_path):
     from support.synth import write_list_dataset
 
     data = write_list_dataset(tmp_path / "d", n=2)
-    init = s3.upload(Path(__file__).resolve().parents[1] / "pretrained" / "fcn8s-compact-camvid.pt", "m/init.pt")
+    init = s3.upload_to(Path(__file__).resolve().parents[1] / "pretrained" / "fcn8s-compact-camvid.pt", "m/init.pt")
     r = run_cli("finetune", str(data), "--init", init, "--num-classes", "3", "--epochs", "1", "-b", "2",
                 "-o", str(tmp_path / "run"), "--set", "crop=32x48", "--set", "threads=1")
     assert r.returncode == 0, r.stderr
@@ -320,7 +320,7 @@ def test_local_paths_make_no_temporary_folder(predicted, tmp_path, monkeypatch):
 def test_predict_weights_from_a_url(s3, predicted, tmp_path):
     """--weights s3://...: the model is fetched for the run (and removed at exit); masks equal a local run's."""
     shipped = Path(__file__).resolve().parents[1] / "pretrained" / "fcn8s-compact-camvid.pt"
-    url = s3.upload(shipped, "models/compact.pt")
+    url = s3.upload_to(shipped, "models/compact.pt")
     photos = predicted / "photos" / "a"
     ref = run_cli("predict", str(photos), "-w", str(shipped), "--out", str(tmp_path / "local"), "-q")
     r = run_cli("predict", str(photos), "-w", url, "--out", str(tmp_path / "remote"), "-q")
@@ -342,7 +342,6 @@ def test_predict_weights_from_a_url(s3, predicted, tmp_path):
 @pytest.fixture
 def web(predicted, tmp_path):
     """A read-only web server (Python's http.server) serving the predicted folder's parent tree."""
-    from support.s3_server import free_port
     from support.servers import stop_group, wait_until_up
     import urllib.request
 
@@ -374,7 +373,7 @@ def test_http_inputs_are_read_and_http_outputs_refused(web, predicted, tmp_path)
 def test_sync_uploads_only_new_or_changed_whole_files_and_deletes_nothing(s3, tmp_path):
     from fcn_label.staging import Staging
 
-    s3.upload(_write(tmp_path / "old", {"keep.txt": "there before", "a.bin": "1"}), "out")
+    s3.upload_to(_write(tmp_path / "old", {"keep.txt": "there before", "a.bin": "1"}), "out")
     with Staging() as st:
         out = st.output(s3.url("out"), "--out")
         assert (out / "keep.txt").read_text() == "there before"  # what was there is downloaded first

@@ -35,7 +35,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def credentials(endpoint: str, key: str = "testing", secret: str = "testing") -> dict[str, str]:
+SECRET = "s3cr3t-must-never-be-shown"  # distinctive: tests assert it appears in no output
+
+
+def credentials(endpoint: str, key: str = "testing", secret: str = SECRET) -> dict[str, str]:
     """The variables every S3 client (boto3, s3fs) reads; never a real account's.
     Shared credential and config files are pointed away, so a developer's own profile cannot leak in."""
     return {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": key, "AWS_SECRET_ACCESS_KEY": secret,
@@ -65,7 +68,7 @@ class MotoS3:
 
         return boto3.client("s3", endpoint_url=self.endpoint, region_name="us-east-1",
                             aws_access_key_id=creds.get("key", "testing"),
-                            aws_secret_access_key=creds.get("secret", "testing"))
+                            aws_secret_access_key=creds.get("secret", SECRET))
 
     def url(self, key: str = "") -> str:
         return f"s3://{self.bucket}/{key}".rstrip("/")
@@ -82,6 +85,39 @@ class MotoS3:
             c.put_object(Bucket=self.bucket, Key=key, Body=f.read_bytes())
             keys.append(key)
         return keys
+
+    def upload_to(self, local: Path, key: str) -> str:
+        """Copy a local file to ``key``, or a folder (hidden files included) under it; return its URL."""
+        c, local = self.client(), Path(local)
+        files = [local] if local.is_file() else sorted(p for p in local.rglob("*") if p.is_file())
+        for p in files:
+            rel = "" if p == local else "/" + p.relative_to(local).as_posix()
+            c.put_object(Bucket=self.bucket, Key=f"{key}{rel}", Body=p.read_bytes())
+        return self.url(key)
+
+    def fs(self):
+        """An s3fs file system of its own (not fcn_label's), for the tests' independent reads."""
+        import s3fs
+
+        return s3fs.S3FileSystem(client_kwargs={"endpoint_url": self.endpoint}, skip_instance_cache=True)
+
+    def download(self, key: str, dest: Path) -> Path:
+        """Copy the object ``key``, or everything under it, to ``dest``."""
+        fs = self.fs()
+        top = f"{self.bucket}/{key}".rstrip("/")
+        if fs.isfile(top):
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            fs.get_file(top, str(dest))
+            return dest
+        for path in fs.find(top):
+            target = dest / path[len(top) + 1:]
+            target.parent.mkdir(parents=True, exist_ok=True)
+            fs.get_file(path, str(target))
+        return dest
+
+    def keys(self, key: str = "") -> list[str]:
+        top = f"{self.bucket}/{key}".rstrip("/")
+        return sorted(p[len(top) + 1:] for p in self.fs().find(top))
 
     def put(self, key: str, data: bytes) -> None:
         self.client().put_object(Bucket=self.bucket, Key=key, Body=data)
@@ -106,7 +142,7 @@ class MotoS3:
         import boto3
 
         iam = boto3.client("iam", endpoint_url=self.endpoint, region_name="us-east-1",
-                           aws_access_key_id="testing", aws_secret_access_key="testing")
+                           aws_access_key_id="testing", aws_secret_access_key=SECRET)
         name = f"user{next(_buckets)}"
         iam.create_user(UserName=name)
         iam.put_user_policy(UserName=name, PolicyName="p", PolicyDocument=json.dumps(policy))
