@@ -1,7 +1,7 @@
 """A predict job over many files: it only orchestrates.
 
 It checks --out and the shard, scans the record store to skip finished images (resume), picks a
-runner (:mod:`.runners`) and hands it the parts (:class:`.pipeline.Parts`: decode, infer, the sink)
+runner (:mod:`.runners`, or :mod:`.ray_engine` for ``--engine ray``) and hands it the parts (:class:`.pipeline.Parts`: decode, infer, the sink)
 and a tally, then assembles the reports from the records (:mod:`fcn_label.predfolder.reports`), so a
 killed and resumed job ends with the same files as one that ran through.
 """
@@ -94,7 +94,11 @@ class PredictJob:
                 tally.fail(path, "input", reason)
             self._remove_stale_temp(todo)
             tally.start()
-            if todo:
+            if todo and self.o.ray is not None:
+                from .ray_engine import run_ray  # Ray is an extra: imported only for --engine ray
+
+                run_ray(self.parts, todo, tally, self.o.ray)
+            elif todo:
                 procs = self.procs_for(len(todo))
                 if procs > 1:
                     run_forked(self.parts, todo, tally, procs)
