@@ -56,8 +56,10 @@ ACTOR_CPUS = 0.25
 TASK_CPUS = 0.25
 # Batches queued at each network actor: enough to hide the hand-over, few enough to bound memory.
 INFLIGHT_PER_ACTOR = 2
-# Items per header-pass block, and the most blocks the decode stage's input is cut into.
+# Items per header-pass block; planned batches per block of the pipeline (each task and each actor call
+# costs scheduling time, so a block carries several batches, unless that leaves workers idle); the most blocks.
 HEADER_BLOCK = 256
+BATCHES_PER_BLOCK = 8
 MAX_BLOCKS = 20_000
 
 
@@ -155,7 +157,7 @@ class Plan:
             raise ConfigError(f"--device {settings.device}: the Ray cluster has no GPU; use --device auto or cpu")
         if settings.device != "cpu" and gpus >= 1:
             return cls(True, gpus, max(1, int(cpus) - gpus))
-        return cls(False, max(1, int(cpus)), max(1, int(cpus) // 2))
+        return cls(False, max(1, int(cpus)), max(1, int(cpus)))
 
     @property
     def device_type(self) -> str:
@@ -306,7 +308,8 @@ def _read_headers(ray, todo: list[Item], max_pixels: int, plan: Plan) -> dict[in
 def _run_pipeline(ray, parts: Parts, todo: list[Item], groups: list[list[int]], tally: Tally, plan: Plan,
                   recipe: NetRecipe) -> None:
     rows = [{"g": pickle.dumps([(k, todo[k]) for k in g])} for g in groups]
-    blocks = max(1, min(MAX_BLOCKS, len(rows)))
+    # enough blocks for every worker to have two, else BATCHES_PER_BLOCK batches each
+    blocks = max(1, min(len(rows), MAX_BLOCKS, max(2 * (plan.actors + plan.tasks), -(-len(rows) // BATCHES_PER_BLOCK))))
     tasks = ray.data.TaskPoolStrategy(size=min(blocks, plan.tasks))
     ds = ray.data.from_items(rows, override_num_blocks=blocks)
     ds = ds.map_batches(_decode, fn_kwargs={"decode": parts.decode}, batch_size=1, num_cpus=TASK_CPUS, compute=tasks)

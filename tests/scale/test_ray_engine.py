@@ -37,7 +37,7 @@ pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
 # the mixed-size set: every size but one shared by several images (so batches form), one size alone, a broken file
 SIZES = [(32, 48)] * 6 + [(40, 56)] * 5 + [(24, 64)] * 4 + [(48, 40)]
-KILL_N = 60  # images of the killed-node job, predicted one per batch so the kill lands between many units
+KILL_N = 60  # images of the killed-node job, one per batch: many units of work, some in flight at the kill
 
 
 def _free_port() -> int:
@@ -95,7 +95,7 @@ def cluster():
         shutil.rmtree(root, ignore_errors=True)
 
 
-def stop_all(nodes: list[subprocess.Popen], grace: float = 20) -> None:
+def stop_all(nodes: list[subprocess.Popen], grace: float = 10) -> None:
     """SIGTERM to every node's group at once (each takes seconds to shut down), SIGKILL to any left after ``grace``."""
     live = [p for p in nodes if p.poll() is None]
     for p in live:
@@ -259,7 +259,7 @@ def test_a_worker_node_killed_mid_job(cluster, tmp_path):
         deadline = time.monotonic() + 240
         while job.poll() is None and time.monotonic() < deadline:
             n = sum(seg.read_bytes().count(b"\n") for seg in records.glob("*.jsonl")) if records.is_dir() else 0
-            if n >= 5:
+            if n >= 1:  # the first records are in: every actor, the new node's too, holds batches
                 break
             time.sleep(0.05)
         assert job.poll() is None, "the job ended before the kill; give it more work: " + job.stderr.read()
@@ -268,6 +268,7 @@ def test_a_worker_node_killed_mid_job(cluster, tmp_path):
     finally:
         if job.poll() is None:
             stop_group(job)
+    print(f"first run: exit {job.returncode}\n{err}")  # pytest -rP: which way this run went
     done = [int(err.split("done ")[1].split(",")[0])]
     if job.returncode != 0:  # Ray gave up: the run says so, keeps what is done, and a re-run finishes
         assert job.returncode == 1 and "re-run the same command" in err, err
