@@ -82,10 +82,15 @@ def _ray_settings(engine: str, address: str | None, device: str, amp: bool, para
 
 
 def _where(ray, predictor) -> str:
+    """Where the network runs, for the first line (an address as given, less any user:secret@)."""
     if ray is None:
         return str(predictor.device)
-    return "Ray " + (f"at {ray.address}" if ray.address else "at RAY_ADDRESS" if os.environ.get("RAY_ADDRESS")
-                     else "started on this machine")
+    from ..storage import shown_url
+
+    if ray.address:
+        return f"Ray at {shown_url(ray.address)}"
+    env = os.environ.get("RAY_ADDRESS")
+    return f"Ray at {shown_url(env)} (RAY_ADDRESS)" if env else "a Ray started on this machine"
 
 
 @app.command("predict")

@@ -30,6 +30,7 @@ from __future__ import annotations
 import logging
 import os
 import pickle
+import re
 import socket
 import time
 from dataclasses import dataclass
@@ -63,9 +64,11 @@ BATCHES_PER_BLOCK = 8
 MAX_BLOCKS = 20_000
 
 
-# Ray's notices that say nothing to a predict user: the progress bars this run replaces with its own, and
-# the note that a local Ray instance uses token authentication (on by default).
-QUIET_LOGGERS = ("ray.data._internal.progress", "ray._private.authentication.authentication_token_setup")
+# Ray's notices that say nothing to a predict user: the progress bars this run replaces with its own, the
+# note that a local Ray instance uses token authentication (on by default), and
+# Ray Data's own traceback of a failed dataset: the run says in one line why it stopped (:func:`reason`).
+QUIET_LOGGERS = ("ray.data._internal.progress", "ray._private.authentication.authentication_token_setup",
+                 "ray.data.exceptions")
 
 
 def import_ray():
@@ -129,7 +132,7 @@ def connect(settings: RaySettings):
     ray = import_ray()
     logging.getLogger("ray.data").setLevel(logging.WARNING)  # not a line per dataset run
     for name in QUIET_LOGGERS:
-        logging.getLogger(name).setLevel(logging.ERROR)
+        logging.getLogger(name).setLevel(logging.CRITICAL)
     if ray.is_initialized():
         return ray, False
     address = settings.address or os.environ.get("RAY_ADDRESS") or None
@@ -268,11 +271,42 @@ def _write(batch: dict, sink: Sink) -> dict:
 
 
 # -- the driver ------------------------------------------------------------------------------------
+def _cuda_available() -> bool:
+    """On a GPU worker: whether its torch can use the GPU Ray gave it."""
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def root_cause(e: BaseException) -> BaseException:
+    """The error a worker raised, out of the Ray errors that carry it (``cause``; a chained error only when it
+    says something: Ray Data chains an empty SystemException to its own)."""
+    for _ in range(16):
+        inner = getattr(e, "cause", None)
+        if not isinstance(inner, BaseException):
+            inner = e.__cause__ if isinstance(e.__cause__, BaseException) and str(e.__cause__).strip() else None
+        if inner is None:
+            break
+        e = inner
+    return e
+
+
+def reason(e: BaseException) -> str:
+    """One line for ``e``: a Ray error that carries a worker's traceback ends with the line naming the error."""
+    lines = [ln.strip() for ln in re.sub(r"\x1b\[[0-9;]*m", "", str(e)).strip().splitlines() if ln.strip()]
+    if len(lines) > 1 and re.match(r"^[A-Za-z_][\w.]*: ", lines[-1]):
+        return lines[-1]
+    return f"{type(e).__name__}: {lines[0] if lines else ''}"
+
+
 def run_ray(parts: Parts, todo: list[Item], tally: Tally, settings: RaySettings) -> None:
     """Predict ``todo`` on a Ray cluster, counting into ``tally`` as :func:`.runners.run_here` does."""
     ray, started = connect(settings)
     try:
         plan = Plan.for_cluster(ray.cluster_resources(), settings)
+        if plan.gpu and not ray.get(ray.remote(num_gpus=1, num_cpus=0)(_cuda_available).remote()):
+            raise ConfigError("the Ray cluster has GPUs, but torch on its GPU workers cannot use CUDA (a CPU-only "
+                              "torch?); install a CUDA build of torch there, or add --device cpu")
         recipe = NetRecipe.of(ray, parts.infer.predictor, settings.amp)
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = False  # the run's own bar counts images
@@ -281,11 +315,9 @@ def run_ray(parts: Parts, todo: list[Item], tally: Tally, settings: RaySettings)
             sizes = _read_headers(ray, todo, parts.decode.max_pixels, plan)
             groups = plan_batches(todo, sizes, parts.infer.predictor, plan.device_type, parts.options.batch_size)
             _run_pipeline(ray, parts, todo, groups, tally, plan, recipe)
-        except ConfigError:
-            raise
-        except Exception as e:  # noqa: BLE001 - Ray gave up (a node lost too often...): keep what is done
-            tally.stop(f"the Ray job failed ({type(e).__name__}: {first_line(e)}); re-run the same command to "
-                       "finish: finished images are kept and skipped")
+        except Exception as e:  # noqa: BLE001 - Ray gave up (a node lost too often, a worker that cannot start): keep what is done
+            tally.stop(f"the Ray job failed ({reason(root_cause(e))}); re-run the same command to finish: finished "
+                       "images are kept and skipped")
     finally:
         if started:
             ray.shutdown()
@@ -318,7 +350,7 @@ def _run_pipeline(ray, parts: Parts, todo: list[Item], groups: list[list[int]], 
                                                          "overlay": parts.options.overlay},
                         batch_size=1, compute=ray.data.ActorPoolStrategy(
                             size=plan.actors, max_tasks_in_flight_per_actor=INFLIGHT_PER_ACTOR),
-                        num_cpus=ACTOR_CPUS, num_gpus=1 if plan.gpu else 0)
+                        **({"num_gpus": 1} if plan.gpu else {"num_cpus": ACTOR_CPUS}))
     ds = ds.map_batches(_write, fn_kwargs={"sink": parts.sink}, batch_size=1, num_cpus=TASK_CPUS, compute=tasks)
     sink, seen = parts.sink, bytearray(len(todo))
     for b in ds.iter_batches(batch_size=None, batch_format="numpy"):

@@ -206,7 +206,7 @@ def test_ray_engine_writes_the_local_engines_files(cluster, data):
     code, err = ray_predict(cluster, data / "in", out)
     assert code == 1, err  # the broken image
     assert "done 16, skipped 0 (already done), failed 1" in err
-    assert "on Ray at RAY_ADDRESS" in err
+    assert f"on Ray at {cluster.address} (RAY_ADDRESS)" in err
     assert_same_outputs(out, data / "ref")
     assert sorted(record_lines(out)) == sorted(r["mask"] for r in csv.DictReader((data / "ref" / "predictions.csv").open()))
 
