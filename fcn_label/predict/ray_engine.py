@@ -18,8 +18,8 @@ this runner only replaces the pipeline between them:
 Resources are fractional so that no stage starves another: an actor pool holding every CPU of a
 small cluster leaves the read and write tasks none, and the dataset never finishes. Tasks are
 retried and actors restarted when a node dies (Ray Data's defaults: without limit, for system
-failures only, which is all they can be: every stage turns a file's error into an event); if Ray still gives up, the run stops with what is
-done kept, and re-running the same command finishes it.
+failures, the only kind left: every stage turns a file's error into an event); if Ray still gives
+up, the run stops with what is done kept, and re-running the same command finishes it.
 
 The workers import fcn_label: it must be installed (the same version) wherever Ray runs them, and
 --out and the inputs must be the same paths on every node (a shared folder), or an object store.
@@ -39,7 +39,7 @@ from typing import Sequence
 import numpy as np
 
 from ..errors import ConfigError
-from ..guard import first_line, guarded
+from ..guard import guarded
 from ..images import image_size
 from .discover import Item
 from .options import RaySettings
@@ -99,14 +99,15 @@ class NetRecipe:
         if p.backend != "eager":
             raise ConfigError(f"--engine ray runs the eager backend; drop --backend {p.backend}")
         # by reference: an actor restarted after its node died must not need arguments stored on that node
-        return cls(ray.put(p.checkpoint), p.tile, p.tile_overlap, p.tile_threshold, p.channels_last, p.flip, p.scales, amp)
+        return cls(ray.put(p.checkpoint), p.tile, p.tile_overlap, p.tile_threshold, p.channels_last, p.flip,
+                   p.scales, amp)
 
     def build(self, device: str) -> Predictor:
         import ray
 
-        return Predictor(ray.get(self.checkpoint), device=device, amp=self.amp, tile=self.tile, tile_overlap=self.tile_overlap,
-                         tile_threshold=self.tile_threshold, channels_last=self.channels_last, flip=self.flip,
-                         scales=self.scales)
+        return Predictor(ray.get(self.checkpoint), device=device, amp=self.amp, tile=self.tile,
+                         tile_overlap=self.tile_overlap, tile_threshold=self.tile_threshold,
+                         channels_last=self.channels_last, flip=self.flip, scales=self.scales)
 
 
 # -- connecting ------------------------------------------------------------------------------------
@@ -228,7 +229,8 @@ class _Network:
         return {"g": _column([pickle.dumps(self.run(pickle.loads(data)), protocol=5) for data in batch["g"]])}
 
     def run(self, decoded: list) -> list:
-        """Events: ``("failed", k, stage, reason)`` or ``("pred", k, item, image | None, labels, confidence, seconds)``."""
+        """Events: ``("failed", k, stage, reason)`` or
+        ``("pred", k, item, image | None, labels, confidence, seconds)``."""
         events, by_shape = [], {}
         for k, it, arr, err in decoded:
             if err is not None:
@@ -315,7 +317,7 @@ def run_ray(parts: Parts, todo: list[Item], tally: Tally, settings: RaySettings)
             sizes = _read_headers(ray, todo, parts.decode.max_pixels, plan)
             groups = plan_batches(todo, sizes, parts.infer.predictor, plan.device_type, parts.options.batch_size)
             _run_pipeline(ray, parts, todo, groups, tally, plan, recipe)
-        except Exception as e:  # noqa: BLE001 - Ray gave up (a node lost too often, a worker that cannot start): keep what is done
+        except Exception as e:  # noqa: BLE001 - Ray gave up (a node lost too often...): keep what is done
             tally.stop(f"the Ray job failed ({reason(root_cause(e))}); re-run the same command to finish: finished "
                        "images are kept and skipped")
     finally:

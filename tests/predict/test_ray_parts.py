@@ -5,7 +5,6 @@ tests/scale/test_ray_engine.py."""
 from __future__ import annotations
 
 import pickle
-from pathlib import Path
 
 import numpy as np
 import pytest
