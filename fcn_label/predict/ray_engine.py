@@ -354,26 +354,37 @@ def _run_pipeline(ray, parts: Parts, todo: list[Item], groups: list[list[int]], 
                             size=plan.actors, max_tasks_in_flight_per_actor=INFLIGHT_PER_ACTOR),
                         **({"num_gpus": 1} if plan.gpu else {"num_cpus": ACTOR_CPUS}))
     ds = ds.map_batches(_write, fn_kwargs={"sink": parts.sink}, batch_size=1, num_cpus=TASK_CPUS, compute=tasks)
-    sink, seen = parts.sink, bytearray(len(todo))
+    seen = bytearray(len(todo))
     for b in ds.iter_batches(batch_size=None, batch_format="numpy"):
         for data in b["g"]:
-            for ev in pickle.loads(data):
-                k = ev[1]
-                if seen[k]:  # a retried task's second report of an image: counted once
-                    continue
-                seen[k] = 1
-                path = str(todo[k].path)
-                if ev[0] == "failed":
-                    tally.fail(path, ev[2], ev[3])
-                    continue
-                outcome, message, rec = Outcome(ev[2]), ev[3], ev[4]
-                if outcome is Outcome.DONE:
-                    try:
-                        sink.append_record(rec)
-                    except OSError as e:  # --out takes no more: stop, keep what is done
-                        tally.stop(f"--out {sink.layout.out}: cannot append a record ({e.strerror or e}); make room "
-                                   "(or fix --out) and re-run the same command: finished images are kept and skipped")
-                        return
-                tally.settle(path, outcome, message)
+            take(pickle.loads(data), todo, seen, parts.sink, tally)
         if tally.stopped:
             return
+    missing = len(todo) - sum(seen)
+    if missing:  # never seen so far; said rather than left for the reports to leave out silently
+        tally.stop(f"{missing} images did not come back from the Ray workers; re-run the same command to finish: "
+                   "finished images are kept and skipped")
+
+
+def take(events: list, todo: Sequence[Item], seen: bytearray, sink: Sink, tally: Tally) -> None:
+    """The driver's part of a batch's events: each image's record appended (its outputs are in place) and
+    counted, or its failure listed, once: ``seen`` marks the images already taken, so a second report of one
+    (Ray reran the task that made it) changes nothing."""
+    for ev in events:
+        k = ev[1]
+        if seen[k]:
+            continue
+        seen[k] = 1
+        path = str(todo[k].path)
+        if ev[0] == "failed":
+            tally.fail(path, ev[2], ev[3])
+            continue
+        outcome, message, rec = Outcome(ev[2]), ev[3], ev[4]
+        if outcome is Outcome.DONE:
+            try:
+                sink.append_record(rec)
+            except OSError as e:  # --out takes no more: stop, keep what is done
+                tally.stop(f"--out {sink.layout.out}: cannot append a record ({e.strerror or e}); make room "
+                           "(or fix --out) and re-run the same command: finished images are kept and skipped")
+                return
+        tally.settle(path, outcome, message)

@@ -14,8 +14,9 @@ from fcn_label.errors import ConfigError
 from fcn_label.predict import PredictJob, PredictOptions, Predictor, discover
 from fcn_label.predict.options import RaySettings
 from fcn_label.predict.predictor import Prediction
-from fcn_label.predict.ray_engine import Plan, plan_batches
-from fcn_label.predict.tally import Outcome
+from fcn_label.predict.options import JobResult
+from fcn_label.predict.ray_engine import Plan, plan_batches, take
+from fcn_label.predict.tally import Outcome, Tally
 from support.helpers import make_checkpoint, rand_image
 
 
@@ -107,3 +108,28 @@ def test_options_the_ray_engine_cannot_honour_are_one_line(tmp_path, capsys, ext
     err = capsys.readouterr().err
     assert e.value.code == 2 and says in err and "Traceback" not in err
     assert not (tmp_path / "out").exists()
+
+
+def test_the_driver_counts_an_image_reported_twice_once(tmp_path):
+    """Ray reruns a task whose node died after it ran: its images come back twice. The driver appends one
+    record and counts one image (a plain count of distinct images is the reference)."""
+    src = tmp_path / "in"
+    src.mkdir()
+    for name in ("a", "b", "c"):
+        Image.fromarray(rand_image(20, 30, 0)).save(src / f"{name}.png")
+    todo, _ = discover([src])
+    job = PredictJob(Predictor(make_checkpoint(), device="cpu"), PredictOptions(out=tmp_path / "out"))
+    rec = {"path": str(todo[0].path), "file_name": "a.png", "width": 30, "height": 20, "seconds": 0.1, "classes": {},
+           "mean_confidence": 0.5, "low_confidence_fraction": 0.0}
+    done, failed = ("written", 0, "done", "", rec), ("failed", 1, "decode", f"{todo[1].path}: broken")
+    res = JobResult(total=3)
+    tally = Tally(res, record=job.sink.record_failure)
+    seen = bytearray(3)
+    take([done, failed], todo, seen, job.sink, tally)
+    take([failed, done], todo, seen, job.sink, tally)  # the rerun task's report
+    job.sink.close()
+    assert (res.done, [f.path for f in res.failed]) == (1, [str(todo[1].path)])
+    lines = [ln for seg in (tmp_path / "out" / ".fcn-label" / "records").glob("*.jsonl")
+             for ln in seg.read_text().splitlines()]
+    assert len(lines) == 1
+    assert list(seen) == [1, 1, 0]
