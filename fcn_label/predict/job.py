@@ -1,8 +1,8 @@
 """A predict job over many files: it only orchestrates.
 
 It checks --out and the shard, scans the record store to skip finished images (resume), picks a
-runner (:mod:`.runners`, or :mod:`.ray_engine` for ``--engine ray``) and hands it the parts (:class:`.pipeline.Parts`: decode, infer, the sink)
-and a tally, then assembles the reports from the records (:mod:`fcn_label.predfolder.reports`), so a
+runner (:mod:`.runners`, or :mod:`.ray_engine` for ``--engine ray``) and hands it the parts
+(:class:`.pipeline.Parts`: decode, infer, the sink) and a tally, then assembles the reports from the records (:mod:`fcn_label.predfolder.reports`), so a
 killed and resumed job ends with the same files as one that ran through.
 """
 
