@@ -2,8 +2,9 @@
 
 It checks --out and the shard, scans the record store to skip finished images (resume), picks a
 runner (:mod:`.runners`, or :mod:`.ray_engine` for ``--engine ray``) and hands it the parts
-(:class:`.pipeline.Parts`: decode, infer, the sink) and a tally, then assembles the reports from the records (:mod:`fcn_label.predfolder.reports`), so a
-killed and resumed job ends with the same files as one that ran through.
+(:class:`.pipeline.Parts`: decode, infer, the sink) and a tally, then assembles the reports from the
+records (:mod:`fcn_label.predfolder.reports`), so a killed and resumed job ends with the same files as
+one that ran through.
 """
 
 from __future__ import annotations
