@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue #14 goal 5 in one short GPU lease (< 8 minutes): every GPU throughput figure, then the
+# Issue #14 goal 5 in one short GPU lease (< 10 minutes): every GPU throughput figure, then the
 # CUDA tests. Each step has its own timeout, so one slow step cannot eat the lease.
 #   1. network alone, VGG16 FCN-8s at 500x375: fp32 / TF32 / AMP fp16 / AMP bf16 / fp16 and bf16
 #      weights / NCHW vs channels_last / torch.compile / CUDA graphs, batches 16, 32, 64
@@ -10,7 +10,8 @@
 #      --workers 4 and predict's default (from the core count: 7 on 16 cores);
 #   4. the host pipeline's ceiling: --model none, --workers 1, 4 and the default (16 cores);
 #   5. all-JPEG frames end to end, decoded by Pillow in the workers vs predict --gpu-jpeg (nvJPEG batches);
-#   6. tests/test_cuda.py (pinned-memory staging and --gpu-jpeg among them).
+#   6. predict --engine ray on a one-node Ray cluster vs the local engine vs the network alone (where Ray is installed);
+#   7. tests/test_cuda.py (pinned-memory staging and --gpu-jpeg among them).
 # Usage: OUT=dir scripts/gpu_bench.sh            (on the GPU machine, from the repository root)
 #        DRY=1 scripts/gpu_bench.sh              (CPU dry run of every Python step at toy sizes)
 # Results: $OUT/*.json, $OUT/*.log, $OUT/summary.md.
@@ -39,7 +40,7 @@ step() {  # name, timeout seconds, command...
   timeout "$((limit * TMUL))" "$@" > "$OUT/$name.log" 2>&1
   local rc=$?
   echo "## $name (exit $rc, $((SECONDS - t)) s; $((SECONDS - T0)) s so far)" | tee -a "$OUT/summary.md"
-  grep -E '^\||^device|^hardware|^decode' "$OUT/$name.log" >> "$OUT/summary.md"
+  grep -E '^\||^device|^hardware|^decode|^machine|^frames|^same masks' "$OUT/$name.log" >> "$OUT/summary.md"
   echo >> "$OUT/summary.md"
 }
 : > "$OUT/summary.md"
@@ -63,6 +64,14 @@ step host_ceiling 35 $PY benchmarks/predict_speed.py --device $DEV --model none 
   --images $N --json "$OUT/host_ceiling.json"
 step gpu_jpeg 35 $PY benchmarks/predict_speed.py --device $DEV --model compact --batch-size 16 --workers default \
   --images $N --formats jpeg --jpeg-decoder pillow,device --json "$OUT/gpu_jpeg.json"
+# predict --engine ray end to end (a one-node Ray cluster on this machine, one GPU actor) vs the local engine and
+# the network alone, on the same frames; needs ray[data] in the image (its wheels are too big to carry in .whl)
+if $PY -c "import ray.data" >/dev/null 2>&1; then
+  step ray_engine 120 $PY benchmarks/ray_engine.py --device $DEV --n $N --runs local,ray1 --batch-size 16 \
+    --json "$OUT/ray_engine.json"
+else
+  echo "## ray_engine: skipped (no Ray here: pip install \"fcn-label[ray]\")" | tee -a "$OUT/summary.md"
+fi
 if [ "$DRY" = 1 ]; then
   echo "## cuda tests: skipped in a dry run" | tee -a "$OUT/summary.md"
 else

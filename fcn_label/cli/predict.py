@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import List, Optional
 
@@ -13,7 +14,16 @@ from ..choices import DEFAULT_WEIGHTS
 from ..images import DEFAULT_MAX_PIXELS
 from ..predict import OutputLayout, Palette, discover, shard_from_env  # torch-free parts; the rest when run
 from ..predict.parallel import PARALLEL_HELP, parse_parallel
-from ._common import BACKEND_HELP, TTA, TTA_HELP, Backend, app, console, fail, tta_settings, value
+from ._common import BACKEND_HELP, TTA, TTA_HELP, Backend, app, choice, console, fail, tta_settings, value
+
+Engine = choice("Engine", ("local", "ray"))
+ENGINE_HELP = ("Where the images are predicted. local: this machine's processes (default). ray: a Ray Data pipeline "
+               "on a Ray cluster (--ray-address, else RAY_ADDRESS, else a Ray started for this run on this machine): "
+               "decoding and writing in CPU tasks, the network in an actor pool with one GPU per actor where the "
+               "cluster has GPUs (else CPU actors); the same files as local. Every node needs fcn-label installed and "
+               "the inputs and --out at the same paths (a shared folder). Needs pip install \"fcn-label[ray]\".")
+RAY_ADDRESS_HELP = ("With --engine ray: the cluster's head node, HOST:PORT as `ray start --head` prints it (or ray://... "
+                    "for Ray Client); default: the RAY_ADDRESS environment variable, else a Ray started for this run.")
 
 
 def _parse_shard(s: str | None) -> tuple[int, int]:
@@ -63,6 +73,39 @@ def _backend_workdir(out, remote: bool) -> Path:
     tmp = tempfile.TemporaryDirectory(prefix="fcn-label-backend-")
     _WORKDIRS.append(tmp)  # kept until the process ends, then removed
     return Path(tmp.name)
+
+
+def _ray_settings(engine: str, address: str | None, device: str, amp: bool, parallel: str | None, gpu_jpeg: bool,
+                  backend: str):
+    """--engine ray's settings (None for local), refusing the options it cannot honour, each in one line."""
+    if engine != "ray":
+        if address:
+            raise fail("--ray-address applies to --engine ray; add --engine ray, or drop --ray-address")
+        return None
+    from ..predict.options import RaySettings
+    from ..predict.ray_engine import import_ray
+
+    import_ray()  # not installed: one line saying how to install it
+    if parallel:
+        raise fail("--parallel sets this machine's processes; with --engine ray the cluster's workers do the work: "
+                   "drop --parallel")
+    if gpu_jpeg:
+        raise fail("--gpu-jpeg is not available with --engine ray; drop it (the workers decode with Pillow)")
+    if backend != "eager":
+        raise fail(f"--engine ray runs the eager backend; drop --backend {backend}")
+    return RaySettings(address=address, device=device, amp=amp)
+
+
+def _where(ray, predictor) -> str:
+    """Where the network runs, for the first line (an address as given, less any user:secret@)."""
+    if ray is None:
+        return str(predictor.device)
+    from ..storage import shown_url
+
+    if ray.address:
+        return f"Ray at {shown_url(ray.address)}"
+    env = os.environ.get("RAY_ADDRESS")
+    return f"Ray at {shown_url(env)} (RAY_ADDRESS)" if env else "a Ray started on this machine"
 
 
 @app.command("predict")
@@ -126,6 +169,9 @@ def predict(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
     parallel: Optional[str] = typer.Option(None, "--parallel", metavar="KEY=N,...", help=PARALLEL_HELP,
                                            rich_help_panel="Expert"),
+    engine: Engine = typer.Option("local", "--engine", help=ENGINE_HELP),
+    ray_address: Optional[str] = typer.Option(None, "--ray-address", metavar="HOST:PORT", help=RAY_ADDRESS_HELP,
+                                              rich_help_panel="Expert"),
 ) -> None:
     """Predict segmentation masks for images of any size.
 
@@ -155,6 +201,7 @@ def predict(
         par = parse_parallel(parallel)
     except ValueError as e:
         raise fail(str(e)) from None
+    ray = _ray_settings(value(engine), ray_address, device, amp, parallel, gpu_jpeg, value(backend))
     spec = read_class_spec(classes) if classes is not None else None  # an explicit file: its names and colours
     weights_path = resolve_weights(weights)
     ck = load_checkpoint(weights_path, arch=arch, num_classes=num_classes, classes=spec.names if spec else None)
@@ -175,23 +222,25 @@ def predict(
     calib_arrays = calibration_images(backend, calib, calib_count,
                                       [it.path for it in items], "of this job (spread evenly over its inputs)")
     tta_flip, tta_scales = tta_settings(tta, flip)
-    predictor = Predictor(ck, device=device, amp=amp, tile=tile or None, tile_overlap=tile_overlap,
+    # with --engine ray the driver runs no network: its predictor (on the CPU, leaving this node's GPU to an
+    # actor) only plans the batches, and the workers build theirs on their own devices
+    predictor = Predictor(ck, device="cpu" if ray else device, amp=amp and not ray, tile=tile or None, tile_overlap=tile_overlap,
                           tile_threshold=tile_threshold, flip=tta_flip, scales=tta_scales, backend=backend,
                           calib=calib_arrays,
                           workdir=_backend_workdir(out, remote_out) if backend != "eager" else None)
     if gpu_jpeg and predictor.device.type != "cuda":
         raise fail(f"--gpu-jpeg decodes JPEGs on a CUDA GPU; this run is on {predictor.device}: drop --gpu-jpeg "
                    "or use --device cuda")
-    if amp and predictor.device.type != "cuda":
+    if amp and not ray and predictor.device.type != "cuda":
         console.print("[yellow]note:[/] --amp only applies on CUDA; running in float32 on the CPU")
     opts = PredictOptions(out=out, batch_size=batch_size, workers=par.workers, encoders=par.encoders, procs=par.procs,
                           palette=palette, coco=coco,
                           overlay=overlay, probs=probs, gt=gt, ignore_index=ignore_index, overwrite=overwrite,
                           shard=(shard_i, shard_n), max_pixels=max_pixels,
-                          jpeg_device=str(predictor.device) if gpu_jpeg else None)
+                          jpeg_device=str(predictor.device) if gpu_jpeg else None, ray=ray)
     src = ck.metadata.get("name") or weights_path.name
     console.print(escape(f"fcn-label: {len(items)} images, model {src} ({ck.config.arch}, {ck.config.num_classes} "
-                         f"classes) on {predictor.device}" + (f", backend {backend}" if backend != "eager" else "") + (f", shard {shard_i}/{shard_n}" if shard_n > 1 else "")),
+                         f"classes) on {_where(ray, predictor)}" + (f", backend {backend}" if backend != "eager" else "") + (f", shard {shard_i}/{shard_n}" if shard_n > 1 else "")),
                   soft_wrap=True)
 
     progress = Progress(TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),

@@ -1,9 +1,10 @@
 """A predict job over many files: it only orchestrates.
 
 It checks --out and the shard, scans the record store to skip finished images (resume), picks a
-runner (:mod:`.runners`) and hands it the parts (:class:`.pipeline.Parts`: decode, infer, the sink)
-and a tally, then assembles the reports from the records (:mod:`fcn_label.predfolder.reports`), so a
-killed and resumed job ends with the same files as one that ran through.
+runner (:mod:`.runners`, or :mod:`.ray_engine` for ``--engine ray``) and hands it the parts
+(:class:`.pipeline.Parts`: decode, infer, the sink) and a tally, then assembles the reports from the
+records (:mod:`fcn_label.predfolder.reports`), so a killed and resumed job ends with the same files as
+one that ran through.
 
 --out may be an object store URL: the sink then puts objects and the records are read through a local
 mirror of the segments, in a temporary folder removed at the end (:mod:`fcn_label.predfolder.remote`
@@ -116,7 +117,11 @@ class PredictJob:
             if self.remote is None:
                 self._remove_stale_temp(todo)  # an object store has no temporary names to clean up
             tally.start()
-            if todo:
+            if todo and self.o.ray is not None:
+                from .ray_engine import run_ray  # Ray is an extra: imported only for --engine ray
+
+                run_ray(self.parts, todo, tally, self.o.ray)
+            elif todo:
                 procs = self.procs_for(len(todo))
                 if procs > 1:
                     run_forked(self.parts, todo, tally, procs)

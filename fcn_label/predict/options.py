@@ -10,6 +10,15 @@ from ..images import DEFAULT_MAX_PIXELS
 from ..predfolder.layout import Palette
 
 
+@dataclass(frozen=True)
+class RaySettings:
+    """``--engine ray``: which cluster, and what its inference workers run on (the driver runs no network)."""
+
+    address: str | None = None  # --ray-address; None: RAY_ADDRESS, else a local Ray that this run starts
+    device: str = "auto"  # --device for the workers: auto = one GPU each where the cluster has GPUs, else CPU
+    amp: bool = False  # --amp, on GPU workers
+
+
 @dataclass
 class PredictOptions:
     out: Path
@@ -34,6 +43,8 @@ class PredictOptions:
     # Where plain JPEGs are decoded, in batches by torchvision (--gpu-jpeg: the CUDA device, nvJPEG);
     # None: by Pillow in the decoding workers, like every other file.
     jpeg_device: str | None = None
+    # --engine ray: the job as a Ray Data pipeline on a Ray cluster (:mod:`.ray_engine`); None: this machine
+    ray: RaySettings | None = None
 
 
 @dataclass

@@ -26,6 +26,11 @@ from .stages import Decode, Infer
 from .tally import Tally
 
 
+def infer_failure(e: BaseException) -> str:
+    """The failure row's reason for each image of a batch the network failed on."""
+    return f"inference failed ({type(e).__name__}: {first_line(e)}); try --tile 512 or a smaller --batch-size"
+
+
 @dataclass(frozen=True)
 class Parts:
     """What a runner is handed: the stages, the sink and the options of one predict run."""
@@ -145,8 +150,7 @@ class Pipeline:
             preds = parts.infer([(i, images[i]) for i in idxs])
         except Exception as e:  # the batch's boundary: out of memory on one size, or anything else
             for i in idxs:
-                self.tally.fail(str(self.todo[i].path), "infer", f"inference failed ({type(e).__name__}: {first_line(e)}); "
-                          "try --tile 512 or a smaller --batch-size")
+                self.tally.fail(str(self.todo[i].path), "infer", infer_failure(e))
                 images.pop(i, None)
             return
         per = (time.perf_counter() - t) / max(1, len(idxs))

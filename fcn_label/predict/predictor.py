@@ -39,6 +39,20 @@ CPU_BATCH_PIXELS = 300_000
 CPU_MAX_BATCH = 32
 
 
+def default_batch_size_on(device_type: str) -> int:
+    """:attr:`Predictor.default_batch_size` on a device of this type ("cpu", "cuda")."""
+    return 1 if device_type == "cpu" else 8
+
+
+def batch_limit_on(device_type: str, shape: tuple[int, ...], batch_size: int | None = None) -> int:
+    """:meth:`Predictor.batch_limit` on a device of this type: a Ray driver plans the batches of workers
+    whose device it does not have."""
+    px = max(1, shape[0] * shape[1])
+    if batch_size is None and device_type == "cpu":
+        return max(1, min(CPU_MAX_BATCH, CPU_BATCH_PIXELS // px))
+    return max(1, min(batch_size or default_batch_size_on(device_type), MAX_BATCH_PIXELS // px))
+
+
 # Longest side / shortest side beyond which an image is refused. The network pads a thin side to
 # 32 rows (or by 100 px, Caffe padding), so a 4 x 1,000,000 strip costs 8-50x its pixels whatever the
 # tiling; no camera or scanner a segmentation model is trained for makes such an image.
@@ -247,16 +261,13 @@ class Predictor:
         """8 on a GPU; 1 on the CPU for a frame-sized image, where bigger batches run slower (cache-bound;
         benchmarks/predict_speed.py --batch-size shows it). Small
         images are batched on the CPU all the same: see :meth:`batch_limit`."""
-        return 1 if self.device.type == "cpu" else 8
+        return default_batch_size_on(self.device.type)
 
     # -- entry points ----------------------------------------------------------
     def batch_limit(self, shape: tuple[int, ...], batch_size: int | None = None) -> int:
         """How many images of this size share one forward pass: ``batch_size``, fewer when they are large;
         without one, on the CPU, as many as fit in :data:`CPU_BATCH_PIXELS` (1 for a 480x360 frame)."""
-        px = max(1, shape[0] * shape[1])
-        if batch_size is None and self.device.type == "cpu":
-            return max(1, min(CPU_MAX_BATCH, CPU_BATCH_PIXELS // px))
-        return max(1, min(batch_size or self.default_batch_size, MAX_BATCH_PIXELS // px))
+        return batch_limit_on(self.device.type, shape, batch_size)
 
     def needs_tiling(self, shape: tuple[int, ...]) -> bool:
         h, w = shape[:2]

@@ -35,6 +35,13 @@ from .tally import Outcome
 OUT_UNUSABLE = {errno.ENOSPC, errno.EDQUOT, errno.EROFS}
 
 
+class HeldRecords(list):
+    """Image records kept in memory (:meth:`Sink.hold_records`); stands in for a segment writer."""
+
+    def close(self) -> None:
+        pass
+
+
 class Sink:
     """Writes into ``layout.out`` and never elsewhere."""
 
@@ -63,6 +70,30 @@ class Sink:
     def close(self) -> None:
         self.records.close()
         self.failures.close()
+
+    def __getstate__(self) -> dict:
+        """A sink sent to a worker of a distributed runner (Ray): its settings; the lock, folder cache and
+        record segments are made anew there (:meth:`reopen`)."""
+        state = self.__dict__.copy()
+        for name in ("_lock", "_checked_dirs", "records", "failures"):
+            state.pop(name, None)
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self.reopen()
+
+    def hold_records(self) -> list[dict]:
+        """From now on keep the image records :meth:`write` makes in the returned list, not in --out's record
+        store: a distributed runner's worker sends them to its driver, the one process that appends them, so
+        an image whose task Ray ran twice is still counted once."""
+        held = HeldRecords()
+        self.records = held
+        return held
+
+    def append_record(self, rec: dict) -> None:
+        """Append the record :meth:`write_outputs` made in another process, now that its outputs are in place."""
+        self.records.append(rec)
 
     def checked(self, path: Path) -> Path:
         """Create ``path``'s folder, refusing one that resolves outside --out (e.g. through a symlinked folder).

@@ -1,0 +1,390 @@
+"""``predict --engine ray``: one predict run as a Ray Data pipeline on a Ray cluster.
+
+The job (:class:`.job.PredictJob`) still opens --out, skips finished images and writes the reports;
+this runner only replaces the pipeline between them:
+
+1. header pass (CPU tasks): each image's size from its header, so the driver can put same-size
+   images in the same batches, as the local engine's window does (a batch of one and a batch of
+   several can differ in the last float bits, so the batches must match for the outputs to);
+2. decode (CPU tasks): one planned batch's files read and decoded behind the per-file guard (a
+   file that fails becomes a failure event, never an exception);
+3. the network (an actor pool: one GPU per actor where the cluster has GPUs and ``--device`` allows,
+   else one-thread CPU actors, one per cluster CPU, spread over the nodes);
+4. outputs (CPU tasks): :meth:`.sink.Sink.try_write` into the shared --out, with the image records
+   held back and sent to the driver;
+5. the driver appends each record (only after its outputs exist, and only the driver: an image
+   whose task Ray ran twice is counted once) and feeds the same tally and progress bar.
+
+Resources are fractional so that no stage starves another: an actor pool holding every CPU of a
+small cluster leaves the read and write tasks none, and the dataset never finishes. Tasks are
+retried and actors restarted when a node dies (Ray Data's defaults: without limit, for system
+failures, the only kind left: every stage turns a file's error into an event); if Ray still gives
+up, the run stops with what is done kept, and re-running the same command finishes it.
+
+The workers import fcn_label: it must be installed (the same version) wherever Ray runs them, and
+--out and the inputs must be the same paths on every node (a shared folder), or an object store.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import re
+import socket
+import time
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+from ..errors import ConfigError
+from ..guard import guarded
+from ..images import image_size
+from .discover import Item
+from .options import RaySettings
+from .pipeline import Parts, infer_failure
+from .predictor import Prediction, Predictor, batch_limit_on
+from .sink import Sink
+from .stages import Decode, Infer
+from .tally import Outcome, Tally
+
+RAY_MISSING = 'predict --engine ray needs Ray, which is not installed: pip install "fcn-label[ray]"'
+
+# Ray resource shares. A network actor asks for ACTOR_CPUS and a decode or write task for TASK_CPUS,
+# so that after a node is lost the actors restarted on the survivors still leave the tasks room.
+ACTOR_CPUS = 0.25
+TASK_CPUS = 0.25
+# Batches queued at each network actor: enough to hide the hand-over, few enough to bound memory.
+INFLIGHT_PER_ACTOR = 2
+# Items per header-pass block; planned batches per block of the pipeline (each task and each actor call
+# costs scheduling time, so a block carries several batches, unless that leaves workers idle); the most blocks.
+HEADER_BLOCK = 256
+BATCHES_PER_BLOCK = 8
+MAX_BLOCKS = 20_000
+
+
+# Ray's notices that say nothing to a predict user: the progress bars this run replaces with its own, the
+# note that a local Ray instance uses token authentication (on by default), and
+# Ray Data's own traceback of a failed dataset: the run says in one line why it stopped (:func:`reason`).
+QUIET_LOGGERS = ("ray.data._internal.progress", "ray._private.authentication.authentication_token_setup",
+                 "ray.data.exceptions")
+
+
+def import_ray():
+    """The ray module, or one line saying how to install it."""
+    try:
+        import ray
+        import ray.data  # noqa: F401
+    except ImportError:
+        raise ConfigError(RAY_MISSING) from None
+    return ray
+
+
+@dataclass(frozen=True)
+class NetRecipe:
+    """What a network actor needs to build the driver's predictor on its own device."""
+
+    checkpoint: object  # an ObjectRef of the Checkpoint: put once by the driver, which keeps it alive
+    tile: int | None
+    tile_overlap: float
+    tile_threshold: int
+    channels_last: bool
+    flip: bool
+    scales: tuple
+    amp: bool
+
+    @classmethod
+    def of(cls, ray, p: Predictor, amp: bool) -> "NetRecipe":
+        if p.backend != "eager":
+            raise ConfigError(f"--engine ray runs the eager backend; drop --backend {p.backend}")
+        # by reference: an actor restarted after its node died must not need arguments stored on that node
+        return cls(ray.put(p.checkpoint), p.tile, p.tile_overlap, p.tile_threshold, p.channels_last, p.flip,
+                   p.scales, amp)
+
+    def build(self, device: str) -> Predictor:
+        import ray
+
+        return Predictor(ray.get(self.checkpoint), device=device, amp=self.amp, tile=self.tile,
+                         tile_overlap=self.tile_overlap, tile_threshold=self.tile_threshold,
+                         channels_last=self.channels_last, flip=self.flip, scales=self.scales)
+
+
+# -- connecting ------------------------------------------------------------------------------------
+def _check_reachable(address: str, what: str) -> None:
+    """Refuse an address nothing listens on in seconds (ray.init waits minutes before giving up)."""
+    if address in ("auto", "local") or "://" in address:
+        return
+    host, _, port = address.rpartition(":")
+    try:
+        port_n = int(port)
+    except ValueError:
+        raise ConfigError(f"{what} {address}: expected HOST:PORT of a Ray head node, e.g. 10.0.0.5:6379") from None
+    try:
+        socket.create_connection((host or "127.0.0.1", port_n), timeout=5).close()
+    except OSError as e:
+        raise ConfigError(f"{what} {address}: no Ray cluster answers there ({e.strerror or e}); start one with "
+                          "`ray start --head` or fix the address") from None
+
+
+def connect(settings: RaySettings):
+    """``(ray, started)``: connected to --ray-address, else RAY_ADDRESS, else a new local Ray; ``started``
+    is False when the caller had already connected (then it is the caller's to shut down)."""
+    ray = import_ray()
+    logging.getLogger("ray.data").setLevel(logging.WARNING)  # not a line per dataset run
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.CRITICAL)
+    if ray.is_initialized():
+        return ray, False
+    address = settings.address or os.environ.get("RAY_ADDRESS") or None
+    if address:
+        _check_reachable(address, "--ray-address" if settings.address else "RAY_ADDRESS")
+    # "local": a fresh instance, never a cluster some other `ray start` on this machine left behind
+    ray.init(address=address or "local", logging_level=logging.WARNING, log_to_driver=False,
+             configure_logging=False, **({} if address else {"include_dashboard": False}))
+    return ray, True
+
+
+# -- the plan --------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Plan:
+    """Where the network runs and how many of each worker the cluster gets."""
+
+    gpu: bool
+    actors: int
+    tasks: int  # most decode (and most write) tasks at once
+
+    @classmethod
+    def for_cluster(cls, resources: dict, settings: RaySettings) -> "Plan":
+        cpus, gpus = float(resources.get("CPU", 0)), int(resources.get("GPU", 0))
+        if settings.device.startswith("cuda") and gpus < 1:
+            raise ConfigError(f"--device {settings.device}: the Ray cluster has no GPU; use --device auto or cpu")
+        if settings.device != "cpu" and gpus >= 1:
+            return cls(True, gpus, max(1, int(cpus) - gpus))
+        return cls(False, max(1, int(cpus)), max(1, int(cpus)))
+
+    @property
+    def device_type(self) -> str:
+        return "cuda" if self.gpu else "cpu"
+
+
+def plan_batches(todo: Sequence[Item], sizes: dict[int, tuple[int, int]], predictor: Predictor, device_type: str,
+                 batch_size: int | None) -> list[list[int]]:
+    """The forward passes: same-size images in discovered order, in runs of the workers' batch limit; an image
+    to tile, or one whose header could not be read, alone. Ordered by their first image."""
+    groups: list[list[int]] = []
+    by_shape: dict[tuple[int, int], list[int]] = {}
+    for k in range(len(todo)):
+        hw = sizes.get(k)
+        if hw is None or predictor.needs_tiling(hw):
+            groups.append([k])
+        else:
+            by_shape.setdefault(hw, []).append(k)
+    for hw, ks in by_shape.items():
+        n = batch_limit_on(device_type, hw, batch_size)
+        groups.extend(ks[j : j + n] for j in range(0, len(ks), n))
+    groups.sort(key=lambda g: g[0])
+    return groups
+
+
+# -- the stages (run on the workers) ---------------------------------------------------------------
+def _column(values: list) -> np.ndarray:
+    col = np.empty(len(values), dtype=object)
+    col[:] = values
+    return col
+
+
+def _headers(batch: dict, max_pixels: int) -> dict:
+    """(height, width) from each image's header; -1 where the header cannot be read (the decode stage says why)."""
+    hs, ws = [], []
+    for data in batch["item"]:
+        size, _ = guarded("", image_size, pickle.loads(data).path, max_pixels)
+        w, h = size if size is not None else (-1, -1)
+        hs.append(h)
+        ws.append(w)
+    return {"k": batch["k"], "h": np.asarray(hs, dtype=np.int64), "w": np.asarray(ws, dtype=np.int64)}
+
+
+def _decode(batch: dict, decode: Decode) -> dict:
+    """One planned batch's images decoded: ``[(k, item, array | None, reason | None)]`` per row."""
+    out = []
+    for data in batch["g"]:
+        out.append(pickle.dumps([(k, it, *decode(it)) for k, it in pickle.loads(data)], protocol=5))
+    return {"g": _column(out)}
+
+
+class _Network:
+    """A network actor: the driver's predictor rebuilt on this worker's device, one batch per call."""
+
+    def __init__(self, recipe: NetRecipe, gpu: bool, batch_size: int | None, overlay: bool):
+        import torch
+
+        if not gpu:
+            torch.set_num_threads(1)  # one actor per CPU: one-thread networks side by side, as the local procs
+        self.p = recipe.build("cuda" if gpu else "cpu")
+        self.infer = Infer(self.p)
+        self.batch_size, self.overlay = batch_size, overlay
+
+    def __call__(self, batch: dict) -> dict:
+        return {"g": _column([pickle.dumps(self.run(pickle.loads(data)), protocol=5) for data in batch["g"]])}
+
+    def run(self, decoded: list) -> list:
+        """Events: ``("failed", k, stage, reason)`` or
+        ``("pred", k, item, image | None, labels, confidence, seconds)``."""
+        events, by_shape = [], {}
+        for k, it, arr, err in decoded:
+            if err is not None:
+                events.append(("failed", k, "decode", err))
+            else:  # the header's size can differ from the picture's (EXIF rotation): batch by the picture's
+                by_shape.setdefault(arr.shape, []).append((k, it, arr))
+        for shape, xs in by_shape.items():
+            n = 1 if self.p.needs_tiling(shape) else self.p.batch_limit(shape, self.batch_size)
+            for j in range(0, len(xs), n):
+                chunk = xs[j : j + n]
+                t = time.perf_counter()
+                try:
+                    preds = dict(self.infer([(k, arr) for k, _, arr in chunk]))
+                except Exception as e:  # the batch's boundary, as in the local pipeline
+                    events.extend(("failed", k, "infer", infer_failure(e)) for k, _, _ in chunk)
+                    continue
+                per = (time.perf_counter() - t) / len(chunk)
+                for k, it, arr in chunk:
+                    pred = preds[k]
+                    events.append(("pred", k, it, arr if self.overlay else None, pred.labels, pred.confidence, per))
+        return events
+
+
+def _write(batch: dict, sink: Sink) -> dict:
+    """Each predicted image's outputs written; events ``("written", k, outcome, message, record | None)``."""
+    held = sink.hold_records()  # the driver appends them
+    out = []
+    for data in batch["g"]:
+        events = []
+        for ev in pickle.loads(data):
+            if ev[0] != "pred":
+                events.append(ev)
+                continue
+            _, k, it, image, labels, confidence, seconds = ev
+            held.clear()
+            outcome, message = sink.try_write(it, image, Prediction(labels, confidence), seconds)
+            events.append(("written", k, outcome.value, message, held[-1] if outcome is Outcome.DONE else None))
+        out.append(pickle.dumps(events, protocol=5))
+    return {"g": _column(out)}
+
+
+# -- the driver ------------------------------------------------------------------------------------
+def _cuda_available() -> bool:
+    """On a GPU worker: whether its torch can use the GPU Ray gave it."""
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def root_cause(e: BaseException) -> BaseException:
+    """The error a worker raised, out of the Ray errors that carry it (``cause``; a chained error only when it
+    says something: Ray Data chains an empty SystemException to its own)."""
+    for _ in range(16):
+        inner = getattr(e, "cause", None)
+        if not isinstance(inner, BaseException):
+            inner = e.__cause__ if isinstance(e.__cause__, BaseException) and str(e.__cause__).strip() else None
+        if inner is None:
+            break
+        e = inner
+    return e
+
+
+def reason(e: BaseException) -> str:
+    """One line for ``e``: a Ray error that carries a worker's traceback ends with the line naming the error."""
+    lines = [ln.strip() for ln in re.sub(r"\x1b\[[0-9;]*m", "", str(e)).strip().splitlines() if ln.strip()]
+    if len(lines) > 1 and re.match(r"^[A-Za-z_][\w.]*: ", lines[-1]):
+        return lines[-1]
+    return f"{type(e).__name__}: {lines[0] if lines else ''}"
+
+
+def run_ray(parts: Parts, todo: list[Item], tally: Tally, settings: RaySettings) -> None:
+    """Predict ``todo`` on a Ray cluster, counting into ``tally`` as :func:`.runners.run_here` does."""
+    ray, started = connect(settings)
+    try:
+        plan = Plan.for_cluster(ray.cluster_resources(), settings)
+        if plan.gpu and not ray.get(ray.remote(num_gpus=1, num_cpus=0)(_cuda_available).remote()):
+            raise ConfigError("the Ray cluster has GPUs, but torch on its GPU workers cannot use CUDA (a CPU-only "
+                              "torch?); install a CUDA build of torch there, or add --device cpu")
+        recipe = NetRecipe.of(ray, parts.infer.predictor, settings.amp)
+        ctx = ray.data.DataContext.get_current()
+        ctx.enable_progress_bars = False  # the run's own bar counts images
+        ctx.print_on_execution_start = False
+        try:
+            sizes = _read_headers(ray, todo, parts.decode.max_pixels, plan)
+            groups = plan_batches(todo, sizes, parts.infer.predictor, plan.device_type, parts.options.batch_size)
+            _run_pipeline(ray, parts, todo, groups, tally, plan, recipe)
+        except Exception as e:  # noqa: BLE001 - Ray gave up (a node lost too often...): keep what is done
+            tally.stop(f"the Ray job failed ({reason(root_cause(e))}); re-run the same command to finish: finished "
+                       "images are kept and skipped")
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def _read_headers(ray, todo: list[Item], max_pixels: int, plan: Plan) -> dict[int, tuple[int, int]]:
+    rows = [{"k": k, "item": pickle.dumps(it)} for k, it in enumerate(todo)]
+    blocks = max(1, min(MAX_BLOCKS, -(-len(rows) // HEADER_BLOCK)))
+    ds = ray.data.from_items(rows, override_num_blocks=blocks)
+    ds = ds.map_batches(_headers, fn_kwargs={"max_pixels": max_pixels}, batch_size=HEADER_BLOCK, num_cpus=TASK_CPUS,
+                        compute=ray.data.TaskPoolStrategy(size=min(blocks, plan.tasks + plan.actors)))
+    sizes: dict[int, tuple[int, int]] = {}
+    for b in ds.iter_batches(batch_size=None, batch_format="numpy"):
+        for k, h, w in zip(b["k"].tolist(), b["h"].tolist(), b["w"].tolist()):
+            if h > 0:
+                sizes[k] = (h, w)
+    return sizes
+
+
+def _run_pipeline(ray, parts: Parts, todo: list[Item], groups: list[list[int]], tally: Tally, plan: Plan,
+                  recipe: NetRecipe) -> None:
+    rows = [{"g": pickle.dumps([(k, todo[k]) for k in g])} for g in groups]
+    # enough blocks for every worker to have two, else BATCHES_PER_BLOCK batches each
+    blocks = max(1, min(len(rows), MAX_BLOCKS, max(2 * (plan.actors + plan.tasks), -(-len(rows) // BATCHES_PER_BLOCK))))
+    tasks = ray.data.TaskPoolStrategy(size=min(blocks, plan.tasks))
+    ds = ray.data.from_items(rows, override_num_blocks=blocks)
+    ds = ds.map_batches(_decode, fn_kwargs={"decode": parts.decode}, batch_size=1, num_cpus=TASK_CPUS, compute=tasks)
+    ds = ds.map_batches(_Network, fn_constructor_kwargs={"recipe": recipe, "gpu": plan.gpu,
+                                                         "batch_size": parts.options.batch_size,
+                                                         "overlay": parts.options.overlay},
+                        batch_size=1, compute=ray.data.ActorPoolStrategy(
+                            size=plan.actors, max_tasks_in_flight_per_actor=INFLIGHT_PER_ACTOR),
+                        **({"num_gpus": 1} if plan.gpu else {"num_cpus": ACTOR_CPUS}))
+    ds = ds.map_batches(_write, fn_kwargs={"sink": parts.sink}, batch_size=1, num_cpus=TASK_CPUS, compute=tasks)
+    seen = bytearray(len(todo))
+    for b in ds.iter_batches(batch_size=None, batch_format="numpy"):
+        for data in b["g"]:
+            take(pickle.loads(data), todo, seen, parts.sink, tally)
+        if tally.stopped:
+            return
+    missing = len(todo) - sum(seen)
+    if missing:  # never seen so far; said rather than left for the reports to leave out silently
+        tally.stop(f"{missing} images did not come back from the Ray workers; re-run the same command to finish: "
+                   "finished images are kept and skipped")
+
+
+def take(events: list, todo: Sequence[Item], seen: bytearray, sink: Sink, tally: Tally) -> None:
+    """The driver's part of a batch's events: each image's record appended (its outputs are in place) and
+    counted, or its failure listed, once: ``seen`` marks the images already taken, so a second report of one
+    (Ray reran the task that made it) changes nothing."""
+    for ev in events:
+        k = ev[1]
+        if seen[k]:
+            continue
+        seen[k] = 1
+        path = str(todo[k].path)
+        if ev[0] == "failed":
+            tally.fail(path, ev[2], ev[3])
+            continue
+        outcome, message, rec = Outcome(ev[2]), ev[3], ev[4]
+        if outcome is Outcome.DONE:
+            try:
+                sink.append_record(rec)
+            except OSError as e:  # --out takes no more: stop, keep what is done
+                tally.stop(f"--out {sink.layout.out}: cannot append a record ({e.strerror or e}); make room "
+                           "(or fix --out) and re-run the same command: finished images are kept and skipped")
+                return
+        tally.settle(path, outcome, message)
