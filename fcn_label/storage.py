@@ -296,12 +296,16 @@ class ObjectUrl(str):
         return (ObjectUrl, (self.full,))
 
 
-def read_object(url: str) -> bytes:
-    """The bytes of one object, for a per-file step: any failure is an :class:`InputError` naming the
-    (shown) URL, so the object becomes one failures.csv row and the batch goes on."""
+def read_object(url: str, head: int | None = None) -> bytes:
+    """The bytes of one object (or its first ``head`` bytes: one range request), for a per-file step: any
+    failure is an :class:`InputError` naming the (shown) URL, so the object becomes one failures.csv row
+    and the batch goes on."""
     full = str(getattr(url, "full", url))
     try:
-        return open_store(full).read_bytes()
+        store = open_store(full)
+        if head is not None:
+            return store.fs.cat_file(store.path_of(""), start=0, end=head)
+        return store.read_bytes()
     except StorageError as e:
         raise InputError(str(e)) from None
     except IsADirectoryError:

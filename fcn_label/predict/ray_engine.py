@@ -40,7 +40,8 @@ import numpy as np
 
 from ..errors import ConfigError
 from ..guard import guarded
-from ..images import image_size
+from ..images import Blob, image_size
+from ..storage import is_url, read_object, shown_url
 from .discover import Item
 from .options import RaySettings
 from .pipeline import Parts, infer_failure
@@ -194,11 +195,22 @@ def _column(values: list) -> np.ndarray:
     return col
 
 
+# An object's header is read from its first bytes only (one range request), not the whole file; a
+# header beyond them (a JPEG with a large EXIF thumbnail) reads as unknown: that image runs alone.
+HEADER_BYTES = 1 << 18
+
+
+def _size(path, max_pixels: int) -> tuple[int, int]:
+    if is_url(path):
+        path = Blob(read_object(path, head=HEADER_BYTES), shown_url(str(path)))
+    return image_size(path, max_pixels)
+
+
 def _headers(batch: dict, max_pixels: int) -> dict:
     """(height, width) from each image's header; -1 where the header cannot be read (the decode stage says why)."""
     hs, ws = [], []
     for data in batch["item"]:
-        size, _ = guarded("", image_size, pickle.loads(data).path, max_pixels)
+        size, _ = guarded("", _size, pickle.loads(data).path, max_pixels)
         w, h = size if size is not None else (-1, -1)
         hs.append(h)
         ws.append(w)
