@@ -339,6 +339,33 @@ def test_predict_weights_from_a_url(s3, predicted, tmp_path):
     assert json.loads(r.stdout)["summary"]["images_evaluated"] == 6
 
 
+def test_predict_gt_and_classes_from_urls(s3, predicted, tmp_path):
+    """predict --gt s3://... --classes s3://...: predictions.csv (IoU columns, class names) equals a local run's."""
+    names = tmp_path / "names.txt"
+    names.write_text("".join(f"c{i}\n" for i in range(11)))  # the shipped model's 11 classes, renamed
+    urls = _stage(s3, predicted, "gt")
+    names_url = s3.upload_to(names, "names.txt")
+    photos = str(predicted / "photos")
+    ref = run_cli("predict", photos, "--gt", str(predicted / "gt"), "--classes", str(names), "--out",
+                  str(tmp_path / "local"), "-q", "--parallel", "procs=1")
+    r = run_cli("predict", photos, "--gt", urls["gt"], "--classes", names_url, "--out", str(tmp_path / "remote"),
+                "-q", "--parallel", "procs=1")
+    assert ref.returncode == r.returncode, (ref.stderr, r.stderr)
+    assert "c1" in (tmp_path / "local" / "predictions.csv").read_text()
+
+    def rows(folder: Path) -> list[dict]:
+        out = list(csv.DictReader((folder / "predictions.csv").open()))
+        for row in out:
+            row.pop("seconds")
+        return out
+
+    got, want = rows(tmp_path / "remote"), rows(tmp_path / "local")
+    assert any(v not in ("", None) for row in want for k, v in row.items() if "iou" in k.lower())
+    assert got == want
+    _one_line_error(run_cli("predict", photos, "--gt", s3.url("no/gt"), "--out", str(tmp_path / "x")),
+                    s3.url("no/gt"), "not found")
+
+
 @pytest.fixture
 def web(predicted, tmp_path):
     """A read-only web server (Python's http.server) serving the predicted folder's parent tree."""

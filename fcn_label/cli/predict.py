@@ -125,7 +125,7 @@ def predict(
                                           "pytorch-fcn .pth state dicts."),
     arch: Optional[str] = typer.Option(None, help="For bare state dicts: fcn32s, fcn16s or fcn8s (checked against the file)."),
     num_classes: Optional[int] = typer.Option(None, help="For bare state dicts: expected class count (checked)."),
-    classes: Optional[Path] = typer.Option(None, help="Text file of class names, one per line in index order ('name r g b' lines also set the colours); for bare state dicts."),
+    classes: Optional[str] = typer.Option(None, help="Text file (path or URL) of class names, one per line in index order ('name r g b' lines also set the colours); for bare state dicts."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b", min=1, help="Images per forward pass "
                                              "(default: 8 on a GPU; on the CPU as many same-size images as fit in 0.3 Mpx, at most 32 - "
                                              "1 for a 480x360 frame, where larger batches run slower); "
@@ -148,9 +148,9 @@ def predict(
     coco: bool = typer.Option(True, "--coco/--no-coco", help="Write predictions.json: COCO results with compressed RLE per class."),
     overlay: bool = typer.Option(False, "--overlay", help="Also write colour overlays under OUT/overlays/ for eyeballing."),
     probs: bool = typer.Option(False, "--probs", help="Also write per-pixel confidence (8-bit, 255 = certain) under OUT/confidence/."),
-    gt: Optional[Path] = typer.Option(None, help="Ground truth with the same relative names (a mask folder, or any "
+    gt: Optional[str] = typer.Option(None, help="Ground truth with the same relative names (a mask folder, or any "
                                       "layout evaluate reads: VOC root, images/ + masks/, list file, COCO JSON): "
-                                      "adds pixel accuracy and per-class IoU to predictions.csv."),
+                                      "adds pixel accuracy and per-class IoU to predictions.csv. A URL is downloaded first."),
     ignore_index: Optional[int] = typer.Option(None, help="Ground-truth label to ignore (default: the model's, "
                                                "e.g. 11 for CamVid, 255 for VOC)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Redo images already done (default: skip them, so a "
@@ -186,6 +186,7 @@ def predict(
     from ..checkpoint import load_checkpoint, resolve_weights  # torch: only when a verb runs
     from ..classes import read_class_spec
     from ..predict import PredictJob, PredictOptions, Predictor
+    from ..staging import fetch_for_process
     from ..storage import check_writable, is_url, local_path, shown_url
 
     shard_i, shard_n = _parse_shard(shard)
@@ -202,6 +203,11 @@ def predict(
     except ValueError as e:
         raise fail(str(e)) from None
     ray = _ray_settings(value(engine), ray_address, device, amp, parallel, gpu_jpeg, value(backend))
+    if ray is not None and gt is not None and is_url(gt):
+        raise fail(f"--gt {gt}: with --engine ray the workers read the ground truth; give a folder every node sees")
+    # a URL --gt or --classes: a local copy for this process (removed at exit), read as before
+    classes = fetch_for_process(classes, "--classes") if classes is not None and is_url(classes) else classes
+    gt = fetch_for_process(gt, "--gt") if gt is not None and is_url(gt) else (Path(gt) if gt is not None else None)
     spec = read_class_spec(classes) if classes is not None else None  # an explicit file: its names and colours
     weights_path = resolve_weights(weights)
     ck = load_checkpoint(weights_path, arch=arch, num_classes=num_classes, classes=spec.names if spec else None)
