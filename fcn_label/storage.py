@@ -23,6 +23,7 @@ from .errors import InputError, UserError
 EXTRAS = {"s3": "s3", "s3a": "s3", "gs": "gcs", "gcs": "gcs", "az": "azure", "abfs": "azure", "abfss": "azure",
           "adl": "azure", "http": "http", "https": "http"}
 READ_ONLY = ("http", "https")
+UPLOAD_PART, UPLOAD_PARTS_AT_ONCE = 8 << 20, 4  # multipart uploads: 32 MiB in flight per file
 # Listing entries handed from fsspec's event loop to the walk at a time (an S3 page holds 1,000 keys).
 WALK_CHUNK = 1000
 _URL = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
@@ -119,7 +120,13 @@ class Store:
         if self.read_only:
             raise StorageError(f"{shown_url(self.url)}: {scheme(self.url)}:// is read-only; write to a folder or "
                                "an object store")
-        self.fs.put_file(os.fspath(local), self.path_of(rel))
+        self.fs.put_file(os.fspath(local), self.path_of(rel), **self._upload_limits())
+
+    def _upload_limits(self) -> dict:
+        """s3fs uploads a large file in parts of up to 50 MiB, ten at a time: half a gigabyte of a
+        million-image predictions.json held at once. Smaller parts, fewer at a time, keep it to tens of MB."""
+        protocols = self.fs.protocol if isinstance(self.fs.protocol, (tuple, list)) else (self.fs.protocol,)
+        return {"chunksize": UPLOAD_PART, "max_concurrency": UPLOAD_PARTS_AT_ONCE} if "s3" in protocols else {}
 
     def get_file(self, rel: str, local: str | os.PathLike) -> None:
         """Download one object to a local file."""
@@ -260,7 +267,8 @@ class Store:
         if self.read_only:
             raise StorageError(f"{shown_url(self.url)}: {scheme(self.url)}:// is read-only; write to a folder or "
                                "an object store")
-        _each(lambda pair: self.fs.put_file(pair[0], self.path_of(pair[1])), pairs, threads)
+        limits = self._upload_limits()
+        _each(lambda pair: self.fs.put_file(pair[0], self.path_of(pair[1]), **limits), pairs, threads)
 
 
 def _each(fn, items: list, threads: int) -> None:
