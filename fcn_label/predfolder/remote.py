@@ -41,6 +41,7 @@ from ..storage import Store, StorageError, explain, open_store, shown_url
 from .layout import FAILURES_CSV, FAILURES_DIR, FORMAT_FILE, PREDICTIONS_CSV, PREDICTIONS_JSON, RECORDS_DIR, \
     OutputLayout
 from .records import SEGMENT_SUFFIX, segment_name
+from .version import format_text, read_version
 
 # A segment object is put every FLUSH_LINES lines or once FLUSH_SECONDS have passed since its first
 # line, whichever comes first (a million images: a few thousand segments, listed in a few requests).
@@ -139,8 +140,6 @@ class RemoteOut:
     def open_folder(self) -> None:
         """Refuse a prefix of a format this version cannot continue, and claim it (format.json): as
         :mod:`.version` does for a local folder, with its messages."""
-        from .version import FORMAT_NAME, FORMAT_VERSION
-
         try:
             raw = self.store.read_bytes(FORMAT_FILE) if self.store.isfile(FORMAT_FILE) else None
             early = raw is None and any(not n.startswith(".") and not n.endswith(SEGMENT_SUFFIX)
@@ -148,20 +147,13 @@ class RemoteOut:
         except Exception as e:  # noqa: BLE001 - the store's own errors
             raise StorageError("--out " + explain(self.url, e, "reading")) from None
         if raw is not None:
-            try:
-                version = int(json.loads(raw.decode("utf-8"))["version"])
-            except Exception:  # noqa: BLE001 - any damage: the same one line
-                raise InputError(f"{self.store.url_of(FORMAT_FILE)}: damaged format file; delete it (the folder then "
-                                 "reads as version 1) or re-run predict into a new --out") from None
-            if version > FORMAT_VERSION:
-                raise InputError(f"{self.shown}: written by a newer fcn-label (prediction folder format {version}, "
-                                 f"this version reads up to {FORMAT_VERSION}); upgrade fcn-label")
+            read_version(raw, self.store.url_of(FORMAT_FILE), self.shown)
             return
         if early:
             raise InputError(f"{self.shown}: written by an early fcn-label (per-file records in {RECORDS_DIR}); "
                              "re-run predict with this version into a new --out")
         try:
-            self.put(FORMAT_FILE, (json.dumps({"format": FORMAT_NAME, "version": FORMAT_VERSION}) + "\n").encode())
+            self.put(FORMAT_FILE, format_text().encode())
         except Exception as e:  # noqa: BLE001
             raise StorageError("--out " + explain(self.url, e, "writing")) from None
 

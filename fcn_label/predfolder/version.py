@@ -35,21 +35,31 @@ def _has_per_file_records(layout: OutputLayout) -> bool:
     return False
 
 
+def read_version(raw: bytes, name: object, where: object) -> int:
+    """The version in a format file's bytes (``name``: the file, ``where``: its folder, for the messages);
+    one line for a damaged file or a newer format. A local folder and an object-store prefix share it."""
+    try:
+        version = int(json.loads(raw.decode("utf-8"))["version"])
+    except Exception:  # noqa: BLE001 - any damage: the same one line
+        raise InputError(f"{name}: damaged format file; delete it (the folder then reads as version 1) "
+                         "or re-run predict into a new --out") from None
+    if version > FORMAT_VERSION:
+        raise InputError(f"{where}: written by a newer fcn-label (prediction folder format {version}, this "
+                         f"version reads up to {FORMAT_VERSION}); upgrade fcn-label")
+    return version
+
+
+def format_text() -> str:
+    """What a format file holds: written by :func:`claim`, and on an object store by predfolder.remote."""
+    return json.dumps({"format": FORMAT_NAME, "version": FORMAT_VERSION}) + "\n"
+
+
 def folder_version(layout: OutputLayout) -> int:
     """The format version of the folder at ``layout.out``; raises InputError for one this version cannot use."""
     where = layout.out
     f = layout.format_file
     if f.is_file():
-        try:
-            d = json.loads(f.read_text(encoding="utf-8"))
-            version = int(d["version"])
-        except Exception:  # noqa: BLE001 - any damage: the same one line
-            raise InputError(f"{f}: damaged format file; delete it (the folder then reads as version 1) "
-                             "or re-run predict into a new --out") from None
-        if version > FORMAT_VERSION:
-            raise InputError(f"{where}: written by a newer fcn-label (prediction folder format {version}, this "
-                             f"version reads up to {FORMAT_VERSION}); upgrade fcn-label")
-        return version
+        return read_version(f.read_bytes(), f, where)
     if _has_per_file_records(layout):
         raise InputError(f"{where}: written by an early fcn-label (per-file records in "
                          f"{layout.records_dir.relative_to(where).as_posix()}); re-run predict with this version "
@@ -60,4 +70,4 @@ def folder_version(layout: OutputLayout) -> int:
 def claim(layout: OutputLayout) -> None:
     """Write the format file of a folder predict is about to write into (after :func:`folder_version` accepted it)."""
     if not layout.format_file.is_file():
-        write_text_atomic(layout.format_file, json.dumps({"format": FORMAT_NAME, "version": FORMAT_VERSION}) + "\n")
+        write_text_atomic(layout.format_file, format_text())

@@ -5,8 +5,6 @@ And two predict runs writing the same output folder at once leave only whole fil
 
 from __future__ import annotations
 
-import csv
-import io
 import os
 import re
 import signal
@@ -22,6 +20,7 @@ from fcn_label.cli import run_cli
 from fcn_label.images import HOST
 from fcn_label.checkpoint import save_checkpoint
 from support.helpers import make_checkpoint, rand_image
+from support.same_outputs import assert_same_outputs
 
 N = 40
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "200"}
@@ -69,28 +68,6 @@ def _wait_killed(pgid: int, timeout: float = 10.0) -> None:
         if not running:
             return
         time.sleep(0.01)
-
-
-def files(out: Path) -> dict[str, bytes]:
-    """Every output file except the per-image records (they hold timings)."""
-    return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*"))
-            if p.is_file() and ".fcn-label" not in p.parts}
-
-
-def without_seconds(csv_bytes: bytes) -> list[dict]:
-    rows = list(csv.DictReader(io.StringIO(csv_bytes.decode())))
-    for r in rows:
-        assert float(r.pop("seconds")) >= 0
-    return rows
-
-
-def assert_same_outputs(out: Path, ref: Path) -> None:
-    got, want = files(out), files(ref)
-    assert sorted(got) == sorted(want)
-    # predictions.csv has a per-image timing column; everything else must be byte-identical
-    assert without_seconds(got.pop("predictions.csv")) == without_seconds(want.pop("predictions.csv"))
-    assert got == want
-    assert not [p for p in out.rglob("*") if p.name.endswith(".tmp")]
 
 
 def finished_lines(records: Path) -> int:

@@ -11,7 +11,6 @@ driver plans them from the image headers as the local window forms them).
 from __future__ import annotations
 
 import csv
-import io
 import json
 import os
 import secrets
@@ -29,7 +28,8 @@ import pytest
 from PIL import Image
 
 from fcn_label.cli import run_cli
-from support.s3 import credentials, s3, s3_server  # noqa: F401 (fixtures)
+from support.s3 import credentials, s3, s3_server  # noqa: F401 (fixtures: s3 and s3_server)
+from support.same_outputs import assert_same_outputs, files, without_seconds
 from support.servers import stop_group, wait_until_up
 from support.synth import make_arrays
 
@@ -142,26 +142,6 @@ def data(tmp_path_factory):
     rows = list(csv.DictReader((root / "ref" / "failures.csv").open()))
     assert [(Path(r["path"]).name, r["stage"]) for r in rows] == [("broken.png", "decode")]
     return root
-
-
-def files(out: Path) -> dict[str, bytes]:
-    """Every output file except the record store (it holds timings)."""
-    return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*"))
-            if p.is_file() and ".fcn-label" not in p.parts}
-
-
-def without_seconds(csv_bytes: bytes) -> list[dict]:
-    rows = list(csv.DictReader(io.StringIO(csv_bytes.decode())))
-    for r in rows:
-        assert float(r.pop("seconds")) >= 0
-    return rows
-
-
-def assert_same_outputs(out: Path, ref: Path) -> None:
-    got, want = files(out), files(ref)
-    assert sorted(got) == sorted(want)
-    assert without_seconds(got.pop("predictions.csv")) == without_seconds(want.pop("predictions.csv"))
-    assert got == want  # masks, predictions.json, failures.csv: byte for byte
 
 
 def record_lines(out: Path) -> list[str]:
