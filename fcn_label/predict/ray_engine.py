@@ -449,16 +449,19 @@ def _start_actors(ray, parts: Parts, recipe: NetRecipe, plan: Plan) -> list:
 
 
 def _run_on_actors(ray, actors: list, todo: list[Item], groups: list[list[int]], tally: Tally, sink: Sink) -> None:
-    """The planned batches in blocks, each actor kept INFLIGHT_PER_ACTOR blocks ahead; the events taken in the
-    order they come back."""
-    n_blocks = max(1, min(len(groups), max(2 * len(actors), -(-len(groups) // BATCHES_PER_BLOCK))))
-    per = -(-len(groups) // n_blocks)
-    blocks = iter([[(k, todo[k]) for k in g] for g in groups[j : j + per]] for j in range(0, len(groups), per))
+    """The planned batches in blocks, each actor kept INFLIGHT_PER_ACTOR blocks ahead, the events taken in the
+    order they come back. A block is BATCHES_PER_BLOCK batches while there are many left, and shrinks to one
+    towards the end, so that no actor is left with a long block while the others have finished."""
+    next_group = 0
     pending: dict = {}
 
     def give(actor) -> None:
-        block = next(blocks, None)
-        if block is not None:
+        nonlocal next_group
+        left = len(groups) - next_group
+        if left > 0:
+            n = max(1, min(BATCHES_PER_BLOCK, left // (2 * INFLIGHT_PER_ACTOR * len(actors))))
+            block = [[(k, todo[k]) for k in g] for g in groups[next_group : next_group + n]]
+            next_group += n
             pending[actor.block.remote(block)] = actor
 
     for actor in actors:
