@@ -361,7 +361,8 @@ def run_ray(parts: Parts, todo: list[Item], tally: Tally, settings: RaySettings)
         try:
             if not plan.gpu:  # started now: they import torch and build the network while the driver plans
                 actors = _start_actors(ray, parts, recipe, plan)
-            sizes = _read_headers(ray, todo, parts.decode.max_pixels, plan)
+            sizes = read_headers(todo, parts.decode.max_pixels,
+                                 lambda ks: _read_headers_on_workers(ray, todo, ks, parts.decode.max_pixels, plan))
             groups = plan_batches(todo, sizes, parts.infer.predictor, plan.device_type, parts.options.batch_size)
             if plan.gpu:
                 _run_pipeline(ray, parts, todo, groups, tally, plan, recipe)
@@ -386,8 +387,9 @@ def _local_size(path, max_pixels: int) -> tuple[int, int] | None:
     return (-1, -1) if size is None else (size[1], size[0])
 
 
-def _read_headers(ray, todo: list[Item], max_pixels: int, plan: Plan) -> dict[int, tuple[int, int]]:
-    """(height, width) by index in ``todo``, for the images whose header could be read."""
+def read_headers(todo: Sequence[Item], max_pixels: int, on_workers) -> dict[int, tuple[int, int]]:
+    """(height, width) by index in ``todo``, for the images whose header could be read: here for the local files
+    the driver sees, by ``on_workers(indices)`` (the same dict for those) for the others."""
     sizes: dict[int, tuple[int, int]] = {}
     elsewhere: list[int] = []
     with ThreadPoolExecutor(HEADER_THREADS) as pool:
@@ -397,7 +399,7 @@ def _read_headers(ray, todo: list[Item], max_pixels: int, plan: Plan) -> dict[in
             elif hw[0] > 0:
                 sizes[k] = hw
     if elsewhere:
-        sizes.update(_read_headers_on_workers(ray, todo, elsewhere, max_pixels, plan))
+        sizes.update(on_workers(elsewhere))
     return sizes
 
 
