@@ -3,17 +3,27 @@
 The job (:class:`.job.PredictJob`) still opens --out, skips finished images and writes the reports;
 this runner only replaces the pipeline between them:
 
-1. header pass (CPU tasks): each image's size from its header, so the driver can put same-size
-   images in the same batches, as the local engine's window does (a batch of one and a batch of
-   several can differ in the last float bits, so the batches must match for the outputs to);
-2. decode (CPU tasks): one planned batch's files read and decoded behind the per-file guard (a
-   file that fails becomes a failure event, never an exception);
+1. header pass: each image's size from its header, so the driver can put same-size images in the
+   same batches, as the local engine's window does (a batch of one and a batch of several can differ
+   in the last float bits, so the batches must match for the outputs to). The driver reads the
+   headers of the local files it can see itself (a header is a few bytes: a Ray task per block costs
+   more than the reads); objects in a store, and files only the workers see, are read by CPU tasks;
+2. decode: one planned batch's files read and decoded behind the per-file guard (a file that fails
+   becomes a failure event, never an exception);
 3. the network (an actor pool: one GPU per actor where the cluster has GPUs and ``--device`` allows,
    else one-thread CPU actors, one per cluster CPU, spread over the nodes);
-4. outputs (CPU tasks): :meth:`.sink.Sink.try_write` into the shared --out, with the image records
-   held back and sent to the driver;
+4. outputs: :meth:`.sink.Sink.try_write` into the shared --out, with the image records held back
+   and sent to the driver;
 5. the driver appends each record (only after its outputs exist, and only the driver: an image
    whose task Ray ran twice is counted once) and feeds the same tally and progress bar.
+
+With GPUs, 2-4 run as a Ray Data pipeline: decode and outputs are CPU tasks around the GPU actors, so
+that the GPUs never wait for the CPU work. On a CPU-only cluster the one-thread actors already take
+every CPU, so each actor does 2-4 itself, as the local engine's inference processes do, and the driver
+hands the actors their blocks itself (plain Ray actors, restarted with their unfinished calls when a
+node dies): separate tasks would only compete with the actors for the same cores and cost a worker
+process each (a torch import), and Ray Data would add its own helper actors and scheduling, for a
+pipeline of one stage.
 
 Resources are fractional so that no stage starves another: an actor pool holding every CPU of a
 small cluster leaves the read and write tasks none, and the dataset never finishes. Tasks are
@@ -33,6 +43,7 @@ import pickle
 import re
 import socket
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -58,6 +69,8 @@ ACTOR_CPUS = 0.25
 TASK_CPUS = 0.25
 # Batches queued at each network actor: enough to hide the hand-over, few enough to bound memory.
 INFLIGHT_PER_ACTOR = 2
+# Threads reading local headers on the driver (the reads wait on the disk or a shared folder, not the CPU).
+HEADER_THREADS = 8
 # Items per header-pass block; planned batches per block of the pipeline (each task and each actor call
 # costs scheduling time, so a block carries several batches, unless that leaves workers idle); the most blocks.
 HEADER_BLOCK = 256
@@ -217,12 +230,14 @@ def _headers(batch: dict, max_pixels: int) -> dict:
     return {"k": batch["k"], "h": np.asarray(hs, dtype=np.int64), "w": np.asarray(ws, dtype=np.int64)}
 
 
+def _decode_group(group: list, decode: Decode) -> list:
+    """One planned batch's images decoded: ``[(k, item, array | None, reason | None)]``."""
+    return [(k, it, *decode(it)) for k, it in group]
+
+
 def _decode(batch: dict, decode: Decode) -> dict:
-    """One planned batch's images decoded: ``[(k, item, array | None, reason | None)]`` per row."""
-    out = []
-    for data in batch["g"]:
-        out.append(pickle.dumps([(k, it, *decode(it)) for k, it in pickle.loads(data)], protocol=5))
-    return {"g": _column(out)}
+    """A block's planned batches decoded (:func:`_decode_group`), one pickled row each."""
+    return {"g": _column([pickle.dumps(_decode_group(pickle.loads(data), decode), protocol=5) for data in batch["g"]])}
 
 
 class _Network:
@@ -266,22 +281,39 @@ class _Network:
         return events
 
 
-def _write(batch: dict, sink: Sink) -> dict:
+class _Whole(_Network):
+    """A CPU network actor that also decodes its batches and writes their outputs (see the module's
+    docstring)."""
+
+    def __init__(self, recipe: NetRecipe, batch_size: int | None, overlay: bool, decode: Decode, sink: Sink):
+        super().__init__(recipe, False, batch_size, overlay)
+        self.decode, self.sink = decode, sink
+        self.held = sink.hold_records()  # the driver appends them
+
+    def block(self, groups: list) -> list:
+        """One block of planned batches ``[(k, item)]``: the driver's events of each."""
+        return [_write_events(self.run(_decode_group(g, self.decode)), self.sink, self.held) for g in groups]
+
+
+def _write_events(events: list, sink: Sink, held: list) -> list:
     """Each predicted image's outputs written; events ``("written", k, outcome, message, record | None)``."""
-    held = sink.hold_records()  # the driver appends them
-    out = []
-    for data in batch["g"]:
-        events = []
-        for ev in pickle.loads(data):
-            if ev[0] != "pred":
-                events.append(ev)
-                continue
-            _, k, it, image, labels, confidence, seconds = ev
-            held.clear()
-            outcome, message = sink.try_write(it, image, Prediction(labels, confidence), seconds)
-            events.append(("written", k, outcome.value, message, held[-1] if outcome is Outcome.DONE else None))
-        out.append(pickle.dumps(events, protocol=5))
-    return {"g": _column(out)}
+    written = []
+    for ev in events:
+        if ev[0] != "pred":
+            written.append(ev)
+            continue
+        _, k, it, image, labels, confidence, seconds = ev
+        held.clear()
+        outcome, message = sink.try_write(it, image, Prediction(labels, confidence), seconds)
+        written.append(("written", k, outcome.value, message, held[-1] if outcome is Outcome.DONE else None))
+    return written
+
+
+def _write(batch: dict, sink: Sink) -> dict:
+    """A block's predicted images' outputs written (:func:`_write_events`), one pickled row per planned batch."""
+    held = sink.hold_records()
+    return {"g": _column([pickle.dumps(_write_events(pickle.loads(data), sink, held), protocol=5)
+                          for data in batch["g"]])}
 
 
 # -- the driver ------------------------------------------------------------------------------------
@@ -325,20 +357,55 @@ def run_ray(parts: Parts, todo: list[Item], tally: Tally, settings: RaySettings)
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = False  # the run's own bar counts images
         ctx.print_on_execution_start = False
+        actors = []
         try:
-            sizes = _read_headers(ray, todo, parts.decode.max_pixels, plan)
+            if not plan.gpu:  # started now: they import torch and build the network while the driver plans
+                actors = _start_actors(ray, parts, recipe, plan)
+            sizes = read_headers(todo, parts.decode.max_pixels,
+                                 lambda ks: _read_headers_on_workers(ray, todo, ks, parts.decode.max_pixels, plan))
             groups = plan_batches(todo, sizes, parts.infer.predictor, plan.device_type, parts.options.batch_size)
-            _run_pipeline(ray, parts, todo, groups, tally, plan, recipe)
+            if plan.gpu:
+                _run_pipeline(ray, parts, todo, groups, tally, plan, recipe)
+            else:
+                _run_on_actors(ray, actors, todo, groups, tally, parts.sink)
         except Exception as e:  # noqa: BLE001 - Ray gave up (a node lost too often...): keep what is done
             tally.stop(f"the Ray job failed ({reason(root_cause(e))}); re-run the same command to finish: finished "
                        "images are kept and skipped")
+        finally:
+            for a in actors:  # on a cluster the run did not start, they would outlive it
+                ray.kill(a)
     finally:
         if started:
             ray.shutdown()
 
 
-def _read_headers(ray, todo: list[Item], max_pixels: int, plan: Plan) -> dict[int, tuple[int, int]]:
-    rows = [{"k": k, "item": pickle.dumps(it)} for k, it in enumerate(todo)]
+def _local_size(path, max_pixels: int) -> tuple[int, int] | None:
+    """(height, width) of a file the driver sees; None when it cannot (an object, a file only the workers see)."""
+    if is_url(path) or not os.path.exists(path):
+        return None
+    size, _ = guarded("", image_size, path, max_pixels)
+    return (-1, -1) if size is None else (size[1], size[0])
+
+
+def read_headers(todo: Sequence[Item], max_pixels: int, on_workers) -> dict[int, tuple[int, int]]:
+    """(height, width) by index in ``todo``, for the images whose header could be read: here for the local files
+    the driver sees, by ``on_workers(indices)`` (the same dict for those) for the others."""
+    sizes: dict[int, tuple[int, int]] = {}
+    elsewhere: list[int] = []
+    with ThreadPoolExecutor(HEADER_THREADS) as pool:
+        for k, hw in enumerate(pool.map(lambda it: _local_size(it.path, max_pixels), todo, chunksize=64)):
+            if hw is None:
+                elsewhere.append(k)
+            elif hw[0] > 0:
+                sizes[k] = hw
+    if elsewhere:
+        sizes.update(on_workers(elsewhere))
+    return sizes
+
+
+def _read_headers_on_workers(ray, todo: list[Item], ks: list[int], max_pixels: int,
+                             plan: Plan) -> dict[int, tuple[int, int]]:
+    rows = [{"k": k, "item": pickle.dumps(todo[k])} for k in ks]
     blocks = max(1, min(MAX_BLOCKS, -(-len(rows) // HEADER_BLOCK)))
     ds = ray.data.from_items(rows, override_num_blocks=blocks)
     ds = ds.map_batches(_headers, fn_kwargs={"max_pixels": max_pixels}, batch_size=HEADER_BLOCK, num_cpus=TASK_CPUS,
@@ -353,18 +420,18 @@ def _read_headers(ray, todo: list[Item], max_pixels: int, plan: Plan) -> dict[in
 
 def _run_pipeline(ray, parts: Parts, todo: list[Item], groups: list[list[int]], tally: Tally, plan: Plan,
                   recipe: NetRecipe) -> None:
+    """The GPU pipeline (Ray Data): decode tasks, the GPU actors, write tasks."""
     rows = [{"g": pickle.dumps([(k, todo[k]) for k in g])} for g in groups]
     # enough blocks for every worker to have two, else BATCHES_PER_BLOCK batches each
     blocks = max(1, min(len(rows), MAX_BLOCKS, max(2 * (plan.actors + plan.tasks), -(-len(rows) // BATCHES_PER_BLOCK))))
     tasks = ray.data.TaskPoolStrategy(size=min(blocks, plan.tasks))
     ds = ray.data.from_items(rows, override_num_blocks=blocks)
     ds = ds.map_batches(_decode, fn_kwargs={"decode": parts.decode}, batch_size=1, num_cpus=TASK_CPUS, compute=tasks)
-    ds = ds.map_batches(_Network, fn_constructor_kwargs={"recipe": recipe, "gpu": plan.gpu,
+    ds = ds.map_batches(_Network, fn_constructor_kwargs={"recipe": recipe, "gpu": True,
                                                          "batch_size": parts.options.batch_size,
                                                          "overlay": parts.options.overlay},
                         batch_size=1, compute=ray.data.ActorPoolStrategy(
-                            size=plan.actors, max_tasks_in_flight_per_actor=INFLIGHT_PER_ACTOR),
-                        **({"num_gpus": 1} if plan.gpu else {"num_cpus": ACTOR_CPUS}))
+                            size=plan.actors, max_tasks_in_flight_per_actor=INFLIGHT_PER_ACTOR), num_gpus=1)
     ds = ds.map_batches(_write, fn_kwargs={"sink": parts.sink}, batch_size=1, num_cpus=TASK_CPUS, compute=tasks)
     seen = bytearray(len(todo))
     for b in ds.iter_batches(batch_size=None, batch_format="numpy"):
@@ -372,6 +439,49 @@ def _run_pipeline(ray, parts: Parts, todo: list[Item], groups: list[list[int]], 
             take(pickle.loads(data), todo, seen, parts.sink, tally)
         if tally.stopped:
             return
+    _check_all_seen(todo, seen, tally)
+
+
+def _start_actors(ray, parts: Parts, recipe: NetRecipe, plan: Plan) -> list:
+    """The CPU actors, spread over the nodes; restarted without limit when their node dies, with the calls
+    they had not answered (:class:`_Whole` only writes outputs, which a second run rewrites the same)."""
+    cls = ray.remote(num_cpus=ACTOR_CPUS, max_restarts=-1, max_task_retries=-1, scheduling_strategy="SPREAD")(_Whole)
+    return [cls.remote(recipe, parts.options.batch_size, parts.options.overlay, parts.decode, parts.sink)
+            for _ in range(plan.actors)]
+
+
+def _run_on_actors(ray, actors: list, todo: list[Item], groups: list[list[int]], tally: Tally, sink: Sink) -> None:
+    """The planned batches in blocks, each actor kept INFLIGHT_PER_ACTOR blocks ahead, the events taken in the
+    order they come back. A block is BATCHES_PER_BLOCK batches while there are many left, and shrinks to one
+    towards the end, so that no actor is left with a long block while the others have finished."""
+    next_group = 0
+    pending: dict = {}
+
+    def give(actor) -> None:
+        nonlocal next_group
+        left = len(groups) - next_group
+        if left > 0:
+            n = max(1, min(BATCHES_PER_BLOCK, left // (2 * INFLIGHT_PER_ACTOR * len(actors))))
+            block = [[(k, todo[k]) for k in g] for g in groups[next_group : next_group + n]]
+            next_group += n
+            pending[actor.block.remote(block)] = actor
+
+    for actor in actors:
+        for _ in range(INFLIGHT_PER_ACTOR):
+            give(actor)
+    seen = bytearray(len(todo))
+    while pending:
+        (ref,), _ = ray.wait(list(pending), num_returns=1)
+        actor = pending.pop(ref)
+        for events in ray.get(ref):
+            take(events, todo, seen, sink, tally)
+        if tally.stopped:
+            return
+        give(actor)
+    _check_all_seen(todo, seen, tally)
+
+
+def _check_all_seen(todo: list[Item], seen: bytearray, tally: Tally) -> None:
     missing = len(todo) - sum(seen)
     if missing:  # never seen so far; said rather than left for the reports to leave out silently
         tally.stop(f"{missing} images did not come back from the Ray workers; re-run the same command to finish: "

@@ -12,10 +12,12 @@ from PIL import Image
 
 from fcn_label.errors import ConfigError
 from fcn_label.predict import PredictJob, PredictOptions, Predictor, discover
+from fcn_label.predict.discover import Item
 from fcn_label.predict.options import RaySettings
 from fcn_label.predict.predictor import Prediction
 from fcn_label.predict.options import JobResult
-from fcn_label.predict.ray_engine import Plan, plan_batches, take
+from fcn_label.predict.ray_engine import Plan, plan_batches, read_headers, take
+from fcn_label.storage import ObjectUrl
 from fcn_label.predict.tally import Outcome, Tally
 from support.helpers import make_checkpoint, rand_image
 
@@ -133,3 +135,29 @@ def test_the_driver_counts_an_image_reported_twice_once(tmp_path):
              for ln in seg.read_text().splitlines()]
     assert len(lines) == 1
     assert list(seen) == [1, 1, 0]
+
+
+def test_the_driver_reads_the_headers_it_sees_and_leaves_the_rest_to_the_workers(tmp_path):
+    shapes = [(30, 40), (17, 23), (30, 40)]
+    todo = []
+    for i, (h, w) in enumerate(shapes):
+        Image.fromarray(rand_image(h, w, i)).save(tmp_path / f"{i}.png")
+        todo.append(Item(tmp_path / f"{i}.png", str(i)))
+    (tmp_path / "broken.png").write_bytes(b"not a picture")
+    todo.append(Item(tmp_path / "broken.png", "broken"))  # unreadable here and on a worker: unknown
+    todo.append(Item(tmp_path / "only-on-the-workers.png", "gone"))  # not on the driver's disk
+    todo.append(Item(ObjectUrl("s3://bucket/a.png"), "a"))
+    asked = []
+
+    def on_workers(ks):
+        asked.append(list(ks))
+        return {k: (5, 6) for k in ks}
+
+    sizes = read_headers(todo, 10**8, on_workers)
+    pil = {}  # the reference: PIL's (width, height) of each file
+    for k in range(3):
+        with Image.open(todo[k].path) as im:
+            pil[k] = (im.size[1], im.size[0])
+    assert asked == [[4, 5]]
+    assert sizes == {**pil, 4: (5, 6), 5: (5, 6)}
+    assert read_headers(todo[:3], 10**8, lambda ks: pytest.fail("nothing to ask the workers")) == pil
