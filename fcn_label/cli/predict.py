@@ -17,11 +17,11 @@ from ..predict.parallel import PARALLEL_HELP, parse_parallel
 from ._common import BACKEND_HELP, TTA, TTA_HELP, Backend, app, choice, console, fail, tta_settings, value
 
 Engine = choice("Engine", ("local", "ray"))
-ENGINE_HELP = ("Where the images are predicted. local: this machine's processes (default). ray: a Ray Data pipeline "
-               "on a Ray cluster (--ray-address, else RAY_ADDRESS, else a Ray started for this run on this machine): "
-               "decoding and writing in CPU tasks, the network in an actor pool with one GPU per actor where the "
-               "cluster has GPUs (else CPU actors); the same files as local. Every node needs fcn-label installed and "
-               "the inputs and --out at the same paths (a shared folder). Needs pip install \"fcn-label[ray]\".")
+ENGINE_HELP = ("Where the images are predicted. local: this machine's processes (default). ray: a Ray cluster "
+               "(--ray-address, else RAY_ADDRESS, else a Ray started for this run on this machine): with GPUs, a Ray "
+               "Data pipeline of decode tasks, GPU actors and write tasks; on CPUs only, actors that each decode, "
+               "predict and write. The same files as local. Every node needs fcn-label installed and the inputs and "
+               "--out at the same paths (a shared folder) or in an object store. Needs pip install \"fcn-label[ray]\".")
 RAY_ADDRESS_HELP = ("With --engine ray: the cluster's head node, HOST:PORT as `ray start --head` prints it (or ray://... "
                     "for Ray Client); default: the RAY_ADDRESS environment variable, else a Ray started for this run.")
 
