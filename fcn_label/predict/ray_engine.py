@@ -1,4 +1,5 @@
-"""``predict --engine ray``: one predict run as a Ray Data pipeline on a Ray cluster.
+"""``predict --engine ray``: the driver of one predict run on a Ray cluster (what runs on the nodes is
+:mod:`.ray_stages`).
 
 The job (:class:`.job.PredictJob`) still opens --out, skips finished images and writes the reports;
 this runner only replaces the pipeline between them:
@@ -42,23 +43,20 @@ import os
 import pickle
 import re
 import socket
-import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Sequence
 
-import numpy as np
-
 from ..errors import ConfigError
 from ..guard import guarded
-from ..images import Blob, image_size
-from ..storage import is_url, read_object, shown_url
+from ..images import image_size
+from ..storage import is_url
 from .discover import Item
 from .options import RaySettings
-from .pipeline import Parts, infer_failure
-from .predictor import Prediction, Predictor, batch_limit_on
+from .pipeline import Parts
+from .predictor import Predictor, batch_limit_on
+from .ray_stages import NetRecipe, Network, WholeActor, decode_blocks, header_sizes, write_blocks
 from .sink import Sink
-from .stages import Decode, Infer
 from .tally import Outcome, Tally
 
 RAY_MISSING = 'predict --engine ray needs Ray, which is not installed: pip install "fcn-label[ray]"'
@@ -93,35 +91,6 @@ def import_ray():
     except ImportError:
         raise ConfigError(RAY_MISSING) from None
     return ray
-
-
-@dataclass(frozen=True)
-class NetRecipe:
-    """What a network actor needs to build the driver's predictor on its own device."""
-
-    checkpoint: object  # an ObjectRef of the Checkpoint: put once by the driver, which keeps it alive
-    tile: int | None
-    tile_overlap: float
-    tile_threshold: int
-    channels_last: bool
-    flip: bool
-    scales: tuple
-    amp: bool
-
-    @classmethod
-    def of(cls, ray, p: Predictor, amp: bool) -> "NetRecipe":
-        if p.backend != "eager":
-            raise ConfigError(f"--engine ray runs the eager backend; drop --backend {p.backend}")
-        # by reference: an actor restarted after its node died must not need arguments stored on that node
-        return cls(ray.put(p.checkpoint), p.tile, p.tile_overlap, p.tile_threshold, p.channels_last, p.flip,
-                   p.scales, amp)
-
-    def build(self, device: str) -> Predictor:
-        import ray
-
-        return Predictor(ray.get(self.checkpoint), device=device, amp=self.amp, tile=self.tile,
-                         tile_overlap=self.tile_overlap, tile_threshold=self.tile_threshold,
-                         channels_last=self.channels_last, flip=self.flip, scales=self.scales)
 
 
 # -- connecting ------------------------------------------------------------------------------------
@@ -199,121 +168,6 @@ def plan_batches(todo: Sequence[Item], sizes: dict[int, tuple[int, int]], predic
         groups.extend(ks[j : j + n] for j in range(0, len(ks), n))
     groups.sort(key=lambda g: g[0])
     return groups
-
-
-# -- the stages (run on the workers) ---------------------------------------------------------------
-def _column(values: list) -> np.ndarray:
-    col = np.empty(len(values), dtype=object)
-    col[:] = values
-    return col
-
-
-# An object's header is read from its first bytes only (one range request), not the whole file; a
-# header beyond them (a JPEG with a large EXIF thumbnail) reads as unknown: that image runs alone.
-HEADER_BYTES = 1 << 18
-
-
-def _size(path, max_pixels: int) -> tuple[int, int]:
-    if is_url(path):
-        path = Blob(read_object(path, head=HEADER_BYTES), shown_url(str(path)))
-    return image_size(path, max_pixels)
-
-
-def _headers(batch: dict, max_pixels: int) -> dict:
-    """(height, width) from each image's header; -1 where the header cannot be read (the decode stage says why)."""
-    hs, ws = [], []
-    for data in batch["item"]:
-        size, _ = guarded("", _size, pickle.loads(data).path, max_pixels)
-        w, h = size if size is not None else (-1, -1)
-        hs.append(h)
-        ws.append(w)
-    return {"k": batch["k"], "h": np.asarray(hs, dtype=np.int64), "w": np.asarray(ws, dtype=np.int64)}
-
-
-def _decode_group(group: list, decode: Decode) -> list:
-    """One planned batch's images decoded: ``[(k, item, array | None, reason | None)]``."""
-    return [(k, it, *decode(it)) for k, it in group]
-
-
-def _decode(batch: dict, decode: Decode) -> dict:
-    """A block's planned batches decoded (:func:`_decode_group`), one pickled row each."""
-    return {"g": _column([pickle.dumps(_decode_group(pickle.loads(data), decode), protocol=5) for data in batch["g"]])}
-
-
-class _Network:
-    """A network actor: the driver's predictor rebuilt on this worker's device, one batch per call."""
-
-    def __init__(self, recipe: NetRecipe, gpu: bool, batch_size: int | None, overlay: bool):
-        import torch
-
-        if not gpu:
-            torch.set_num_threads(1)  # one actor per CPU: one-thread networks side by side, as the local procs
-        self.p = recipe.build("cuda" if gpu else "cpu")
-        self.infer = Infer(self.p)
-        self.batch_size, self.overlay = batch_size, overlay
-
-    def __call__(self, batch: dict) -> dict:
-        return {"g": _column([pickle.dumps(self.run(pickle.loads(data)), protocol=5) for data in batch["g"]])}
-
-    def run(self, decoded: list) -> list:
-        """Events: ``("failed", k, stage, reason)`` or
-        ``("pred", k, item, image | None, labels, confidence, seconds)``."""
-        events, by_shape = [], {}
-        for k, it, arr, err in decoded:
-            if err is not None:
-                events.append(("failed", k, "decode", err))
-            else:  # the header's size can differ from the picture's (EXIF rotation): batch by the picture's
-                by_shape.setdefault(arr.shape, []).append((k, it, arr))
-        for shape, xs in by_shape.items():
-            n = 1 if self.p.needs_tiling(shape) else self.p.batch_limit(shape, self.batch_size)
-            for j in range(0, len(xs), n):
-                chunk = xs[j : j + n]
-                t = time.perf_counter()
-                try:
-                    preds = dict(self.infer([(k, arr) for k, _, arr in chunk]))
-                except Exception as e:  # the batch's boundary, as in the local pipeline
-                    events.extend(("failed", k, "infer", infer_failure(e)) for k, _, _ in chunk)
-                    continue
-                per = (time.perf_counter() - t) / len(chunk)
-                for k, it, arr in chunk:
-                    pred = preds[k]
-                    events.append(("pred", k, it, arr if self.overlay else None, pred.labels, pred.confidence, per))
-        return events
-
-
-class _Whole(_Network):
-    """A CPU network actor that also decodes its batches and writes their outputs (see the module's
-    docstring)."""
-
-    def __init__(self, recipe: NetRecipe, batch_size: int | None, overlay: bool, decode: Decode, sink: Sink):
-        super().__init__(recipe, False, batch_size, overlay)
-        self.decode, self.sink = decode, sink
-        self.held = sink.hold_records()  # the driver appends them
-
-    def block(self, groups: list) -> list:
-        """One block of planned batches ``[(k, item)]``: the driver's events of each."""
-        return [_write_events(self.run(_decode_group(g, self.decode)), self.sink, self.held) for g in groups]
-
-
-def _write_events(events: list, sink: Sink, held: list) -> list:
-    """Each predicted image's outputs written; events ``("written", k, outcome, message, record | None)``."""
-    written = []
-    for ev in events:
-        if ev[0] != "pred":
-            written.append(ev)
-            continue
-        _, k, it, image, labels, confidence, seconds = ev
-        held.clear()
-        outcome, message = sink.try_write(it, image, Prediction(labels, confidence), seconds)
-        written.append(("written", k, outcome.value, message, held[-1] if outcome is Outcome.DONE else None))
-    return written
-
-
-def _write(batch: dict, sink: Sink) -> dict:
-    """A block's predicted images' outputs written (:func:`_write_events`), one pickled row per planned batch."""
-    held = sink.hold_records()
-    return {"g": _column([pickle.dumps(_write_events(pickle.loads(data), sink, held), protocol=5)
-                          for data in batch["g"]])}
 
 
 # -- the driver ------------------------------------------------------------------------------------
@@ -408,7 +262,7 @@ def _read_headers_on_workers(ray, todo: list[Item], ks: list[int], max_pixels: i
     rows = [{"k": k, "item": pickle.dumps(todo[k])} for k in ks]
     blocks = max(1, min(MAX_BLOCKS, -(-len(rows) // HEADER_BLOCK)))
     ds = ray.data.from_items(rows, override_num_blocks=blocks)
-    ds = ds.map_batches(_headers, fn_kwargs={"max_pixels": max_pixels}, batch_size=HEADER_BLOCK, num_cpus=TASK_CPUS,
+    ds = ds.map_batches(header_sizes, fn_kwargs={"max_pixels": max_pixels}, batch_size=HEADER_BLOCK, num_cpus=TASK_CPUS,
                         compute=ray.data.TaskPoolStrategy(size=min(blocks, plan.tasks + plan.actors)))
     sizes: dict[int, tuple[int, int]] = {}
     for b in ds.iter_batches(batch_size=None, batch_format="numpy"):
@@ -426,13 +280,13 @@ def _run_pipeline(ray, parts: Parts, todo: list[Item], groups: list[list[int]], 
     blocks = max(1, min(len(rows), MAX_BLOCKS, max(2 * (plan.actors + plan.tasks), -(-len(rows) // BATCHES_PER_BLOCK))))
     tasks = ray.data.TaskPoolStrategy(size=min(blocks, plan.tasks))
     ds = ray.data.from_items(rows, override_num_blocks=blocks)
-    ds = ds.map_batches(_decode, fn_kwargs={"decode": parts.decode}, batch_size=1, num_cpus=TASK_CPUS, compute=tasks)
-    ds = ds.map_batches(_Network, fn_constructor_kwargs={"recipe": recipe, "gpu": True,
+    ds = ds.map_batches(decode_blocks, fn_kwargs={"decode": parts.decode}, batch_size=1, num_cpus=TASK_CPUS, compute=tasks)
+    ds = ds.map_batches(Network, fn_constructor_kwargs={"recipe": recipe, "gpu": True,
                                                          "batch_size": parts.options.batch_size,
                                                          "overlay": parts.options.overlay},
                         batch_size=1, compute=ray.data.ActorPoolStrategy(
                             size=plan.actors, max_tasks_in_flight_per_actor=INFLIGHT_PER_ACTOR), num_gpus=1)
-    ds = ds.map_batches(_write, fn_kwargs={"sink": parts.sink}, batch_size=1, num_cpus=TASK_CPUS, compute=tasks)
+    ds = ds.map_batches(write_blocks, fn_kwargs={"sink": parts.sink}, batch_size=1, num_cpus=TASK_CPUS, compute=tasks)
     seen = bytearray(len(todo))
     for b in ds.iter_batches(batch_size=None, batch_format="numpy"):
         for data in b["g"]:
@@ -444,8 +298,8 @@ def _run_pipeline(ray, parts: Parts, todo: list[Item], groups: list[list[int]], 
 
 def _start_actors(ray, parts: Parts, recipe: NetRecipe, plan: Plan) -> list:
     """The CPU actors, spread over the nodes; restarted without limit when their node dies, with the calls
-    they had not answered (:class:`_Whole` only writes outputs, which a second run rewrites the same)."""
-    cls = ray.remote(num_cpus=ACTOR_CPUS, max_restarts=-1, max_task_retries=-1, scheduling_strategy="SPREAD")(_Whole)
+    they had not answered (:class:`WholeActor` only writes outputs, which a second run rewrites the same)."""
+    cls = ray.remote(num_cpus=ACTOR_CPUS, max_restarts=-1, max_task_retries=-1, scheduling_strategy="SPREAD")(WholeActor)
     return [cls.remote(recipe, parts.options.batch_size, parts.options.overlay, parts.decode, parts.sink)
             for _ in range(plan.actors)]
 
