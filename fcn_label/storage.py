@@ -236,6 +236,12 @@ class Store:
 
         yield from folder(base)
 
+    def check_bucket(self, what: str) -> None:
+        """For a URL with nothing at it: one line when the reason is that its bucket does not exist."""
+        bucket = self.root.split("/", 1)[0]
+        if bucket and not self.fs.exists(bucket):
+            raise StorageError(f"{what} {shown_url(self.url)}: no such bucket '{bucket}'; create it or fix the URL")
+
     def sub(self, rel: str) -> "Store":
         return Store(join(self.url, rel), self.fs, self.path_of(rel))
 
@@ -378,9 +384,7 @@ def check_readable(url: str, what: str) -> Store:
     store = open_store(url)
     try:
         if not store.exists():
-            bucket = store.root.split("/", 1)[0]
-            if bucket and bucket != store.root and not store.fs.exists(bucket):
-                raise StorageError(f"{what} {shown_url(url)}: no such bucket '{bucket}'; create it or fix the URL")
+            store.check_bucket(what)
             raise StorageError(f"{what} {shown_url(url)}: not found; check the URL "
                                "(for a folder, the prefix must hold at least one object)")
     except StorageError:

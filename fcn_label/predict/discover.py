@@ -143,9 +143,7 @@ def _discover_url(raw: str, out, items: list[Item], problems: list[tuple[str, st
         is_dir = store.isdir()
         is_file = not is_dir and store.isfile()
         if not is_dir and not is_file:
-            bucket = store.root.split("/", 1)[0]
-            if bucket and not store.fs.exists(bucket):
-                raise StorageError(f"input {shown}: no such bucket '{bucket}'; create it or fix the URL")
+            store.check_bucket("input")
             problems.append((shown, "not found; check the URL (a prefix must hold at least one object)"))
             return
         if is_dir:
