@@ -21,9 +21,11 @@ from fcn_label.predict.discover import Item
 from fcn_label.predict.decoding import DecodeDataset
 
 CI_MUTANTS = 300
-# Peak RSS of one CLI process (torch alone is ~350 MB); images are capped at fuzz.MAX_PIXELS,
-# so 12 MB per decoded RGB image. A regression that decodes a bomb shows as gigabytes.
-MAX_RSS_MB = 1500
+# Peak RSS of a CLI process over the mutants, beyond the same process over the unmutated seeds. The
+# baseline (torch, the model, one batch) is machine-dependent: 0.77 GB on the development VM, twice that
+# on a CI machine once, so the bound is relative. Images are capped at fuzz.MAX_PIXELS (12 MB per decoded
+# RGB image); a regression that decodes a bomb shows as gigabytes over the baseline.
+MAX_EXTRA_RSS_MB = 400
 MAX_IMAGE_SECONDS = 3.0
 
 
@@ -33,6 +35,12 @@ def fuzz_round(tmp_path_factory):
     model = fuzz.tiny_model(root / "model.pt")
     items = fuzz.mutants(CI_MUTANTS, seed=12)
     return items, fuzz.run_round(root / "round", items, model, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def control_round(tmp_path_factory):
+    root = tmp_path_factory.mktemp("fuzz_controls")
+    return fuzz.run_round(root / "round", fuzz.controls(), fuzz.tiny_model(root / "model.pt"), timeout=300)
 
 
 def test_ztxt_bomb_is_what_pillow_refuses_while_reading_the_header(tmp_path):
@@ -90,10 +98,13 @@ def test_predict_and_evaluate_survive_every_mutant(fuzz_round):
     assert r.eval_scored + r.eval_refused >= len(items)
 
 
-def test_memory_and_time_per_file_are_bounded(fuzz_round):
+def test_memory_and_time_per_file_are_bounded(fuzz_round, control_round):
     items, r = fuzz_round
-    assert r.predict.max_rss_mb < MAX_RSS_MB, r.predict.max_rss_mb
-    assert r.evaluate.max_rss_mb < MAX_RSS_MB, r.evaluate.max_rss_mb
+    assert control_round.problems == [] and control_round.predict_refused == 0
+    assert r.predict.max_rss_mb < control_round.predict.max_rss_mb + MAX_EXTRA_RSS_MB, \
+        (r.predict.max_rss_mb, control_round.predict.max_rss_mb)
+    assert r.evaluate.max_rss_mb < control_round.evaluate.max_rss_mb + MAX_EXTRA_RSS_MB, \
+        (r.evaluate.max_rss_mb, control_round.evaluate.max_rss_mb)
     assert r.max_image_seconds < MAX_IMAGE_SECONDS
     # the whole process, start-up included, averages well under a second a file (shared 2-core CPU)
     assert r.predict.seconds < 20 + 0.5 * len(items), r.predict.seconds

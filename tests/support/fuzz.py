@@ -370,12 +370,17 @@ class Mutant:
     data: bytes
 
 
+def controls(pool: dict[str, bytes] | None = None) -> list[Mutant]:
+    """Every seed unmutated: a round of these alone is the baseline a round of mutants is measured against."""
+    pool = seeds() if pool is None else pool
+    return [Mutant(f"control_{Path(s).stem}_{Path(s).suffix[1:]}{Path(s).suffix}", s, [], d) for s, d in sorted(pool.items())]
+
+
 def mutants(n: int, seed: int, pool: dict[str, bytes] | None = None) -> list[Mutant]:
     """``n`` mutants, the same for the same ``seed``; the zTXt bomb and every unmutated seed come first."""
     pool = pool or seeds()
     rng = random.Random(seed)
-    out = [Mutant("ztxt_bomb.png", "rgb.png", ["ztxt_bomb"], ztxt_bomb_png())]
-    out += [Mutant(f"control_{Path(s).stem}_{Path(s).suffix[1:]}{Path(s).suffix}", s, [], d) for s, d in sorted(pool.items())]
+    out = [Mutant("ztxt_bomb.png", "rgb.png", ["ztxt_bomb"], ztxt_bomb_png())] + controls(pool)
     names = sorted(pool)
     ops = sorted(MUTATORS)
     while len(out) < n:
