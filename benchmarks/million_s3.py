@@ -17,8 +17,16 @@ everything done (mirror + scan, then the reports: streamed into the mirror and u
 the re-scan rule's second listing), with the peak RSS (ru_maxrss) against the RSS before the job.
 
 The default --n is 100,000: moto keeps every object in memory (or its own temporary files), about
---n x 8 KB of records plus the same again for predictions.json. For the million-image figure run
-``--n 1000000`` on a machine with ~32 GB free, or against a real store with ``--endpoint``.
+--n x 8 KB of records plus the same again for predictions.json, and it joins a multipart upload's
+parts in memory, so a million images (a 7.4 GB predictions.json) take it past 22 GB. For the
+million-image figure use a store that keeps objects on disk through ``--endpoint``; the Performance
+page's figure used s3rver (npm, ``npm install s3rver@3.7.1``; about 15 GB of disk), started as
+
+    NODE_OPTIONS=--openssl-legacy-provider s3rver -s -d DIR -a 127.0.0.1 -p 4569 --configure-bucket fcn-bench
+    AWS_ACCESS_KEY_ID=S3RVER AWS_SECRET_ACCESS_KEY=S3RVER AWS_DEFAULT_REGION=us-east-1 \
+        python benchmarks/million_s3.py --n 1000000 --endpoint http://127.0.0.1:4569 --bucket fcn-bench
+
+(on Node.js 17 and newer s3rver's listing continuation tokens need OpenSSL's legacy DES cipher).
 """
 
 from __future__ import annotations

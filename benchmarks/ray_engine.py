@@ -8,9 +8,15 @@ FCN_LABEL_SHARED), as a list file; without CamVid, synthetic 360x480 PNGs (said 
 the real CLI in a subprocess on a fresh --out, with the shipped compact model:
 
 * local: ``predict`` with the local engine (its defaults for this machine);
-* ray1: ``--engine ray`` on a one-node Ray cluster this script starts on 127.0.0.1 (all cores, the GPU);
-* ray2: two nodes on this machine, each with half the cores (the GPU on the head node): what a second
-  machine costs in coordination, without a second machine's cores;
+* ray1: ``--engine ray`` on a one-node Ray cluster this script starts on 127.0.0.1 (all cores, the GPU),
+  started as docs/scale-out.md advises: workers started with the node, torch and fcn-label's worker
+  module imported in them (``RAY_enable_worker_prestart=1``,
+  ``RAY_preload_python_modules=...``), so that an actor's start is not a torch import;
+* ray1-plain: the same with a plain ``ray start`` (each actor's worker imports torch when the job starts);
+* ray2: two nodes on this machine, each with half the cores (the GPU on the head node), started as ray1:
+  what a second machine costs in coordination, without a second machine's cores;
+
+Each cluster is left SETTLE_S seconds after it starts (a cluster is up before jobs come) before the run.
 * with ``--device cuda``, also the network alone: the forward pass on pre-decoded, pre-normalised
   batches of the same frames, the ceiling of an end-to-end rate.
 
@@ -71,16 +77,24 @@ def frames(root: Path, n: int) -> tuple[Path, str]:
     return lst, source
 
 
+# What docs/scale-out.md advises for the nodes of a cluster that runs predict: Ray system settings,
+# read from RAY_<name> variables by `ray start`.
+PRELOAD_ENV = {"RAY_enable_worker_prestart": "1",
+               "RAY_preload_python_modules": "torch,fcn_label.predict.ray_stages"}
+SETTLE_S = 10
+
+
 class Cluster:
     """Ray nodes on 127.0.0.1, each `ray start --block` in its own process group, with a token of its own."""
 
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, preload: bool):
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             self.port = s.getsockname()[1]
         self.root, self.address, self.nodes = root, f"127.0.0.1:{self.port}", []
         self.env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32),
                     "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+        self.node_env = {**self.env, **(PRELOAD_ENV if preload else {})}
 
     def start(self, cpus: int, gpus: int) -> None:
         head = not self.nodes
@@ -89,7 +103,8 @@ class Cluster:
             if head else [f"--address={self.address}"]
         proc = subprocess.Popen([str(Path(sys.executable).with_name("ray")), "start", *args, "--node-ip-address=127.0.0.1",
                                  f"--num-cpus={cpus}", f"--num-gpus={gpus}", "--disable-usage-stats", "--block"],
-                                stdout=log.open("wb"), stderr=subprocess.STDOUT, env=self.env, start_new_session=True)
+                                stdout=log.open("wb"), stderr=subprocess.STDOUT, env=self.node_env,
+                                start_new_session=True)
         self.nodes.append(proc)
         deadline = time.monotonic() + 120
         while "Ray runtime started" not in log.read_text(errors="replace"):
@@ -165,7 +180,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=200, help="frames (default 200)")
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    ap.add_argument("--runs", default="local,ray1,ray2", help="any of local, ray1, ray2 (comma-separated)")
+    ap.add_argument("--runs", default="local,ray1,ray1-plain,ray2",
+                    help="any of local, ray1, ray1-plain, ray2 (comma-separated)")
     ap.add_argument("--batch-size", type=int, default=None, help="predict's --batch-size (default: predict's own)")
     ap.add_argument("--json", type=Path)
     a = ap.parse_args()
@@ -181,21 +197,22 @@ def main() -> None:
             out = root / f"out-{run}"
             if run == "local":
                 results[run] = predict(lst, out, common, dict(os.environ))
-            elif run in ("ray1", "ray2"):
-                c = Cluster(root / run)
+            elif run in ("ray1", "ray1-plain", "ray2"):
+                c = Cluster(root / run, preload=run != "ray1-plain")
                 (root / run).mkdir()
                 try:
-                    if run == "ray1":
-                        c.start(cores, gpus)
-                    else:
+                    if run == "ray2":
                         c.start(max(1, cores // 2), gpus)
                         c.start(max(1, cores - cores // 2), 0)
+                    else:
+                        c.start(cores, gpus)
+                    time.sleep(SETTLE_S)
                     results[run] = predict(lst, out, common + ["--engine", "ray"],
                                            {**c.env, "RAY_ADDRESS": c.address})
                 finally:
                     c.stop()
             else:
-                raise SystemExit(f"--runs: unknown run {run!r}; choose from local, ray1, ray2")
+                raise SystemExit(f"--runs: unknown run {run!r}; choose from local, ray1, ray1-plain, ray2")
             results[run]["masks"] = masks_digest(out)
             shutil.rmtree(out, ignore_errors=True)
         if a.device == "cuda":
@@ -212,7 +229,8 @@ def main() -> None:
     print()
     print("| run | images | job img/s | wall s | wall img/s | masks |")
     print("|---|---:|---:|---:|---:|---|")
-    label = {"local": "local engine", "ray1": "Ray, 1 node", "ray2": "Ray, 2 nodes (same machine)",
+    label = {"local": "local engine", "ray1": "Ray, 1 node", "ray1-plain": "Ray, 1 node, plain `ray start`",
+             "ray2": "Ray, 2 nodes (same machine)",
              "network alone": "network alone (forward only)"}
     for run, r in results.items():
         if run == "network alone":

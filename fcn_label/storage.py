@@ -354,8 +354,23 @@ def open_store(url: str) -> Store:
     return Store(url, fs, root.rstrip("/") if root != "/" else root)
 
 
+def _upload_failure(e: BaseException) -> BaseException:
+    """The error that failed a multipart upload, rather than the one its clean-up raised after it: when the
+    abort fails too (the store has already dropped the upload), s3fs raises the abort's error, in whose
+    context the upload's own error is."""
+    link: BaseException | None = e
+    for _ in range(8):
+        if link is None:
+            break
+        if "AbortMultipartUpload" in str(link) and isinstance(link.__context__, BaseException):
+            return link.__context__
+        link = link.__cause__ or link.__context__
+    return e
+
+
 def explain(url: str, e: BaseException, doing: str) -> str:
     """One line for a store error: what went wrong at ``url`` and the fix (never a credential)."""
+    e = _upload_failure(e)
     u = shown_url(url)
     text = f"{type(e).__name__}: {e}"
     low = text.lower()
@@ -376,6 +391,8 @@ def explain(url: str, e: BaseException, doing: str) -> str:
     if isinstance(e, FileNotFoundError):
         return f"{u}: not found while {doing}; check the URL"
     first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    if any(k in low for k in ("internalerror", "internal error", "slowdown", "serviceunavailable", "service unavailable")):
+        return f"{u}: the store failed while {doing} ({type(e).__name__}: {first}); try again later"
     return f"{u}: cannot use the store while {doing} ({type(e).__name__}: {first}); check the URL and credentials"
 
 

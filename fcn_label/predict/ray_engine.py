@@ -21,16 +21,17 @@ this runner only replaces the pipeline between them:
 With GPUs, 2-4 run as a Ray Data pipeline: decode and outputs are CPU tasks around the GPU actors, so
 that the GPUs never wait for the CPU work. On a CPU-only cluster the one-thread actors already take
 every CPU, so each actor does 2-4 itself, as the local engine's inference processes do, and the driver
-hands the actors their blocks itself (plain Ray actors, restarted with their unfinished calls when a
-node dies): separate tasks would only compete with the actors for the same cores and cost a worker
-process each (a torch import), and Ray Data would add its own helper actors and scheduling, for a
-pipeline of one stage.
+hands the actors their blocks itself (plain Ray actors; when a node dies, the driver gives the
+unanswered blocks of its actors to new ones, :class:`ActorPool`): separate tasks would only compete
+with the actors for the same cores and cost a worker process each (a torch import), and Ray Data
+would add its own helper actors and scheduling, for a pipeline of one stage.
 
 Resources are fractional so that no stage starves another: an actor pool holding every CPU of a
-small cluster leaves the read and write tasks none, and the dataset never finishes. Tasks are
-retried and actors restarted when a node dies (Ray Data's defaults: without limit, for system
-failures, the only kind left: every stage turns a file's error into an event); if Ray still gives
-up, the run stops with what is done kept, and re-running the same command finishes it.
+small cluster leaves the read and write tasks none, and the dataset never finishes. In the GPU
+pipeline, tasks are retried and actors restarted when a node dies (Ray Data's defaults: without
+limit, for system failures, the only kind left: every stage turns a file's error into an event); if
+Ray (or the CPU actors' pool) still gives up, the run stops with what is done kept, and re-running
+the same command finishes it.
 
 The workers import fcn_label: it must be installed (the same version) wherever Ray runs them, and
 --out and the inputs must be the same paths on every node (a shared folder), or an object store.
@@ -211,23 +212,23 @@ def run_ray(parts: Parts, todo: list[Item], tally: Tally, settings: RaySettings)
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = False  # the run's own bar counts images
         ctx.print_on_execution_start = False
-        actors = []
+        pool = None
         try:
             if not plan.gpu:  # started now: they import torch and build the network while the driver plans
-                actors = _start_actors(ray, parts, recipe, plan)
+                pool = ActorPool(ray, parts, recipe, plan)
             sizes = read_headers(todo, parts.decode.max_pixels,
                                  lambda ks: _read_headers_on_workers(ray, todo, ks, parts.decode.max_pixels, plan))
             groups = plan_batches(todo, sizes, parts.infer.predictor, plan.device_type, parts.options.batch_size)
             if plan.gpu:
                 _run_pipeline(ray, parts, todo, groups, tally, plan, recipe)
             else:
-                _run_on_actors(ray, actors, todo, groups, tally, parts.sink)
+                _run_on_actors(ray, pool, todo, groups, tally, parts.sink)
         except Exception as e:  # noqa: BLE001 - Ray gave up (a node lost too often...): keep what is done
             tally.stop(f"the Ray job failed ({reason(root_cause(e))}); re-run the same command to finish: finished "
                        "images are kept and skipped")
         finally:
-            for a in actors:  # on a cluster the run did not start, they would outlive it
-                ray.kill(a)
+            if pool is not None:
+                pool.kill()
     finally:
         if started:
             ray.shutdown()
@@ -296,42 +297,80 @@ def _run_pipeline(ray, parts: Parts, todo: list[Item], groups: list[list[int]], 
     _check_all_seen(todo, seen, tally)
 
 
-def _start_actors(ray, parts: Parts, recipe: NetRecipe, plan: Plan) -> list:
-    """The CPU actors, spread over the nodes; restarted without limit when their node dies, with the calls
-    they had not answered (:class:`WholeActor` only writes outputs, which a second run rewrites the same)."""
-    cls = ray.remote(num_cpus=ACTOR_CPUS, max_restarts=-1, max_task_retries=-1, scheduling_strategy="SPREAD")(WholeActor)
-    return [cls.remote(recipe, parts.options.batch_size, parts.options.overlay, parts.decode, parts.sink)
-            for _ in range(plan.actors)]
+class ActorPool:
+    """The CPU actors, spread over the nodes, and their replacements: an actor whose node died is replaced
+    by a new one (placed on a live node) that takes over its unanswered blocks. The driver does this rather
+    than Ray's own actor restarts, which cannot promise a restart for an actor built from an object in the
+    object store (the checkpoint; ray-project/ray#53727) and print an error line saying so for every actor.
+    A block is retried on a new actor at most MAX_TRIES times: one that kills its actor every time (not a
+    node's death, then) stops the run instead of looping."""
+
+    MAX_TRIES = 4
+
+    def __init__(self, ray, parts: Parts, recipe: NetRecipe, plan: Plan):
+        self.ray = ray
+        self.cls = ray.remote(num_cpus=ACTOR_CPUS, max_restarts=0, scheduling_strategy="SPREAD")(WholeActor)
+        self.args = (recipe, parts.options.batch_size, parts.options.overlay, parts.decode, parts.sink)
+        self.actors = [self.cls.remote(*self.args) for _ in range(plan.actors)]
+        self.replaced = 0
+
+    def replace(self, slot: int, dead) -> None:
+        """A new actor in ``slot`` unless one already took the place of ``dead`` (each of its calls fails)."""
+        if self.actors[slot] is dead:
+            self.actors[slot] = self.cls.remote(*self.args)
+            self.replaced += 1
+
+    def kill(self) -> None:
+        for a in self.actors:  # on a cluster the run did not start, they would outlive it
+            self.ray.kill(a)
 
 
-def _run_on_actors(ray, actors: list, todo: list[Item], groups: list[list[int]], tally: Tally, sink: Sink) -> None:
+def _run_on_actors(ray, pool: ActorPool, todo: list[Item], groups: list[list[int]], tally: Tally,
+                   sink: Sink) -> None:
     """The planned batches in blocks, each actor kept INFLIGHT_PER_ACTOR blocks ahead, the events taken in the
     order they come back. A block is BATCHES_PER_BLOCK batches while there are many left, and shrinks to one
-    towards the end, so that no actor is left with a long block while the others have finished."""
-    next_group = 0
-    pending: dict = {}
+    towards the end, so that no actor is left with a long block while the others have finished. A block
+    whose actor died goes to that actor's replacement."""
+    from ray.exceptions import RayActorError
 
-    def give(actor) -> None:
+    next_group = 0
+    pending: dict = {}  # call -> (slot, actor, block, tries)
+
+    def send(slot: int, block: list, tries: int) -> None:
+        actor = pool.actors[slot]
+        pending[actor.block.remote(block)] = (slot, actor, block, tries)
+
+    def give(slot: int) -> None:
         nonlocal next_group
         left = len(groups) - next_group
         if left > 0:
-            n = max(1, min(BATCHES_PER_BLOCK, left // (2 * INFLIGHT_PER_ACTOR * len(actors))))
-            block = [[(k, todo[k]) for k in g] for g in groups[next_group : next_group + n]]
+            n = max(1, min(BATCHES_PER_BLOCK, left // (2 * INFLIGHT_PER_ACTOR * len(pool.actors))))
+            send(slot, [[(k, todo[k]) for k in g] for g in groups[next_group : next_group + n]], 1)
             next_group += n
-            pending[actor.block.remote(block)] = actor
 
-    for actor in actors:
+    for slot in range(len(pool.actors)):
         for _ in range(INFLIGHT_PER_ACTOR):
-            give(actor)
+            give(slot)
     seen = bytearray(len(todo))
     while pending:
         (ref,), _ = ray.wait(list(pending), num_returns=1)
-        actor = pending.pop(ref)
-        for events in ray.get(ref):
+        slot, actor, block, tries = pending.pop(ref)
+        try:
+            answer = ray.get(ref)
+        except RayActorError as e:
+            if e.actor_init_failed:  # not a node's death: the same error again on every new actor
+                raise
+            if tries >= ActorPool.MAX_TRIES:
+                raise RuntimeError(f"a block of {sum(map(len, block))} images lost its actor {tries} times "
+                                   f"({reason(e)})") from None
+            pool.replace(slot, actor)
+            send(slot, block, tries + 1)
+            continue
+        for events in answer:
             take(events, todo, seen, sink, tally)
         if tally.stopped:
             return
-        give(actor)
+        give(slot)
     _check_all_seen(todo, seen, tally)
 
 

@@ -48,7 +48,8 @@ class NetRecipe:
     def of(cls, ray, p: Predictor, amp: bool) -> "NetRecipe":
         if p.backend != "eager":
             raise ConfigError(f"--engine ray runs the eager backend; drop --backend {p.backend}")
-        # by reference: an actor restarted after its node died must not need arguments stored on that node
+        # by reference, put once on the driver's node: an actor that replaces one whose node died must not
+        # need arguments stored on that node
         return cls(ray.put(p.checkpoint), p.tile, p.tile_overlap, p.tile_threshold, p.channels_last, p.flip,
                    p.scales, amp)
 

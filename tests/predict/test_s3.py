@@ -250,6 +250,31 @@ def test_object_urls_never_show_credentials_and_pickle_whole():
     assert store.read_bytes("k") == b"1" and store.url == "memory://fcn-label-test/x"
 
 
+def test_a_failed_multipart_upload_is_explained_by_its_own_error_not_the_aborts():
+    """The chain s3fs raised when an S3 server (s3rver, with a 7.4 GB predictions.json) failed
+    CompleteMultipartUpload and then refused the abort: the abort's MethodNotAllowed arrives as a
+    PermissionError, which alone would read as 'access denied'."""
+    from fcn_label.storage import explain
+
+    def upload():
+        try:
+            raise OSError(121, "We encountered an internal error. Please try again.")
+        except OSError:
+            try:
+                raise RuntimeError("An error occurred (MethodNotAllowed) when calling the AbortMultipartUpload "
+                                   "operation: The specified method is not allowed against this resource.")
+            except RuntimeError as abort:
+                raise PermissionError(1, "The specified method is not allowed against this resource.") from abort
+
+    with pytest.raises(PermissionError) as e:
+        upload()
+    line = explain("s3://b/out", e.value, "writing the reports")
+    assert line == ("s3://b/out: the store failed while writing the reports (OSError: [Errno 121] We encountered an "
+                    "internal error. Please try again.); try again later"), line
+    plain = PermissionError(1, "Access Denied")  # a real denial keeps its meaning
+    assert "access denied while writing the reports" in explain("s3://b/out", plain, "writing the reports")
+
+
 def test_remote_out_format_and_keys(tmp_path, s3, capsys):
     """The format claim is checked on a prefix as in a folder; no key outside --out is ever written."""
     from fcn_label.errors import InputError
