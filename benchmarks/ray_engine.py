@@ -88,9 +88,11 @@ class Cluster:
     """Ray nodes on 127.0.0.1, each `ray start --block` in its own process group, with a token of its own."""
 
     def __init__(self, root: Path, preload: bool):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
+        self.port = 52365
+        while self.port in (6379, 8265, 10001, 52365):  # Ray's default ports for a node's other components
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", 0))
+                self.port = s.getsockname()[1]
         self.root, self.address, self.nodes = root, f"127.0.0.1:{self.port}", []
         self.env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32),
                     "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}

@@ -42,10 +42,19 @@ SIZES = [(32, 48)] * 6 + [(40, 56)] * 5 + [(24, 64)] * 4 + [(48, 40)]
 KILL_N = 60  # images of the killed-node job, one per batch: many units of work, some in flight at the kill
 
 
+# Ray's default ports for a node's other components: a head --port equal to one is refused ("Ray component
+# dashboard_agent_http is trying to use a port number 52365 that is used by other components"), which a free
+# port from the kernel once was
+RAY_DEFAULT_PORTS = {6379, 8265, 10001, 52365}
+
+
 def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in RAY_DEFAULT_PORTS:
+            return port
 
 
 def _ray_bin() -> str:
