@@ -121,22 +121,31 @@ def connect(settings: RaySettings):
     if ray.is_initialized():
         return ray, False
     address = settings.address or os.environ.get("RAY_ADDRESS") or None
+    what = "--ray-address" if settings.address else "RAY_ADDRESS"
     if address:
-        _check_reachable(address, "--ray-address" if settings.address else "RAY_ADDRESS")
-    # "local": a fresh instance, never a cluster some other `ray start` on this machine left behind
-    ray.init(address=address or "local", logging_level=logging.WARNING, log_to_driver=False,
-             configure_logging=False, **({} if address else {"include_dashboard": False}))
+        _check_reachable(address, what)
+    try:
+        # "local": a fresh instance, never a cluster some other `ray start` on this machine left behind
+        ray.init(address=address or "local", logging_level=logging.WARNING, log_to_driver=False,
+                 configure_logging=False, **({} if address else {"include_dashboard": False}))
+    except ConnectionError as e:
+        where = f"{what} {address}" if address else "a local Ray"
+        raise ConfigError(f"{where}: cannot connect ({reason(e)}); check that it is a Ray head node's address and, "
+                          "where the cluster uses token authentication, that RAY_AUTH_TOKEN is its token") from None
     return ray, True
 
 
 # -- the plan --------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Plan:
-    """Where the network runs and how many of each worker the cluster gets."""
+    """Where the network runs, how the work is split, and how many of each worker the cluster gets."""
 
     gpu: bool
     actors: int
     tasks: int  # most decode (and most write) tasks at once
+    # the Ray Data pipeline (decode tasks, network actors, write tasks), else actors that do all three;
+    # the pipeline where the network has GPUs (see the module's docstring)
+    pipeline: bool = False
 
     @classmethod
     def for_cluster(cls, resources: dict, settings: RaySettings) -> "Plan":
@@ -144,7 +153,7 @@ class Plan:
         if settings.device.startswith("cuda") and gpus < 1:
             raise ConfigError(f"--device {settings.device}: the Ray cluster has no GPU; use --device auto or cpu")
         if settings.device != "cpu" and gpus >= 1:
-            return cls(True, gpus, max(1, int(cpus) - gpus))
+            return cls(True, gpus, max(1, int(cpus) - gpus), pipeline=True)
         return cls(False, max(1, int(cpus)), max(1, int(cpus)))
 
     @property
@@ -214,12 +223,12 @@ def run_ray(parts: Parts, todo: list[Item], tally: Tally, settings: RaySettings)
         ctx.print_on_execution_start = False
         pool = None
         try:
-            if not plan.gpu:  # started now: they import torch and build the network while the driver plans
+            if not plan.pipeline:  # started now: they import torch and build the network while the driver plans
                 pool = ActorPool(ray, parts, recipe, plan)
             sizes = read_headers(todo, parts.decode.max_pixels,
                                  lambda ks: _read_headers_on_workers(ray, todo, ks, parts.decode.max_pixels, plan))
             groups = plan_batches(todo, sizes, parts.infer.predictor, plan.device_type, parts.options.batch_size)
-            if plan.gpu:
+            if plan.pipeline:
                 _run_pipeline(ray, parts, todo, groups, tally, plan, recipe)
             else:
                 _run_on_actors(ray, pool, todo, groups, tally, parts.sink)
@@ -275,18 +284,19 @@ def _read_headers_on_workers(ray, todo: list[Item], ks: list[int], max_pixels: i
 
 def _run_pipeline(ray, parts: Parts, todo: list[Item], groups: list[list[int]], tally: Tally, plan: Plan,
                   recipe: NetRecipe) -> None:
-    """The GPU pipeline (Ray Data): decode tasks, the GPU actors, write tasks."""
+    """The pipeline (Ray Data): decode tasks, the network actors (one GPU each on a GPU plan), write tasks."""
     rows = [{"g": pickle.dumps([(k, todo[k]) for k in g])} for g in groups]
     # enough blocks for every worker to have two, else BATCHES_PER_BLOCK batches each
     blocks = max(1, min(len(rows), MAX_BLOCKS, max(2 * (plan.actors + plan.tasks), -(-len(rows) // BATCHES_PER_BLOCK))))
     tasks = ray.data.TaskPoolStrategy(size=min(blocks, plan.tasks))
     ds = ray.data.from_items(rows, override_num_blocks=blocks)
     ds = ds.map_batches(decode_blocks, fn_kwargs={"decode": parts.decode}, batch_size=1, num_cpus=TASK_CPUS, compute=tasks)
-    ds = ds.map_batches(Network, fn_constructor_kwargs={"recipe": recipe, "gpu": True,
+    ds = ds.map_batches(Network, fn_constructor_kwargs={"recipe": recipe, "gpu": plan.gpu,
                                                          "batch_size": parts.options.batch_size,
                                                          "overlay": parts.options.overlay},
                         batch_size=1, compute=ray.data.ActorPoolStrategy(
-                            size=plan.actors, max_tasks_in_flight_per_actor=INFLIGHT_PER_ACTOR), num_gpus=1)
+                            size=plan.actors, max_tasks_in_flight_per_actor=INFLIGHT_PER_ACTOR),
+                        **({"num_gpus": 1} if plan.gpu else {"num_cpus": ACTOR_CPUS}))
     ds = ds.map_batches(write_blocks, fn_kwargs={"sink": parts.sink}, batch_size=1, num_cpus=TASK_CPUS, compute=tasks)
     seen = bytearray(len(todo))
     for b in ds.iter_batches(batch_size=None, batch_format="numpy"):

@@ -64,7 +64,7 @@ def test_the_plan_uses_the_workers_device_type_for_batch_limits():
 def test_the_resource_plan():
     cpu2 = {"CPU": 2.0}
     assert Plan.for_cluster(cpu2, RaySettings()) == Plan(gpu=False, actors=2, tasks=2)
-    assert Plan.for_cluster({"CPU": 16.0, "GPU": 2.0}, RaySettings()) == Plan(gpu=True, actors=2, tasks=14)
+    assert Plan.for_cluster({"CPU": 16.0, "GPU": 2.0}, RaySettings()) == Plan(gpu=True, actors=2, tasks=14, pipeline=True)
     assert not Plan.for_cluster({"CPU": 16.0, "GPU": 2.0}, RaySettings(device="cpu")).gpu
     with pytest.raises(ConfigError, match="no GPU"):
         Plan.for_cluster(cpu2, RaySettings(device="cuda"))

@@ -197,6 +197,20 @@ def test_an_address_nothing_answers_is_one_line(tmp_path, capsys):
     assert f"--ray-address 127.0.0.1:{port}: no Ray cluster answers there" in err and "Traceback" not in err
 
 
+def test_a_wrong_auth_token_is_one_line_exit_2(cluster, tmp_path):
+    (tmp_path / "in").mkdir()
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "in" / "a.png")
+    # Ray retries the refused connection for 20 s by default; 3 here (a line of its own per retry)
+    env = {**cluster.driver_env, "RAY_AUTH_TOKEN": secrets.token_hex(32), "RAY_py_gcs_connect_timeout_s": "3"}
+    proc = subprocess.run([sys.executable, "-m", "fcn_label", "predict", str(tmp_path / "in"), "--out",
+                           str(tmp_path / "out"), "-q", "--engine", "ray"], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 2, proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"error: RAY_ADDRESS {cluster.address}: cannot connect") and "RAY_AUTH_TOKEN" in last, last
+    assert "Traceback" not in proc.stderr and env["RAY_AUTH_TOKEN"] not in proc.stderr
+
+
 def test_ray_engine_writes_the_local_engines_files(cluster, data):
     out = data / "ray"
     code, err = ray_predict(cluster, data / "in", out)
@@ -208,6 +222,36 @@ def test_ray_engine_writes_the_local_engines_files(cluster, data):
     assert not [ln for ln in err.splitlines() if re.search(r"\b\w+\.(cc|h|py):\d+", ln)], err
     assert_same_outputs(out, data / "ref")
     assert sorted(record_lines(out)) == sorted(r["mask"] for r in csv.DictReader((data / "ref" / "predictions.csv").open()))
+
+
+# The CLI as a driver whose plan is a GPU cluster's but for the device: the Ray Data pipeline, on CPU actors.
+PIPELINE_ON_CPUS = """
+import sys
+from fcn_label.cli import main
+from fcn_label.predict.ray_engine import Plan
+
+Plan.for_cluster = classmethod(lambda cls, resources, settings: cls(
+    gpu=False, actors=int(resources["CPU"]), tasks=int(resources["CPU"]), pipeline=True))
+sys.argv[0] = "fcn-label"
+main()
+"""
+
+
+def test_the_ray_data_pipeline_writes_the_local_engines_files(cluster, data):
+    """The pipeline a GPU cluster gets (Ray Data: decode tasks, network actors, write tasks), here with CPU
+    actors on this CPU-only cluster: everything a GPU run does but CUDA itself."""
+    out = data / "ray-pipeline"
+    proc = subprocess.run([sys.executable, "-c", PIPELINE_ON_CPUS, "predict", str(data / "in"), "--out", str(out),
+                           "-q", "--engine", "ray"], env=cluster.driver_env, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 1, proc.stderr  # the broken image
+    assert "done 16, skipped 0 (already done), failed 1" in proc.stderr
+    assert_same_outputs(out, data / "ref")
+    assert sorted(record_lines(out)) == sorted(record_lines(data / "ref"))
+    # Ray's own lines: only its notice per Ray Data actor about restarts (ray-project/ray#53727, #57733), which
+    # Ray Data's actors get whatever their arguments (docs/scale-out.md says so)
+    ray_lines = [ln for ln in proc.stderr.splitlines() if re.search(r"\b\w+\.(cc|h|py):\d+", ln)]
+    assert all("has constructor arguments in the object store" in ln for ln in ray_lines), proc.stderr
 
 
 def test_a_second_run_skips_everything_and_a_partial_folder_completes(cluster, data):
