@@ -200,8 +200,8 @@ def test_an_address_nothing_answers_is_one_line(tmp_path, capsys):
 def test_a_wrong_auth_token_is_one_line_exit_2(cluster, tmp_path):
     (tmp_path / "in").mkdir()
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "in" / "a.png")
-    # Ray retries the refused connection for 20 s by default; 3 here (a line of its own per retry)
-    env = {**cluster.driver_env, "RAY_AUTH_TOKEN": secrets.token_hex(32), "RAY_py_gcs_connect_timeout_s": "3"}
+    # Ray retries the refused connection 20 times, a second apart; 3 here (each retry prints a line of Ray's)
+    env = {**cluster.driver_env, "RAY_AUTH_TOKEN": secrets.token_hex(32), "RAY_NUM_REDIS_GET_RETRIES": "3"}
     proc = subprocess.run([sys.executable, "-m", "fcn_label", "predict", str(tmp_path / "in"), "--out",
                            str(tmp_path / "out"), "-q", "--engine", "ray"], env=env, capture_output=True, text=True,
                           timeout=300)
