@@ -322,13 +322,11 @@ class ActorPool:
         self.cls = ray.remote(num_cpus=ACTOR_CPUS, max_restarts=0, scheduling_strategy="SPREAD")(WholeActor)
         self.args = (recipe, parts.options.batch_size, parts.options.overlay, parts.decode, parts.sink)
         self.actors = [self.cls.remote(*self.args) for _ in range(plan.actors)]
-        self.replaced = 0
 
     def replace(self, slot: int, dead) -> None:
         """A new actor in ``slot`` unless one already took the place of ``dead`` (each of its calls fails)."""
         if self.actors[slot] is dead:
             self.actors[slot] = self.cls.remote(*self.args)
-            self.replaced += 1
 
     def kill(self) -> None:
         for a in self.actors:  # on a cluster the run did not start, they would outlive it
