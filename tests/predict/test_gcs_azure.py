@@ -1,6 +1,7 @@
 """predict with ``gs://`` (gcsfs) and ``az://`` (adlfs) URLs, against real local servers started by the
-fixtures (gcp-storage-emulator, Microsoft's Azurite): the objects are the files a local run writes, and a
-re-run reads its records back from the store and redoes nothing.
+fixtures (gcp-storage-emulator, Microsoft's Azurite): the objects are the files a local run writes, a
+re-run reads its records back from the store and redoes nothing, and a store that cannot be used is one
+line, exit 2, before any work, never showing the account key.
 
 The references are local runs of the same commands on the same files (as tests/predict/test_s3.py for
 S3), and the store's objects are read back through each vendor's own SDK (google-cloud-storage,
@@ -17,7 +18,8 @@ import pytest
 
 from fcn_label.cli._common import run_cli
 from support.remote_outputs import comparable, local_files, pictures
-from support.stores import AZ_KEY
+from support.s3 import free_port
+from support.stores import AZ_KEY, connection_string, forget_clients
 from support.stores import azure, azure_server, gcs, gcs_server, store  # noqa: F401 (fixtures)
 
 REPO = Path(__file__).resolve().parents[2]
@@ -72,3 +74,99 @@ def test_store_in_store_out_from_the_variables_alone(tmp_path, store, capsys):
     assert AZ_KEY not in r.stdout + r.stderr
     want = comparable(local_files(tmp_path / "local"), str(src), store.url("in"))
     assert comparable(store.objects("out")) == want and "sub/img01.png" in want
+
+
+def one_line_exit_2(capsys, *args, must: str) -> str:
+    code, out, err = cli(capsys, "predict", *args, *FAST)
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert code == 2 and len(lines) == 1 and "Traceback" not in err, err
+    assert must in lines[0], lines[0]
+    assert AZ_KEY not in out + err
+    return lines[0]
+
+
+def _no_backoff(monkeypatch) -> None:
+    """Keep each client's retries of a refused connection but not their back-off waits (gcsfs: six tries,
+    about 30 s of sleeps a request; Azure's SDK: three retries, about a minute): the store that does not
+    answer is then reported in seconds, through the same exceptions."""
+    import asyncio
+    import types
+
+    import gcsfs.retry
+    from azure.storage.blob.aio import ExponentialRetry
+
+    async def no_wait(_seconds, *a, **k):
+        await asyncio.sleep(0)
+
+    monkeypatch.setattr(gcsfs.retry, "asyncio", types.SimpleNamespace(sleep=no_wait))
+    monkeypatch.setattr(ExponentialRetry, "get_backoff_time", lambda self, settings: 0)
+
+
+@BOTH
+def test_store_errors_are_one_line_exit_2_before_any_work(tmp_path, store, capsys, monkeypatch, caplog):
+    src = pictures(tmp_path / "in", n=2, broken=False)
+    store.upload(src, "in")
+    kind = {"gs": "bucket", "az": "container"}[store.scheme]
+    missing = f"{store.scheme}://absent{free_port()}"  # not "nosuchbucket": that is S3's error code
+    name = missing.split("://")[1]
+    line = one_line_exit_2(capsys, src, "--out", f"{missing}/out", must=f"no such {kind} '{name}'; create it")
+    assert line.startswith(f"error: --out {missing}/out: ")
+    one_line_exit_2(capsys, f"{missing}/in", "--out", tmp_path / "o1", must=f"no such {kind} '{name}'")
+    assert not (tmp_path / "o1").exists()
+
+    # the endpoint does not answer (nothing listens on that port)
+    dead = f"http://127.0.0.1:{free_port()}"
+    if store.scheme == "gs":
+        monkeypatch.setenv("STORAGE_EMULATOR_HOST", dead)
+    else:
+        monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", connection_string(dead))
+    forget_clients()
+    _no_backoff(monkeypatch)
+    for args, what in (((src, "--out", store.url("out")), "--out"), ((store.url("in"), "--out", tmp_path / "o2"),
+                                                                     "input")):
+        line = one_line_exit_2(capsys, *args, must=f"{what} {args[0 if what == 'input' else 2]}: the store does not "
+                                                   f"answer at {dead}")
+        assert ("STORAGE_EMULATOR_HOST" if store.scheme == "gs" else "AZURE_STORAGE_CONNECTION_STRING") in line
+    assert not (tmp_path / "o2").exists()
+    # gcsfs logs each failed request with its traceback; with no logging set up (the CLI sets none) Python
+    # would print it above the one line: such records are dropped at gcsfs's logger, before they reach any
+    # handler (here pytest's)
+    assert not [r for r in caplog.records if r.exc_info], [r.getMessage() for r in caplog.records if r.exc_info]
+
+
+def test_azure_credentials_missing_or_refused_are_one_line(tmp_path, azure, capsys, monkeypatch):
+    """No account configured at all (adlfs refuses to make the file system): a missing credential, not a
+    missing extra; a key Azurite does not accept: refused, the key never shown."""
+    src = pictures(tmp_path / "in", n=1, broken=False)
+    azure.upload(src, "in")
+    monkeypatch.delenv("AZURE_STORAGE_CONNECTION_STRING")
+    forget_clients()
+    one_line_exit_2(capsys, src, "--out", azure.url("out"), must=f"{azure.url('out')}: no credentials for az://")
+    one_line_exit_2(capsys, azure.url("in"), "--out", tmp_path / "o", must=f"{azure.url('in')}: no credentials")
+
+    import base64
+
+    wrong = base64.b64encode(b"not the account key, 64 bytes long ......................").decode()
+    monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", connection_string(azure.endpoint, key=wrong))
+    forget_clients()
+    for args in ((src, "--out", azure.url("out")), (azure.url("in"), "--out", tmp_path / "o")):
+        line = one_line_exit_2(capsys, *args, must="the store refused the credentials")
+        assert wrong not in line
+    assert not (tmp_path / "o").exists() and azure.objects("out") == {}
+
+
+def test_gcs_unauthenticated_is_no_credentials():
+    """What gcsfs raises for GCS's answer to a request without credentials (401, the body GCS sends; the
+    emulator checks no credentials, so gcsfs's own translation of that answer stands in for the server)."""
+    import json
+
+    from gcsfs.retry import validate_response
+
+    from fcn_label.storage import explain
+
+    body = json.dumps({"error": {"code": 401, "message": "Anonymous caller does not have storage.objects.list "
+                                 "access to the Google Cloud Storage bucket."}}).encode()
+    with pytest.raises(Exception) as e:
+        validate_response(401, body, "https://storage.googleapis.com/storage/v1/b/photos/o")
+    line = explain("gs://photos/in", e.value, "listing")
+    assert line.startswith("gs://photos/in: no credentials for gs://") and "GOOGLE_APPLICATION_CREDENTIALS" in line
