@@ -62,9 +62,11 @@ def local_path(s: str) -> str:
 
 def shown_url(url: str) -> str:
     """``url`` fit for a message, a record or a report: ``user:secret@`` and query strings dropped
-    (a presigned URL's signature is a credential)."""
-    url = re.sub(r"^([A-Za-z][A-Za-z0-9+.-]*://)[^/@]*@", r"\1", str(url))
-    return url.split("?", 1)[0]
+    (a presigned URL's signature is a credential). Azure's ``abfs://container@account.dfs.core.windows.net/``
+    keeps its ``container@``: a container's name, not a user's."""
+    if scheme(url) not in AZURE:
+        url = re.sub(r"^([A-Za-z][A-Za-z0-9+.-]*://)[^/@]*@", r"\1", str(url))
+    return str(url).split("?", 1)[0]
 
 
 def _family(url: str) -> str:

@@ -76,6 +76,21 @@ def test_store_in_store_out_from_the_variables_alone(tmp_path, store, capsys):
     assert comparable(store.objects("out")) == want and "sub/img01.png" in want
 
 
+def test_azure_container_at_account_urls_keep_the_container_wherever_shown(tmp_path, azure, capsys):
+    """``abfs://container@account.dfs.core.windows.net/prefix`` (adlfs's other URL form): the ``container@``
+    is no credential, and without it a message or a predictions.csv row would name no container."""
+    url = f"abfs://{azure.name}@devstoreaccount1.dfs.core.windows.net"
+    src = pictures(tmp_path / "in", n=2, broken=False)
+    assert cli(capsys, "predict", src, "--out", tmp_path / "local", *FAST)[0] == 0
+    code, _, err = cli(capsys, "predict", src, "--out", f"{url}/out", *FAST)
+    assert code == 0 and f"outputs in {url}/out" in err, err
+    assert comparable(azure.objects("out")) == comparable(local_files(tmp_path / "local"))
+    code, _, err = cli(capsys, "predict", f"{url}/out/img00.png", "--out", tmp_path / "back", *FAST)
+    assert code == 0, err
+    rows = (tmp_path / "back" / "predictions.csv").read_text().splitlines()
+    assert rows[1].startswith(f"{url}/out/img00.png,"), rows
+
+
 def one_line_exit_2(capsys, *args, must: str) -> str:
     code, out, err = cli(capsys, "predict", *args, *FAST)
     lines = [ln for ln in err.splitlines() if ln.strip()]
