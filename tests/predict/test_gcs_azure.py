@@ -1,7 +1,8 @@
-"""predict with ``gs://`` (gcsfs) and ``az://`` (adlfs) URLs, against real local servers started by the
-fixtures (gcp-storage-emulator, Microsoft's Azurite): the objects are the files a local run writes, a
-re-run reads its records back from the store and redoes nothing, and a store that cannot be used is one
-line, exit 2, before any work, never showing the account key.
+"""predict, evaluate and export with ``gs://`` (gcsfs) and ``az://`` (adlfs) URLs, against real local servers
+started by the fixtures (gcp-storage-emulator, Microsoft's Azurite): the objects are the files a local run
+writes, a re-run reads its records back from the store and redoes nothing, evaluate and export reading the
+store write what they write locally, and a store that cannot be used is one line, exit 2, before any work,
+never showing the account key.
 
 The references are local runs of the same commands on the same files (as tests/predict/test_s3.py for
 S3), and the store's objects are read back through each vendor's own SDK (google-cloud-storage,
@@ -10,14 +11,18 @@ azure-storage-blob), not through the fsspec file systems fcn-label uses.
 
 from __future__ import annotations
 
+import io
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import pytest
 
 from fcn_label.cli._common import run_cli
+from support.export_folder import run_cli as run_verb
 from support.remote_outputs import comparable, local_files, pictures
+from support.review_folder import run_predict
 from support.s3 import free_port
 from support.stores import AZ_KEY, connection_string, forget_clients
 from support.stores import azure, azure_server, gcs, gcs_server, store  # noqa: F401 (fixtures)
@@ -185,3 +190,53 @@ def test_gcs_unauthenticated_is_no_credentials():
         validate_response(401, body, "https://storage.googleapis.com/storage/v1/b/photos/o")
     line = explain("gs://photos/in", e.value, "listing")
     assert line.startswith("gs://photos/in: no credentials for gs://") and "GOOGLE_APPLICATION_CREDENTIALS" in line
+
+
+@pytest.fixture(scope="module")
+def predicted(tmp_path_factory):
+    """A real predict folder (tiny model) over photos in sub-folders, with ground truth: root/photos,
+    root/gt, root/pred."""
+    root = tmp_path_factory.mktemp("predicted")
+    run_predict(root, probs=False, gt=True, n=4)
+    return root
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@BOTH
+def test_evaluate_and_export_reading_the_store_write_the_local_runs_files(tmp_path, store, predicted):
+    """evaluate --pred/--gt from the store to the store, and export --format cvat from the store: the
+    local runs' files, with the local folders named by their URLs."""
+    pred, gt = store.upload(predicted / "pred", "pred"), store.upload(predicted / "gt", "gt")
+    ref = run_verb("evaluate", "--gt", str(predicted / "gt"), "--pred", str(predicted / "pred"),
+                   "--out", str(tmp_path / "eval"), "-q")
+    r = run_verb("evaluate", "--gt", gt, "--pred", pred, "--out", store.url("eval"), "-q")
+    assert ref.returncode == r.returncode == 0, (ref.stderr, r.stderr)
+    assert r.stdout == ref.stdout and AZ_KEY not in r.stdout + r.stderr
+    got, want = _files(store.download("eval", tmp_path / "got-eval")), _files(tmp_path / "eval")
+    assert sorted(got) == sorted(want) and {"per_image.csv", "summary.csv"} <= set(want), sorted(want)
+    assert store.url("pred").encode() in got["per_image.csv"]
+    for name, data in want.items():
+        for folder in ("pred", "gt"):
+            data = data.replace(f"{predicted}/{folder}".encode(), store.url(folder).encode())
+        assert got[name] == data, name
+
+    ref = run_verb("export", str(predicted / "pred"), "--format", "cvat", "--out", str(tmp_path / "cvat"))
+    r = run_verb("export", pred, "--format", "cvat", "--out", str(tmp_path / "cvat-from-store"))
+    assert ref.returncode == r.returncode == 0, (ref.stderr, r.stderr)
+    got, want = _files(tmp_path / "cvat-from-store"), _files(tmp_path / "cvat")
+    assert sorted(got) == sorted(want) and want
+    for name, data in want.items():  # the manifest names the store's prefix, not the local copy made of it
+        if name.endswith(".zip"):  # its members (the archive carries the files' times)
+            assert members(got[name]) == {n: b.replace(f"{predicted}/pred".encode(), pred.encode())
+                                          for n, b in members(data).items()}, name
+        else:
+            assert got[name] == data.replace(f"{predicted}/pred".encode(), pred.encode()), name
+    assert b"fcn-label-stage" not in b"".join(got.values()) + b"".join(members(got["cvat.zip"]).values())
+
+
+def members(b: bytes) -> dict[str, bytes]:
+    with zipfile.ZipFile(io.BytesIO(b)) as z:
+        return {n: z.read(n) for n in z.namelist()}
