@@ -39,6 +39,7 @@ import re
 import shutil
 import socket
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -107,6 +108,8 @@ class Staging:
         self.started = started  # called once, when the first URL makes the temporary folder
         self.root: Path | None = None
         self.outputs: list[_Output] = []
+        self.local_outputs: list[Path] = []  # local --out paths: their text files name URLs too (close)
+        self._since = 0  # when the temporary folder was made (ns): only files changed since can name it
         self.kept = False
 
     # -- the temporary folder and the names in it -----------------------------------------------
@@ -115,6 +118,7 @@ class Staging:
             remove_stale_folders()
             host = socket.gethostname().replace("-", "_")
             self.root = Path(tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}{host}-{os.getpid()}-"))
+            self._since = time.time_ns()
             if self.started:
                 self.started()
         return self.root
@@ -237,7 +241,9 @@ class Staging:
             return None
         s = str(value)
         if not is_url(s):
-            return value if isinstance(value, Path) else Path(local_path(s))
+            local = value if isinstance(value, Path) else Path(local_path(s))
+            self.local_outputs.append(local)
+            return local
         if is_file:  # the probe goes beside the file, not under its name
             store = open_store(s)
             if store.read_only:
@@ -332,10 +338,40 @@ class Staging:
                     dst.writestr(info, data, compress_type=info.compress_type)
         return mapped
 
+    def _name_urls_locally(self) -> None:
+        """A local output made from staged inputs names them by their URLs, as an uploaded one does (an
+        export's manifest, evaluate's CSVs would otherwise name a temporary folder that is gone at exit):
+        its text files, and archives' text members, that name the temporary folder are rewritten, each
+        atomically. Only files changed since the folder was made are read (less a margin for file
+        systems whose times are coarse)."""
+        from .images import atomic_path, write_bytes_atomic
+
+        root, since = str(self.root).encode(), self._since - 2_000_000_000
+        for local in self.local_outputs:
+            files = [local] if local.is_file() else sorted(p for p in local.rglob("*") if p.is_file()) \
+                if local.is_dir() else []
+            for p in files:
+                suffix = p.suffix.lower()
+                if _ATOMIC_TEMP.match(p.name) or suffix not in TEXT_SUFFIXES + (".zip",) \
+                        or p.stat().st_mtime_ns < since:
+                    continue
+                if suffix == ".zip":
+                    mapped = self._mapped_zip(p)
+                    if mapped is not None:
+                        with atomic_path(p) as tmp:
+                            shutil.copyfile(mapped, tmp)
+                    continue
+                data = p.read_bytes()
+                if root in data:
+                    write_bytes_atomic(p, self.shown(data.decode("utf-8", errors="surrogateescape")).encode(
+                        "utf-8", errors="surrogateescape"))
+
     def close(self, upload: bool = True) -> None:
         """Upload (unless told not to) and remove the temporary folder; after a failed upload the
         folder is kept and the error says where it is."""
         try:
+            if self.root is not None and self.local_outputs:
+                self._name_urls_locally()
             if upload and self.outputs:
                 self.sync()
         except StorageError as e:

@@ -23,6 +23,13 @@ from .errors import InputError, UserError
 EXTRAS = {"s3": "s3", "s3a": "s3", "gs": "gcs", "gcs": "gcs", "az": "azure", "abfs": "azure", "abfss": "azure",
           "adl": "azure", "http": "http", "https": "http"}
 READ_ONLY = ("http", "https")
+AZURE = ("az", "abfs", "abfss", "adl")  # Azure calls a bucket a container
+# per store: (where its credentials are set, where its endpoint is set) for the messages' fixes
+_HOW = {"s3": ("AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or AWS_PROFILE", "AWS_ENDPOINT_URL for S3-compatible stores"),
+        "gs": ("GOOGLE_APPLICATION_CREDENTIALS or `gcloud auth application-default login`",
+               "STORAGE_EMULATOR_HOST for an emulator"),
+        "az": ("AZURE_STORAGE_CONNECTION_STRING, or AZURE_STORAGE_ACCOUNT_NAME with AZURE_STORAGE_ACCOUNT_KEY or "
+               "AZURE_STORAGE_SAS_TOKEN", "the BlobEndpoint of AZURE_STORAGE_CONNECTION_STRING")}
 UPLOAD_PART, UPLOAD_PARTS_AT_ONCE = 8 << 20, 4  # multipart uploads: 32 MiB in flight per file
 # Listing entries handed from fsspec's event loop to the walk at a time (an S3 page holds 1,000 keys).
 WALK_CHUNK = 1000
@@ -55,9 +62,53 @@ def local_path(s: str) -> str:
 
 def shown_url(url: str) -> str:
     """``url`` fit for a message, a record or a report: ``user:secret@`` and query strings dropped
-    (a presigned URL's signature is a credential)."""
-    url = re.sub(r"^([A-Za-z][A-Za-z0-9+.-]*://)[^/@]*@", r"\1", str(url))
-    return url.split("?", 1)[0]
+    (a presigned URL's signature is a credential). Azure's ``abfs://container@account.dfs.core.windows.net/``
+    keeps its ``container@``: a container's name, not a user's."""
+    if scheme(url) not in AZURE:
+        url = re.sub(r"^([A-Za-z][A-Za-z0-9+.-]*://)[^/@]*@", r"\1", str(url))
+    return str(url).split("?", 1)[0]
+
+
+def _family(url: str) -> str:
+    """The store family of ``url`` for messages: "s3", "gs", "az" (or its own scheme)."""
+    sch = scheme(url) or "file"
+    return "s3" if sch in ("s3", "s3a") else "gs" if sch in ("gs", "gcs") else "az" if sch in AZURE else sch
+
+
+def _bucket_word(url: str) -> str:
+    return "container" if _family(url) == "az" else "bucket"
+
+
+def _endpoint(url: str) -> str:
+    """The endpoint the user set for ``url``'s store (empty for the store's own), fit to show: S3's
+    ``AWS_ENDPOINT_URL``, a GCS emulator's ``STORAGE_EMULATOR_HOST``, the ``BlobEndpoint`` part of an Azure
+    connection string (never the rest of it: it holds the account key)."""
+    fam = _family(url)
+    if fam == "s3":
+        return shown_url(os.environ.get("AWS_ENDPOINT_URL", ""))
+    if fam == "gs":
+        return shown_url(os.environ.get("STORAGE_EMULATOR_HOST", ""))
+    if fam == "az":
+        m = re.search(r"(?:^|;)\s*BlobEndpoint=([^;]+)", os.environ.get("AZURE_STORAGE_CONNECTION_STRING", ""), re.I)
+        return shown_url(m.group(1).strip()) if m else ""
+    return ""
+
+
+def _quiet_tracebacks(url: str) -> None:
+    """gcsfs logs each request error it is about to raise with its traceback (``logger.exception``), and
+    with no logging configured Python prints that to stderr: a user would see a traceback above the one
+    line this module makes of the same error. Records carrying a traceback are dropped; its other
+    warnings still show."""
+    if _family(url) == "gs":
+        import logging
+
+        log = logging.getLogger("gcsfs")
+        if _drop_tracebacks not in log.filters:
+            log.addFilter(_drop_tracebacks)
+
+
+def _drop_tracebacks(record) -> bool:
+    return not record.exc_info
 
 
 def join(base: str, rel: str) -> str:
@@ -240,7 +291,8 @@ class Store:
         """For a URL with nothing at it: one line when the reason is that its bucket does not exist."""
         bucket = self.root.split("/", 1)[0]
         if bucket and not self.fs.exists(bucket):
-            raise StorageError(f"{what} {shown_url(self.url)}: no such bucket '{bucket}'; create it or fix the URL")
+            raise StorageError(f"{what} {shown_url(self.url)}: no such {_bucket_word(self.url)} '{bucket}'; create it "
+                               "or fix the URL")
 
     def sub(self, rel: str) -> "Store":
         return Store(join(self.url, rel), self.fs, self.path_of(rel))
@@ -342,7 +394,7 @@ def open_store(url: str) -> Store:
         raise StorageError(f"{shown_url(url)}: reading {sch}:// needs fsspec; install it with "
                            f'pip install "fcn-label[{EXTRAS.get(sch, "s3")}]"') from None
     try:
-        fs, root = url_to_fs(url)
+        fsspec.get_filesystem_class(sch)
     except (ImportError, ValueError) as e:
         extra = EXTRAS.get(sch)
         if extra:
@@ -351,6 +403,11 @@ def open_store(url: str) -> Store:
         known = ", ".join(sorted(fsspec.available_protocols())[:12])
         raise StorageError(f"{shown_url(url)}: unknown storage scheme {sch}:// ({e}); use a local path or one of "
                            f"{known}, ...") from None
+    _quiet_tracebacks(url)
+    try:
+        fs, root = url_to_fs(url)
+    except Exception as e:  # the implementation is installed: its constructor refused (adlfs: no account at all)
+        raise StorageError(explain(url, e, "connecting")) from None
     return Store(url, fs, root.rstrip("/") if root != "/" else root)
 
 
@@ -375,19 +432,27 @@ def explain(url: str, e: BaseException, doing: str) -> str:
     text = f"{type(e).__name__}: {e}"
     low = text.lower()
     bucket = u.split("://", 1)[-1].split("/", 1)[0]
-    if "nosuchbucket" in low or "bucket does not exist" in low or "specified bucket does not exist" in low:
-        return f"{u}: no such bucket '{bucket}'; create it or fix the URL"
-    if "nocredentials" in low or "unable to locate credentials" in low or "credentials" in low and "not" in low:
-        return (f"{u}: no credentials for {scheme(url)}://; set them the store's standard way (for S3: "
-                "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or AWS_PROFILE)")
+    fam = _family(url)
+    creds, endpoint_var = _HOW.get(fam, ("", ""))
+    if "nosuchbucket" in low or "bucket does not exist" in low or "specified bucket does not exist" in low \
+            or "containernotfound" in low or "specified container does not exist" in low:
+        return f"{u}: no such {_bucket_word(url)} '{bucket}'; create it or fix the URL"
+    if "nocredentials" in low or "unable to locate credentials" in low or "credentials" in low and "not" in low \
+            or "anonymous caller" in low or "connection_string or account_name" in low:
+        return (f"{u}: no credentials for {scheme(url)}://; set them the store's standard way"
+                + (f" ({creds})" if creds else ""))
+    if "failed to authenticate" in low or "authenticationfailed" in low or "azuresigningerror" in low \
+            or "invalid credentials" in low:
+        return f"{u}: the store refused the credentials while {doing}; check them" + (f" ({creds})" if creds else "")
     if isinstance(e, PermissionError) or "accessdenied" in low or "access denied" in low or "forbidden" in low \
             or "403" in low:
-        return f"{u}: access denied while {doing}; check the credentials' permissions for this bucket and prefix"
+        return (f"{u}: access denied while {doing}; check the credentials' permissions for this {_bucket_word(url)} "
+                "and prefix")
     if "connect" in low or "endpoint" in low or "timed out" in low or "timeout" in low or "name or service" in low:
-        endpoint = os.environ.get("AWS_ENDPOINT_URL", "") if scheme(url) in ("s3", "s3a") else ""
-        where = f" at {shown_url(endpoint)}" if endpoint else ""
-        return (f"{u}: the store does not answer{where} ({type(e).__name__}); check the endpoint "
-                "(AWS_ENDPOINT_URL for S3-compatible stores) and the network")
+        endpoint = _endpoint(url)
+        where = f" at {endpoint}" if endpoint else ""
+        return (f"{u}: the store does not answer{where} ({type(e).__name__}); check the endpoint"
+                + (f" ({endpoint_var})" if endpoint_var else "") + " and the network")
     if isinstance(e, FileNotFoundError):
         return f"{u}: not found while {doing}; check the URL"
     first = str(e).strip().splitlines()[0] if str(e).strip() else ""
@@ -423,6 +488,14 @@ def check_writable(url: str, what: str) -> Store:
         store.write_bytes(probe, b"")
     except StorageError:
         raise
+    except FileNotFoundError as e:  # gcsfs: a put into a bucket that does not exist (its 404 names no reason)
+        try:
+            store.check_bucket(what)
+        except StorageError:
+            raise
+        except Exception:  # noqa: BLE001 - the check's own failure says less than the put's
+            pass
+        raise StorageError(f"{what} " + explain(url, e, "writing")) from None
     except Exception as e:
         raise StorageError(f"{what} " + explain(url, e, "writing")) from None
     try:

@@ -19,19 +19,16 @@ import time
 from pathlib import Path
 
 import pytest
-from PIL import Image
 
 from fcn_label.cli._common import run_cli
-from support.helpers import rand_image
+from support.remote_outputs import comparable, local_files, pictures
 from support.s3 import forget_clients, free_port, s3, s3_server  # noqa: F401 (fixtures)
-from support.synth import make_arrays
 
 REPO = Path(__file__).resolve().parents[2]
 FAST = ("-q", "--parallel", "workers=0,procs=1")
 # One image per forward pass where runs that split the work differently are compared byte for byte: the
 # masks do not depend on the batch, but a confidence's 6th decimal (predictions.json's scores) can.
 ONE = ("--batch-size", "1")
-SEGMENTS = (".fcn-label/records/", ".fcn-label/failures/")
 SECRET = "fcn-label-test-secret-0001"
 
 
@@ -40,40 +37,6 @@ def cli(capsys, *args) -> tuple[int, str, str]:
         run_cli([str(a) for a in args])
     out = capsys.readouterr()
     return e.value.code, out.out, out.err
-
-
-def pictures(folder: Path, n: int = 6, big: bool = False, broken: bool = True) -> Path:
-    """``n`` small pictures in ``folder`` and ``folder/sub``, and one damaged file."""
-    (folder / "sub").mkdir(parents=True, exist_ok=True)
-    for i, (stem, img, _) in enumerate(make_arrays(n)):
-        if big:
-            img = rand_image(96, 128, i)
-        Image.fromarray(img).save(folder / ("sub" if i % 2 else "") / f"{stem}.png")
-    if broken:
-        (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
-    return folder
-
-
-def local_files(root: Path) -> dict[str, bytes]:
-    return {p.relative_to(root).as_posix(): p.read_bytes() for p in root.rglob("*") if p.is_file()
-            and not p.relative_to(root).as_posix().startswith(SEGMENTS + (".fcn-label/reports.lock",))}
-
-
-def comparable(files: dict[str, bytes], path_from: str = "", path_to: str = "") -> dict[str, bytes]:
-    """Every file but the record segments; the reports with input paths mapped and the timing column dropped."""
-    out = {}
-    for name, data in files.items():
-        if name.startswith(SEGMENTS):
-            continue
-        if name in ("predictions.csv", "failures.csv"):
-            text = data.decode().replace(path_from, path_to) if path_from else data.decode()
-            rows = list(csv.reader(io.StringIO(text)))
-            if name == "predictions.csv":
-                k = rows[0].index("seconds")
-                rows = [r[:k] + r[k + 1:] for r in rows]
-            data = "\n".join(",".join(r) for r in rows).encode()
-        out[name] = data
-    return out
 
 
 def test_s3_in_s3_out_writes_the_files_of_a_local_run(tmp_path, s3, capsys, monkeypatch):
