@@ -370,10 +370,10 @@ TREE = ["b.png", "a.png", "a b.png", "a/c.png", "a/a/z.png", ".h/x.png", "z/y/q.
 def test_walk_files_gives_the_local_walk_order_on_s3_and_elsewhere(tmp_path, s3, skip, monkeypatch):
     """Streamed S3 listing (page by page, here handed over 3 entries at a time) and fsspec's walk (memory://)
     list what a local walk lists, in its order."""
-    from fcn_label import storage
     from fcn_label.storage import open_store
+    from fcn_label.storage import store as store_module
 
-    monkeypatch.setattr(storage, "WALK_CHUNK", 3)
+    monkeypatch.setattr(store_module, "WALK_CHUNK", 3)
     for name in TREE:
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_bytes(b"1")

@@ -1,119 +1,18 @@
-"""Object stores and other fsspec file systems: the one place fcn-label talks to them.
-
-Every path argument may be a URL that fsspec knows (``s3://``, ``gs://``, ``az://``, ``http(s)://``,
-``memory://``); a plain path, or ``file://``, stays a local :class:`~pathlib.Path` and goes through the
-code that was there before, byte for byte. Credentials come from each store's own chain (for S3:
-``AWS_*`` variables, profiles, ``AWS_ENDPOINT_URL`` for MinIO / Ceph / a test server); this module
-never puts a credential in a message, and :func:`shown_url` strips any that a user wrote into a URL.
-
-Object stores have no rename and no append, so writers here put whole objects: an output is one
-``PUT`` (a reader never sees half of it), and the record store writes immutable segment objects
-(:mod:`fcn_label.predfolder.records`).
-"""
+"""A store opened through fsspec (:func:`open_store`): whole-object reads and writes, streamed
+listings, and the reads of single objects that per-file steps make (:func:`read_object`)."""
 
 from __future__ import annotations
 
 import os
-import re
 from typing import Iterator
 
-from .errors import InputError, UserError
+from ..errors import InputError
+from .problems import StorageError, explain
+from .urls import EXTRAS, READ_ONLY, bucket_word, family, join, scheme, shown_url
 
-# scheme -> the extra that installs its fsspec implementation
-EXTRAS = {"s3": "s3", "s3a": "s3", "gs": "gcs", "gcs": "gcs", "az": "azure", "abfs": "azure", "abfss": "azure",
-          "adl": "azure", "http": "http", "https": "http"}
-READ_ONLY = ("http", "https")
-AZURE = ("az", "abfs", "abfss", "adl")  # Azure calls a bucket a container
-# per store: (where its credentials are set, where its endpoint is set) for the messages' fixes
-_HOW = {"s3": ("AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or AWS_PROFILE", "AWS_ENDPOINT_URL for S3-compatible stores"),
-        "gs": ("GOOGLE_APPLICATION_CREDENTIALS or `gcloud auth application-default login`",
-               "STORAGE_EMULATOR_HOST for an emulator"),
-        "az": ("AZURE_STORAGE_CONNECTION_STRING, or AZURE_STORAGE_ACCOUNT_NAME with AZURE_STORAGE_ACCOUNT_KEY or "
-               "AZURE_STORAGE_SAS_TOKEN", "the BlobEndpoint of AZURE_STORAGE_CONNECTION_STRING")}
 UPLOAD_PART, UPLOAD_PARTS_AT_ONCE = 8 << 20, 4  # multipart uploads: 32 MiB in flight per file
 # Listing entries handed from fsspec's event loop to the walk at a time (an S3 page holds 1,000 keys).
 WALK_CHUNK = 1000
-_URL = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
-
-
-class StorageError(UserError):
-    """A store that cannot be used as asked (no bucket, denied, no credentials, no answer): the message
-    names the URL and the fix."""
-
-
-def scheme(s: object) -> str | None:
-    """The URL scheme of ``s`` (``"s3"``), or None for a local path (``file://`` counts as local)."""
-    m = _URL.match(str(s))
-    if not m:
-        return None
-    sch = m.group(1).lower()
-    return None if sch in ("file", "local") else sch
-
-
-def is_url(s: object) -> bool:
-    """Whether ``s`` names a non-local fsspec location (a local path or ``file://`` does not)."""
-    return scheme(s) is not None
-
-
-def local_path(s: str) -> str:
-    """``file:///x`` -> ``/x``; anything else unchanged."""
-    return s[len("file://"):] if s.lower().startswith("file://") else s
-
-
-def shown_url(url: str) -> str:
-    """``url`` fit for a message, a record or a report: ``user:secret@`` and query strings dropped
-    (a presigned URL's signature is a credential). Azure's ``abfs://container@account.dfs.core.windows.net/``
-    keeps its ``container@``: a container's name, not a user's."""
-    if scheme(url) not in AZURE:
-        url = re.sub(r"^([A-Za-z][A-Za-z0-9+.-]*://)[^/@]*@", r"\1", str(url))
-    return str(url).split("?", 1)[0]
-
-
-def _family(url: str) -> str:
-    """The store family of ``url`` for messages: "s3", "gs", "az" (or its own scheme)."""
-    sch = scheme(url) or "file"
-    return "s3" if sch in ("s3", "s3a") else "gs" if sch in ("gs", "gcs") else "az" if sch in AZURE else sch
-
-
-def _bucket_word(url: str) -> str:
-    return "container" if _family(url) == "az" else "bucket"
-
-
-def _endpoint(url: str) -> str:
-    """The endpoint the user set for ``url``'s store (empty for the store's own), fit to show: S3's
-    ``AWS_ENDPOINT_URL``, a GCS emulator's ``STORAGE_EMULATOR_HOST``, the ``BlobEndpoint`` part of an Azure
-    connection string (never the rest of it: it holds the account key)."""
-    fam = _family(url)
-    if fam == "s3":
-        return shown_url(os.environ.get("AWS_ENDPOINT_URL", ""))
-    if fam == "gs":
-        return shown_url(os.environ.get("STORAGE_EMULATOR_HOST", ""))
-    if fam == "az":
-        m = re.search(r"(?:^|;)\s*BlobEndpoint=([^;]+)", os.environ.get("AZURE_STORAGE_CONNECTION_STRING", ""), re.I)
-        return shown_url(m.group(1).strip()) if m else ""
-    return ""
-
-
-def _quiet_tracebacks(url: str) -> None:
-    """gcsfs logs each request error it is about to raise with its traceback (``logger.exception``), and
-    with no logging configured Python prints that to stderr: a user would see a traceback above the one
-    line this module makes of the same error. Records carrying a traceback are dropped; its other
-    warnings still show."""
-    if _family(url) == "gs":
-        import logging
-
-        log = logging.getLogger("gcsfs")
-        if _drop_tracebacks not in log.filters:
-            log.addFilter(_drop_tracebacks)
-
-
-def _drop_tracebacks(record) -> bool:
-    return not record.exc_info
-
-
-def join(base: str, rel: str) -> str:
-    """``base`` + "/" + ``rel`` for URLs (always forward slashes)."""
-    return base.rstrip("/") + "/" + rel.lstrip("/") if rel else base
 
 
 class Store:
@@ -149,6 +48,12 @@ class Store:
     def read_only(self) -> bool:
         return scheme(self.url) in READ_ONLY
 
+    def refuse_if_read_only(self, what: str = "") -> None:
+        """One line, before anything is written, when the URL's scheme cannot be written (http)."""
+        if self.read_only:
+            raise StorageError(f"{what + ' ' if what else ''}{shown_url(self.url)}: {scheme(self.url)}:// is "
+                               "read-only; write to a folder or an object store")
+
     def url_of(self, rel: str) -> str:
         return join(self.url, rel)
 
@@ -160,17 +65,13 @@ class Store:
 
     def write_bytes(self, rel: str, data: bytes) -> None:
         """One whole object (a single PUT on object stores): readers see all of it or none of it."""
-        if self.read_only:
-            raise StorageError(f"{shown_url(self.url)}: {scheme(self.url)}:// is read-only; write to a folder or "
-                               "an object store")
+        self.refuse_if_read_only()
         self.fs.pipe_file(self.path_of(rel), data)
 
     def put_file(self, local: str | os.PathLike, rel: str) -> None:
         """Upload a local file as one whole object (a multipart upload for a large one, which S3 makes
         visible only when complete): for the reports, which may be gigabytes."""
-        if self.read_only:
-            raise StorageError(f"{shown_url(self.url)}: {scheme(self.url)}:// is read-only; write to a folder or "
-                               "an object store")
+        self.refuse_if_read_only()
         self.fs.put_file(os.fspath(local), self.path_of(rel), **self._upload_limits())
 
     def _upload_limits(self) -> dict:
@@ -291,7 +192,7 @@ class Store:
         """For a URL with nothing at it: one line when the reason is that its bucket does not exist."""
         bucket = self.root.split("/", 1)[0]
         if bucket and not self.fs.exists(bucket):
-            raise StorageError(f"{what} {shown_url(self.url)}: no such {_bucket_word(self.url)} '{bucket}'; create it "
+            raise StorageError(f"{what} {shown_url(self.url)}: no such {bucket_word(self.url)} '{bucket}'; create it "
                                "or fix the URL")
 
     def sub(self, rel: str) -> "Store":
@@ -322,9 +223,7 @@ class Store:
     def put_files(self, pairs: "list[tuple[str, str]]", threads: int = 8) -> None:
         """Upload ``(local path, rel)`` pairs, a few at a time; each becomes one whole object (a large
         file goes up as a multipart upload, which the store publishes only when complete)."""
-        if self.read_only:
-            raise StorageError(f"{shown_url(self.url)}: {scheme(self.url)}:// is read-only; write to a folder or "
-                               "an object store")
+        self.refuse_if_read_only()
         limits = self._upload_limits()
         _each(lambda pair: self.fs.put_file(pair[0], self.path_of(pair[1]), **limits), pairs, threads)
 
@@ -340,26 +239,6 @@ def _each(fn, items: list, threads: int) -> None:
     with ThreadPoolExecutor(min(threads, len(items))) as pool:
         for _ in pool.map(fn, items):
             pass
-
-
-class ObjectUrl(str):
-    """A remote input's URL as every message, record and report shows it (:func:`shown_url`: no
-    credentials), with the URL as given in ``full`` for fetching it; so nothing that prints or
-    records an input's path can leak a password or a presigned signature."""
-
-    def __new__(cls, url: str) -> "ObjectUrl":
-        full = str(getattr(url, "full", url))
-        self = super().__new__(cls, shown_url(full))
-        if full != self:  # only then a second string (a million inputs: one string each, mostly)
-            self._full = full
-        return self
-
-    @property
-    def full(self) -> str:
-        return self.__dict__.get("_full") or str(self)
-
-    def __reduce__(self):
-        return (ObjectUrl, (self.full,))
 
 
 def read_object(url: str, head: int | None = None) -> bytes:
@@ -403,7 +282,7 @@ def open_store(url: str) -> Store:
         known = ", ".join(sorted(fsspec.available_protocols())[:12])
         raise StorageError(f"{shown_url(url)}: unknown storage scheme {sch}:// ({e}); use a local path or one of "
                            f"{known}, ...") from None
-    _quiet_tracebacks(url)
+    quiet_tracebacks(url)
     try:
         fs, root = url_to_fs(url)
     except Exception as e:  # the implementation is installed: its constructor refused (adlfs: no account at all)
@@ -411,95 +290,18 @@ def open_store(url: str) -> Store:
     return Store(url, fs, root.rstrip("/") if root != "/" else root)
 
 
-def _upload_failure(e: BaseException) -> BaseException:
-    """The error that failed a multipart upload, rather than the one its clean-up raised after it: when the
-    abort fails too (the store has already dropped the upload), s3fs raises the abort's error, in whose
-    context the upload's own error is."""
-    link: BaseException | None = e
-    for _ in range(8):
-        if link is None:
-            break
-        if "AbortMultipartUpload" in str(link) and isinstance(link.__context__, BaseException):
-            return link.__context__
-        link = link.__cause__ or link.__context__
-    return e
+def quiet_tracebacks(url: str) -> None:
+    """gcsfs logs each request error it is about to raise with its traceback (``logger.exception``), and
+    with no logging configured Python prints that to stderr: a user would see a traceback above the one
+    line this module makes of the same error. Records carrying a traceback are dropped; its other
+    warnings still show."""
+    if family(url) == "gs":
+        import logging
+
+        log = logging.getLogger("gcsfs")
+        if _drop_tracebacks not in log.filters:
+            log.addFilter(_drop_tracebacks)
 
 
-def explain(url: str, e: BaseException, doing: str) -> str:
-    """One line for a store error: what went wrong at ``url`` and the fix (never a credential)."""
-    e = _upload_failure(e)
-    u = shown_url(url)
-    text = f"{type(e).__name__}: {e}"
-    low = text.lower()
-    bucket = u.split("://", 1)[-1].split("/", 1)[0]
-    fam = _family(url)
-    creds, endpoint_var = _HOW.get(fam, ("", ""))
-    if "nosuchbucket" in low or "bucket does not exist" in low or "specified bucket does not exist" in low \
-            or "containernotfound" in low or "specified container does not exist" in low:
-        return f"{u}: no such {_bucket_word(url)} '{bucket}'; create it or fix the URL"
-    if "nocredentials" in low or "unable to locate credentials" in low or "credentials" in low and "not" in low \
-            or "anonymous caller" in low or "connection_string or account_name" in low:
-        return (f"{u}: no credentials for {scheme(url)}://; set them the store's standard way"
-                + (f" ({creds})" if creds else ""))
-    if "failed to authenticate" in low or "authenticationfailed" in low or "azuresigningerror" in low \
-            or "invalid credentials" in low:
-        return f"{u}: the store refused the credentials while {doing}; check them" + (f" ({creds})" if creds else "")
-    if isinstance(e, PermissionError) or "accessdenied" in low or "access denied" in low or "forbidden" in low \
-            or "403" in low:
-        return (f"{u}: access denied while {doing}; check the credentials' permissions for this {_bucket_word(url)} "
-                "and prefix")
-    if "connect" in low or "endpoint" in low or "timed out" in low or "timeout" in low or "name or service" in low:
-        endpoint = _endpoint(url)
-        where = f" at {endpoint}" if endpoint else ""
-        return (f"{u}: the store does not answer{where} ({type(e).__name__}); check the endpoint"
-                + (f" ({endpoint_var})" if endpoint_var else "") + " and the network")
-    if isinstance(e, FileNotFoundError):
-        return f"{u}: not found while {doing}; check the URL"
-    first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-    if any(k in low for k in ("internalerror", "internal error", "slowdown", "serviceunavailable", "service unavailable")):
-        return f"{u}: the store failed while {doing} ({type(e).__name__}: {first}); try again later"
-    return f"{u}: cannot use the store while {doing} ({type(e).__name__}: {first}); check the URL and credentials"
-
-
-def check_readable(url: str, what: str) -> Store:
-    """Open ``url`` and make sure it can be read now (exit 2 before any work starts otherwise)."""
-    store = open_store(url)
-    try:
-        if not store.exists():
-            store.check_bucket(what)
-            raise StorageError(f"{what} {shown_url(url)}: not found; check the URL "
-                               "(for a folder, the prefix must hold at least one object)")
-    except StorageError:
-        raise
-    except Exception as e:  # the store's own error types: anything here means it cannot be read
-        raise StorageError(f"{what} " + explain(url, e, "reading")) from None
-    return store
-
-
-def check_writable(url: str, what: str) -> Store:
-    """Open ``url`` and prove it can be written: the bucket exists and a small probe object can be put
-    and removed (exit 2 before any work starts otherwise)."""
-    store = open_store(url)
-    if store.read_only:
-        raise StorageError(f"{what} {shown_url(url)}: {scheme(url)}:// is read-only; write to a folder or an "
-                           "object store")
-    probe = f".fcn-label/probe-{os.getpid()}-{os.urandom(4).hex()}"
-    try:
-        store.write_bytes(probe, b"")
-    except StorageError:
-        raise
-    except FileNotFoundError as e:  # gcsfs: a put into a bucket that does not exist (its 404 names no reason)
-        try:
-            store.check_bucket(what)
-        except StorageError:
-            raise
-        except Exception:  # noqa: BLE001 - the check's own failure says less than the put's
-            pass
-        raise StorageError(f"{what} " + explain(url, e, "writing")) from None
-    except Exception as e:
-        raise StorageError(f"{what} " + explain(url, e, "writing")) from None
-    try:
-        store.remove(probe)
-    except Exception:  # noqa: BLE001 - writing is what was to be proven; a store may allow puts but not deletes
-        pass
-    return store
+def _drop_tracebacks(record) -> bool:
+    return not record.exc_info
