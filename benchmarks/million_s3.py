@@ -47,12 +47,10 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from million import rel_of  # noqa: E402 - the local twin's key layout, so both benchmarks name the same images
 
 CAMVID = Path(os.environ.get("FCN_LABEL_SHARED", REPO.parent / "shared")) / "data" / "camvid"
-
-
-def rel_of(i: int, per_folder: int) -> str:
-    return f"{i // per_folder:04d}/{i:07d}"
 
 
 def templates(size: tuple[int, int]) -> list[dict]:
