@@ -279,15 +279,8 @@ class Staging:
         name URLs instead of the temporary folder."""
         total = 0
         for out in self.outputs:
-            if out.local.is_file():
-                files = [("", out.local)] if out.is_file or not out.local.is_dir() else []
-            elif out.local.is_dir():
-                files = sorted((p.relative_to(out.local).as_posix(), p) for p in out.local.rglob("*")
-                               if p.is_file() and not _ATOMIC_TEMP.match(p.name))
-            else:
-                files = []
             plain, texts, zips = [], [], []
-            for rel, p in files:
+            for rel, p in _files_of(out.local):
                 try:
                     st = _stat(p)
                 except FileNotFoundError:  # replaced while we looked; the next sync has it
@@ -302,10 +295,8 @@ class Staging:
                 out.store.put_files([(str(p), rel) for rel, p, _ in plain])
                 for rel, p, _ in texts:
                     data = p.read_bytes()
-                    if self.root is not None and str(self.root).encode() in data:
-                        data = self.shown(data.decode("utf-8", errors="surrogateescape")).encode(
-                            "utf-8", errors="surrogateescape")
-                    out.store.write_bytes(rel, data)
+                    mapped = self._text_with_urls(data)
+                    out.store.write_bytes(rel, data if mapped is None else mapped)
             except StorageError:
                 raise
             except Exception as e:
@@ -332,10 +323,8 @@ class Staging:
             with zipfile.ZipFile(mapped, "w") as dst:
                 for info in z.infolist():
                     data = z.read(info)
-                    if info in texts and root in data:
-                        data = self.shown(data.decode("utf-8", errors="surrogateescape")).encode(
-                            "utf-8", errors="surrogateescape")
-                    dst.writestr(info, data, compress_type=info.compress_type)
+                    text = self._text_with_urls(data) if info in texts else None
+                    dst.writestr(info, data if text is None else text, compress_type=info.compress_type)
         return mapped
 
     def _name_urls_locally(self) -> None:
@@ -346,14 +335,11 @@ class Staging:
         systems whose times are coarse)."""
         from .images import atomic_path, write_bytes_atomic
 
-        root, since = str(self.root).encode(), self._since - 2_000_000_000
+        since = self._since - 2_000_000_000
         for local in self.local_outputs:
-            files = [local] if local.is_file() else sorted(p for p in local.rglob("*") if p.is_file()) \
-                if local.is_dir() else []
-            for p in files:
+            for _, p in _files_of(local):
                 suffix = p.suffix.lower()
-                if _ATOMIC_TEMP.match(p.name) or suffix not in TEXT_SUFFIXES + (".zip",) \
-                        or p.stat().st_mtime_ns < since:
+                if suffix not in TEXT_SUFFIXES + (".zip",) or p.stat().st_mtime_ns < since:
                     continue
                 if suffix == ".zip":
                     mapped = self._mapped_zip(p)
@@ -361,10 +347,15 @@ class Staging:
                         with atomic_path(p) as tmp:
                             shutil.copyfile(mapped, tmp)
                     continue
-                data = p.read_bytes()
-                if root in data:
-                    write_bytes_atomic(p, self.shown(data.decode("utf-8", errors="surrogateescape")).encode(
-                        "utf-8", errors="surrogateescape"))
+                text = self._text_with_urls(p.read_bytes())
+                if text is not None:
+                    write_bytes_atomic(p, text)
+
+    def _text_with_urls(self, data: bytes) -> bytes | None:
+        """A text file's bytes with the temporary folder's paths replaced by their URLs; None when it names none."""
+        if self.root is None or str(self.root).encode() not in data:
+            return None
+        return self.shown(data.decode("utf-8", errors="surrogateescape")).encode("utf-8", errors="surrogateescape")
 
     def close(self, upload: bool = True) -> None:
         """Upload (unless told not to) and remove the temporary folder; after a failed upload the
@@ -389,6 +380,17 @@ class Staging:
         # outputs are uploaded whatever happened: every file on disk is whole (the writers are
         # atomic), and a failed or interrupted run's finished part (finetune's last.pt) is worth keeping
         self.close(upload=not isinstance(exc, StorageError))
+
+
+def _files_of(local: Path) -> list[tuple[str, Path]]:
+    """An output's files as ``(path relative to it, path)``: the file itself, or a folder's files (unfinished
+    atomic-write temporaries left out); none while it does not exist."""
+    if local.is_file():
+        return [("", local)]
+    if local.is_dir():
+        return sorted((p.relative_to(local).as_posix(), p) for p in local.rglob("*")
+                      if p.is_file() and not _ATOMIC_TEMP.match(p.name))
+    return []
 
 
 _process: Staging | None = None
