@@ -162,7 +162,7 @@ class RemoteOut:
         """Download the record and failure segments not yet in ``mirror`` (a local folder laid out as the
         prediction folder); return the names of all of them (segments are immutable: a name is enough)."""
         names: set[str] = set()
-        get_from, get_to = [], []
+        pairs = []
         for sub, local in ((RECORDS_DIR, mirror.records_dir), (FAILURES_DIR, mirror.failures_dir)):
             local.mkdir(parents=True, exist_ok=True)
             for name in self.store.list_names(sub):
@@ -170,11 +170,10 @@ class RemoteOut:
                     continue
                 names.add(f"{sub}/{name}")
                 if not (local / name).exists():
-                    get_from.append(self.store.path_of(f"{sub}/{name}"))
-                    get_to.append(str(local / f".{name}.part"))
-        if get_from:
-            self.store.fs.get(get_from, get_to)  # concurrent on async stores
-            for tmp in get_to:
+                    pairs.append((f"{sub}/{name}", str(local / f".{name}.part")))
+        if pairs:
+            self.store.get_batch(pairs)  # segment names hold no pattern characters
+            for _, tmp in pairs:
                 p = Path(tmp)
                 p.rename(p.with_name(p.name[1: -len(".part")]))
         return frozenset(names)

@@ -220,6 +220,12 @@ class Store:
 
         _each(get, pairs, threads)
 
+    def get_batch(self, pairs: "list[tuple[str, str]]") -> None:
+        """Download ``(rel, local path)`` pairs in one call of the file system's list form, which async stores
+        (s3fs) run concurrently in batches: for thousands of small objects, faster than :meth:`get_files`'
+        threads. The keys must hold no pattern characters (``*``, ``?``, ``[``): the list form expands them."""
+        self.fs.get([self.path_of(rel) for rel, _ in pairs], [local for _, local in pairs])
+
     def put_files(self, pairs: "list[tuple[str, str]]", threads: int = 8) -> None:
         """Upload ``(local path, rel)`` pairs, a few at a time; each becomes one whole object (a large
         file goes up as a multipart upload, which the store publishes only when complete)."""
