@@ -8,7 +8,7 @@ import os
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Sequence
+from typing import Iterator, Sequence
 
 from ..devices import rank_and_world
 from ..images import IMAGE_EXTENSIONS
@@ -92,10 +92,7 @@ def discover(inputs: Sequence[str | os.PathLike], out: Path | None = None) -> tu
                 problems.append((raw, f"folder holds no images ({', '.join(IMAGE_EXTENSIONS)})"))
             items += [Item(f, rel) for f, rel in files]
         elif p.is_file() and p.suffix.lower() in LIST_SUFFIXES:
-            for n, line in enumerate(p.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
-                entry = line.strip()
-                if not entry or entry.startswith("#"):
-                    continue
+            for n, entry in _list_entries(p.read_text(encoding="utf-8", errors="replace")):
                 entry = entry.split()[0] if not Path(p.parent / entry).exists() and len(entry.split()) == 2 else entry
                 if is_url(entry):  # a local list may name objects; each is fetched (or fails) when decoded
                     items.append(Item(ObjectUrl(entry), _url_rel(entry, None)))
@@ -112,6 +109,15 @@ def discover(inputs: Sequence[str | os.PathLike], out: Path | None = None) -> tu
         else:
             problems.append((raw, "not found; check the path (folders, files, globs and .txt lists are accepted)"))
     return _dedupe(items, out), problems
+
+
+def _list_entries(text: str) -> Iterator[tuple[int, str]]:
+    """``(line number, entry)`` for each line of a list file that names something: blank lines and ``#``
+    comments skipped, the entry stripped."""
+    for n, line in enumerate(text.splitlines(), 1):
+        entry = line.strip()
+        if entry and not entry.startswith("#"):
+            yield n, entry
 
 
 def _url_rel(url: str, base: str | None) -> str:
@@ -164,10 +170,7 @@ def _discover_url(raw: str, out, items: list[Item], problems: list[tuple[str, st
         if url.lower().endswith(LIST_SUFFIXES):
             text = store.read_bytes().decode("utf-8", errors="replace")
             folder = url.rsplit("/", 1)[0]
-            for line in text.splitlines():
-                entry = line.strip()
-                if not entry or entry.startswith("#"):
-                    continue
+            for _, entry in _list_entries(text):
                 words = entry.split()
                 if len(words) == 2 and all(w.lower().endswith(IMAGE_EXTENSIONS) for w in words):
                     entry = words[0]  # an 'image mask' line (a key with a space is kept whole: no request per line)
